@@ -24,7 +24,7 @@ export class CisternError extends Error {
   constructor(
     readonly code: CisternErrorCode,
     message: string,
-    readonly cause?: unknown,
+    override readonly cause?: unknown,
   ) {
     super(message);
   }

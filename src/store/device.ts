@@ -22,6 +22,12 @@ export interface BlockDevice {
   punchHole(offset: number, length: number): Promise<void>;
   /** Makes the range read as zeros, keeping it allocated. */
   zeroRange(offset: number, length: number): Promise<void>;
+  /**
+   * Optional: a zero-filled buffer whose memory address is aligned to `alignment`.
+   * JavaScript cannot choose addresses, so a device that needs aligned memory (O_DIRECT)
+   * must hand it out; devices without that need omit this and callers use plain buffers.
+   */
+  allocate?(lengthBytes: number): Uint8Array;
   /** Waits for in-flight I/O, then releases the device. */
   close(): Promise<void>;
 }

@@ -66,7 +66,9 @@ if (require.main === module) {
       process.exitCode = code;
     },
     (error: unknown) => {
-      process.stderr.write(`cistern: internal error: ${error instanceof Error ? error.stack : String(error)}\n`);
+      process.stderr.write(
+        `cistern: internal error: ${error instanceof Error ? error.stack : String(error)}\n`,
+      );
       process.exitCode = 70;
     },
   );

@@ -96,9 +96,10 @@ export function parseArgs(command: Command, argv: string[]): ParsedArgs {
   }
   for (const spec of specs.values()) {
     if (options[spec.name] === undefined && spec.default !== undefined) {
-      options[spec.name] = spec.type === 'size' && typeof spec.default === 'string'
-        ? parseSize(spec.default)
-        : spec.default;
+      options[spec.name] =
+        spec.type === 'size' && typeof spec.default === 'string'
+          ? parseSize(spec.default)
+          : spec.default;
     }
     if (options[spec.name] === undefined && spec.type === 'list') options[spec.name] = [];
   }
@@ -127,7 +128,8 @@ function convert(spec: OptionSpec, text: string): OptionValue {
     case 'size':
       return parseSize(text);
     case 'integer': {
-      if (!/^-?\d+$/.test(text)) throw usageError(`--${spec.name} needs a whole number, got "${text}"`);
+      if (!/^-?\d+$/.test(text))
+        throw usageError(`--${spec.name} needs a whole number, got "${text}"`);
       return Number(text);
     }
     case 'number': {
@@ -145,7 +147,9 @@ export function helpText(command: Command): string {
   const positionals = (command.positionals ?? [])
     .map((p) => (p.required ? p.name : `[${p.name}]`))
     .join(' ');
-  lines.push(`usage: cistern ${command.path.join(' ')}${positionals ? ' ' + positionals : ''} [options]`);
+  lines.push(
+    `usage: cistern ${command.path.join(' ')}${positionals ? ' ' + positionals : ''} [options]`,
+  );
   lines.push('', command.summary);
   if (command.description) lines.push('', command.description.trim());
   if (command.positionals?.length) {
@@ -155,7 +159,8 @@ export function helpText(command: Command): string {
   lines.push('', 'options:');
   for (const spec of [...command.options, ...globalOptions]) {
     const value = spec.type === 'boolean' ? '' : ` ${spec.valueName ?? spec.type.toUpperCase()}`;
-    const extra = spec.default !== undefined && spec.type !== 'boolean' ? ` (default ${spec.default})` : '';
+    const extra =
+      spec.default !== undefined && spec.type !== 'boolean' ? ` (default ${spec.default})` : '';
     const repeat = spec.type === 'list' ? ' (repeatable)' : '';
     lines.push(`  --${spec.name}${value}`.padEnd(27) + ` ${spec.help}${extra}${repeat}`);
   }

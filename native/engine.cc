@@ -96,10 +96,31 @@ void OnEventFdReadable(uv_poll_t* poll, int status, int events) {
                                   *engine->asyncContext);
 }
 
-void FreeEngine(uv_handle_t* handle) {
-  Engine* engine = static_cast<Engine*>(handle->data);
-  delete engine;
+// The engine is freed once both halves of closing are done: libuv letting go of the
+// poll handle, and the threadpool releasing the kernel resources.
+void FinishClose(Engine* engine) {
+  engine->closeStepsLeft--;
+  if (engine->closeStepsLeft == 0) delete engine;
 }
+
+void OnPollClosed(uv_handle_t* handle) { FinishClose(static_cast<Engine*>(handle->data)); }
+
+// io_destroy sleeps until an RCU grace period passes (about 30 ms here), so it runs on
+// the threadpool: closing a device must not stall every other device's completions.
+class CloseWork : public Napi::AsyncWorker {
+ public:
+  CloseWork(Napi::Function callback, Engine* engine)
+      : Napi::AsyncWorker(callback, "cistern_engine_close"), engine_(engine) {}
+  void Execute() override { ReleaseKernelResources(engine_); }
+  void OnOK() override {
+    liveEngines--;
+    FinishClose(engine_);
+    Callback().Call({});
+  }
+
+ private:
+  Engine* engine_;
+};
 
 void FinalizeBox(Napi::Env env, EngineBox* box) {
   (void)env;
@@ -320,23 +341,24 @@ Napi::Value Submit(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, static_cast<double>(engine->failures.size()));
 }
 
-// close(handle): the caller has waited for every I/O; the fd and AIO context go now,
-// the engine memory once libuv has let go of the poll handle.
+// close(handle, callback()): the caller has waited for every I/O. Completions stop
+// now; the fd, eventfd and AIO context are released on the threadpool, then callback.
 Napi::Value Close(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Engine* engine = UnwrapEngine(info, 0);
+  CHECK(env, info[1].IsFunction(), "close needs a callback");
   CHECK(env, engine->inFlight == 0, "close with I/O in flight");
   CHECK(env, engine->blockingInFlight == 0, "close with flush/fallocate in flight");
   info[0].As<Napi::External<EngineBox>>().Data()->engine = nullptr;
   uv_poll_stop(&engine->poll);
-  ReleaseKernelResources(engine);
   engine->onComplete.Reset();
   engine->submitAreaRef.Reset();
   engine->completionAreaRef.Reset();
   delete engine->asyncContext;
   engine->asyncContext = nullptr;
-  liveEngines--;
-  uv_close(reinterpret_cast<uv_handle_t*>(&engine->poll), FreeEngine);
+  engine->closeStepsLeft = 2;
+  uv_close(reinterpret_cast<uv_handle_t*>(&engine->poll), OnPollClosed);
+  (new CloseWork(info[1].As<Napi::Function>(), engine))->Queue();
   return env.Undefined();
 }
 

@@ -53,6 +53,7 @@ struct Engine {
   uint32_t queueDepth = 0;
   uint32_t inFlight = 0;
   uint32_t blockingInFlight = 0;  // fdatasync/fallocate on the threadpool
+  uint32_t closeStepsLeft = 0;    // poll handle closed, kernel resources released
   uint64_t sizeBytes = 0;
   uint32_t offsetAlignBytes = 0;
   uint32_t memoryAlignBytes = 0;

@@ -205,8 +205,8 @@ export class AioDevice implements BlockDevice {
   }
 
   /** A zero-filled buffer aligned for this device (and at least to a page). */
-  allocBuffer(sizeBytes: number): Uint8Array {
-    return allocAligned(sizeBytes, Math.max(this.alignment, BUFFER_ALIGN_BYTES_MIN));
+  allocate(lengthBytes: number): Uint8Array {
+    return allocAligned(lengthBytes, Math.max(this.alignment, BUFFER_ALIGN_BYTES_MIN));
   }
 
   // ---- callback fast path ----
@@ -436,7 +436,7 @@ export class AioDevice implements BlockDevice {
       return new CisternError(
         'EINVAL',
         `${opNames[op]} at ${offset} on ${this.path}: the buffer's address is not aligned to ` +
-          `${this.alignment} bytes for O_DIRECT; use device.allocBuffer() or a BufferPool`,
+          `${this.alignment} bytes for O_DIRECT; use device.allocate() or a BufferPool`,
       );
     }
     const what =
@@ -517,8 +517,8 @@ export class AioDevice implements BlockDevice {
     if (this.closeDone === undefined || this.handle === undefined) return;
     if (this.pending > 0 || this.blockingInFlight > 0) return;
     assert(this.batchCount === 0, 'close with a batch not yet submitted');
-    this.native.close(this.handle);
+    const closeDone = this.closeDone;
+    this.native.close(this.handle, () => closeDone());
     this.handle = undefined;
-    this.closeDone();
   }
 }

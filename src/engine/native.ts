@@ -49,8 +49,9 @@ export interface NativeEngine {
   /** One io_submit for `count` records; returns how many failed at submission, whose
    * FAILURE_STRIDE int32 records (slot, -errno, reason) overwrite the submit area. */
   submit(handle: NativeHandle, buffers: readonly (Uint8Array | undefined)[], count: number): number;
-  /** The caller has waited for every I/O. */
-  close(handle: NativeHandle): void;
+  /** The caller has waited for every I/O. Calls back once the fd and the AIO context
+   * are released (io_destroy sleeps for an RCU grace period, so it runs off-loop). */
+  close(handle: NativeHandle, callback: () => void): void;
   fdatasync(handle: NativeHandle, callback: (errno: number) => void): void;
   fallocate(
     handle: NativeHandle,

@@ -95,14 +95,15 @@ export class MemoryDevice implements BlockDevice {
   /**
    * The disk after a power loss: this device dies (every later call fails with EIO, as
    * I/O of a dead process never lands) and the returned one holds what survived.
+   * Without a generator, every unflushed write is lost (the harshest cache).
    */
-  crash(random: Random): MemoryDevice {
+  crash(random?: Random): MemoryDevice {
     assert(!this.crashed, 'device crashed twice');
     this.crashed = true;
     const survivor = new MemoryDevice(this.size, this.options);
     for (const [sector, content] of this.durable) survivor.durable.set(sector, content);
     for (const [sector, versions] of this.cached) {
-      const choice = random.int(versions.length + 1);
+      const choice = random ? random.int(versions.length + 1) : 0;
       if (choice > 0) survivor.settle(sector, versions[choice - 1]!);
     }
     return survivor;

@@ -25,7 +25,7 @@ export function pattern(key: ObjectKey, seq: number, offset: number, length: num
     bytes.writeUInt32LE(seq, unit);
     bytes.writeUInt32LE(at, unit + 4);
     bytes.writeUInt32LE(key.object % 2 ** 32, unit + 8);
-    bytes.writeUInt32LE(((key.volume & 0xffff) << 16) | (key.pool & 0xffff), unit + 12);
+    bytes.writeUInt32LE((((key.volume & 0xffff) << 16) | (key.pool & 0xffff)) >>> 0, unit + 12);
   }
   return bytes.subarray(offset - first, offset - first + length);
 }

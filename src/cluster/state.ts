@@ -1,0 +1,197 @@
+// The cluster state every daemon agrees on: the placement map plus what placement
+// does not need — volumes, where each disk lives, and id counters. Mutations are pure
+// functions of the state, so the embedded and the etcd store apply the same ones.
+
+import { assert } from '../util/assert';
+import { CisternError } from '../util/errors';
+import { ClusterMap, FailureDomain, PoolSpec, validatePool } from '../placement/map';
+import { pgCountFor } from '../placement/build';
+import { POOL_NAME_PATTERN, VOLUME_NAME_PATTERN } from '../volume/admin';
+
+export interface VolumeSpec {
+  id: number;
+  name: string;
+  pool: number;
+  sizeBytes: number;
+  objectSizeBytes: number;
+  createdAt: string;
+}
+
+export interface DiskLocation {
+  path: string;
+  /** The object store's UUID: a different disk at the same path is refused. */
+  uuid: string;
+  sizeBytes: number;
+  /** Why the disk was taken out of service, if it was. */
+  error?: string;
+}
+
+export interface ClusterState {
+  map: ClusterMap;
+  volumes: VolumeSpec[];
+  disks: Record<string, DiskLocation>;
+  nextVolumeId: number;
+  nextPoolId: number;
+  nextDiskId: number;
+}
+
+/** Volume sizes: at least one block, at most what 2^40 objects of 4 MiB hold (4 PiB). */
+export const VOLUME_SIZE_MIN_BYTES = 4096;
+export const VOLUME_SIZE_MAX_BYTES = 2 ** 52;
+export const VOLUMES_MAX = 1 << 20;
+export const OBJECT_SIZE_DEFAULT_BYTES = 4 * 2 ** 20;
+
+export function emptyState(): ClusterState {
+  return {
+    map: { epoch: 1, hosts: [], disks: [], pools: [] },
+    volumes: [],
+    disks: {},
+    nextVolumeId: 1,
+    nextPoolId: 1,
+    nextDiskId: 0,
+  };
+}
+
+export function findVolume(state: ClusterState, name: string): VolumeSpec {
+  const volume = state.volumes.find((v) => v.name === name);
+  if (!volume) throw new CisternError('UNKNOWN_VOLUME', `no volume named "${name}"`);
+  return volume;
+}
+
+function checkVolumeSize(sizeBytes: number): void {
+  if (
+    !Number.isSafeInteger(sizeBytes) ||
+    sizeBytes < VOLUME_SIZE_MIN_BYTES ||
+    sizeBytes > VOLUME_SIZE_MAX_BYTES
+  ) {
+    throw new CisternError(
+      'EINVAL',
+      `volume size must be ${VOLUME_SIZE_MIN_BYTES} bytes to 4 PiB, got ${sizeBytes}`,
+    );
+  }
+  if (sizeBytes % 512 !== 0) {
+    throw new CisternError(
+      'EINVAL',
+      `volume size must be a multiple of 512 bytes (sectors), got ${sizeBytes}`,
+    );
+  }
+}
+
+export function addHost(state: ClusterState, id: string, rack: string): void {
+  if (!state.map.hosts.some((h) => h.id === id)) state.map.hosts.push({ id, rack });
+}
+
+export function addDisk(state: ClusterState, host: string, location: DiskLocation): number {
+  assert(
+    state.map.hosts.some((h) => h.id === host),
+    `disk on unknown host ${host}`,
+  );
+  const id = state.nextDiskId;
+  state.nextDiskId += 1;
+  state.map.disks.push({ id, host, weight: location.sizeBytes, up: true, in: true });
+  state.disks[String(id)] = location;
+  return id;
+}
+
+export function markDiskDown(state: ClusterState, diskId: number, error: string): boolean {
+  const disk = state.map.disks.find((d) => d.id === diskId);
+  assert(disk, `unknown disk ${diskId}`);
+  if (!disk.up) return false;
+  disk.up = false;
+  const location = state.disks[String(diskId)];
+  if (location) location.error = error;
+  return true;
+}
+
+export interface PoolRequest {
+  name: string;
+  size: number;
+  minSize?: number;
+  failureDomain?: FailureDomain;
+  pgCount?: number;
+}
+
+export function createPool(state: ClusterState, request: PoolRequest): PoolSpec {
+  if (!POOL_NAME_PATTERN.test(request.name)) {
+    throw new CisternError(
+      'EINVAL',
+      `pool name "${request.name}" must be 1-64 letters, digits, ".", "_" or "-"`,
+    );
+  }
+  if (state.map.pools.some((p) => p.name === request.name)) {
+    throw new CisternError('EEXIST', `pool "${request.name}" already exists`);
+  }
+  const size = request.size;
+  const pool: PoolSpec = {
+    id: state.nextPoolId,
+    name: request.name,
+    size,
+    minSize: request.minSize ?? Math.max(1, size - 1),
+    pgCount:
+      request.pgCount ?? pgCountFor(Math.max(1, state.map.disks.length), 100, Math.max(1, size)),
+    failureDomain: request.failureDomain ?? 'host',
+    upmap: [],
+  };
+  validatePool(pool);
+  state.nextPoolId += 1;
+  state.map.pools.push(pool);
+  return pool;
+}
+
+export function createVolume(
+  state: ClusterState,
+  name: string,
+  sizeBytes: number,
+  poolName: string,
+): VolumeSpec {
+  if (!VOLUME_NAME_PATTERN.test(name)) {
+    throw new CisternError(
+      'EINVAL',
+      `volume name "${name}" must be 1-64 letters, digits, ".", "_" or "-"`,
+    );
+  }
+  if (state.volumes.some((v) => v.name === name))
+    throw new CisternError('EEXIST', `volume "${name}" already exists`);
+  if (state.volumes.length >= VOLUMES_MAX)
+    throw new CisternError('ENOSPC', `at most ${VOLUMES_MAX} volumes`);
+  checkVolumeSize(sizeBytes);
+  const pool = state.map.pools.find((p) => p.name === poolName);
+  if (!pool)
+    throw new CisternError('UNKNOWN_POOL', `no pool named "${poolName}" (see: cistern pool ls)`);
+  const volume: VolumeSpec = {
+    id: state.nextVolumeId,
+    name,
+    pool: pool.id,
+    sizeBytes,
+    objectSizeBytes: OBJECT_SIZE_DEFAULT_BYTES,
+    createdAt: new Date().toISOString(),
+  };
+  state.nextVolumeId += 1;
+  state.volumes.push(volume);
+  return volume;
+}
+
+export function resizeVolume(
+  state: ClusterState,
+  name: string,
+  sizeBytes: number,
+  allowShrink: boolean,
+): VolumeSpec {
+  const volume = findVolume(state, name);
+  checkVolumeSize(sizeBytes);
+  if (sizeBytes < volume.sizeBytes && !allowShrink) {
+    throw new CisternError(
+      'EINVAL',
+      `shrinking ${name} from ${volume.sizeBytes} to ${sizeBytes} bytes discards its tail; ` +
+        'pass --allow-shrink if that is what you want',
+    );
+  }
+  volume.sizeBytes = sizeBytes;
+  return volume;
+}
+
+export function removeVolume(state: ClusterState, name: string): VolumeSpec {
+  const volume = findVolume(state, name);
+  state.volumes = state.volumes.filter((v) => v.id !== volume.id);
+  return volume;
+}

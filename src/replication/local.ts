@@ -1,0 +1,180 @@
+// Object I/O replicated across this host's disks. For each object the placement
+// table gives the PG's ordered disks; writes go to every up member in parallel and
+// are acknowledged once all up members have them (at least `minSize`); reads come
+// from the first up member. A disk whose device fails (EIO, CORRUPT) is reported
+// through `onDiskFailure` — the datastore marks it down — and the operation carries
+// on with the remaining members. Request errors (ENOSPC, EINVAL) go back to the
+// caller unchanged.
+
+import { assert } from '../util/assert';
+import { CisternError, isCisternError } from '../util/errors';
+import { Extent } from '../volume/backend';
+import { ObjectKey } from '../store/key';
+import { ObjectStore } from '../store/object-store';
+import { PlacementTable, objectToPg, pgRow } from '../placement/straw2';
+import { RangeOrdering } from './ordering';
+
+export interface ReplicaSet {
+  /** Placement of the object's pool for the current map. */
+  table(poolId: number): PlacementTable;
+  /** The open store of an up disk, or undefined when the disk is down or missing. */
+  store(diskId: number): ObjectStore | undefined;
+  /** Takes a failed disk out of service; resolves once the map says so. */
+  onDiskFailure(diskId: number, error: CisternError): Promise<void>;
+}
+
+/** Errors that mean the disk itself is failing, not that the request was bad. */
+export function isDeviceFailure(error: unknown): boolean {
+  return isCisternError(error, 'EIO') || isCisternError(error, 'CORRUPT');
+}
+
+export class LocalReplication {
+  private readonly ordering = new RangeOrdering();
+  /** Disks written since their last flush. */
+  private readonly dirty = new Set<number>();
+
+  constructor(private readonly replicas: ReplicaSet) {}
+
+  private members(key: ObjectKey): {
+    up: Array<[number, ObjectStore]>;
+    minSize: number;
+    size: number;
+  } {
+    const table = this.replicas.table(key.pool);
+    const row = pgRow(table, objectToPg(table.pool, key.volume, key.object));
+    const up: Array<[number, ObjectStore]> = [];
+    for (const disk of row) {
+      const store = this.replicas.store(disk);
+      if (store) up.push([disk, store]);
+    }
+    return { up, minSize: table.pool.minSize, size: table.pool.size };
+  }
+
+  private unavailable(key: ObjectKey, up: number, minSize: number): CisternError {
+    return new CisternError(
+      'UNAVAILABLE',
+      `object ${key.pool}/${key.volume}/${key.object}: ${up} replica disk(s) up, pool needs ${minSize} ` +
+        '(see: cistern status)',
+    );
+  }
+
+  /** Reads from the first up member; a failing disk is taken out and the next one tried. */
+  async read(key: ObjectKey, offset: number, length: number): Promise<Uint8Array> {
+    return this.fromPrimary(key, (store) => store.read(key, offset, length));
+  }
+
+  async blockStatus(key: ObjectKey, offset: number, length: number): Promise<Extent[]> {
+    return this.fromPrimary(key, (store) => store.blockStatus(key, offset, length));
+  }
+
+  private async fromPrimary<T>(
+    key: ObjectKey,
+    operation: (store: ObjectStore) => Promise<T>,
+  ): Promise<T> {
+    // Bounded: each failure takes one disk out, so at most `size` attempts.
+    for (let attempt = 0; attempt < 64; attempt += 1) {
+      const { up, minSize } = this.members(key);
+      const first = up[0];
+      if (!first) throw this.unavailable(key, 0, minSize);
+      try {
+        return await operation(first[1]);
+      } catch (error) {
+        if (!isDeviceFailure(error)) throw error;
+        await this.replicas.onDiskFailure(first[0], error as CisternError);
+      }
+    }
+    throw new CisternError(
+      'EIO',
+      `object ${key.pool}/${key.volume}/${key.object}: every replica failed`,
+    );
+  }
+
+  write(key: ObjectKey, offset: number, data: Uint8Array, fua: boolean): Promise<void> {
+    return this.mutate(key, offset, data.length, fua, (store) =>
+      store.write(key, offset, data, { fua }),
+    );
+  }
+
+  trim(key: ObjectKey, offset: number, length: number, fua: boolean): Promise<void> {
+    return this.mutate(key, offset, length, fua, async (store) => {
+      await store.trim(key, offset, length);
+      if (fua) await store.flush();
+    });
+  }
+
+  zero(key: ObjectKey, offset: number, length: number, fua: boolean): Promise<void> {
+    return this.mutate(key, offset, length, fua, async (store) => {
+      await store.zero(key, offset, length);
+      if (fua) await store.flush();
+    });
+  }
+
+  /** Removes the object from every up member (volume deletion, shrinking). */
+  deleteObject(key: ObjectKey): Promise<void> {
+    return this.mutate(key, 0, Number.MAX_SAFE_INTEGER, false, async (store) => {
+      await store.deleteObject(key);
+    });
+  }
+
+  private mutate(
+    key: ObjectKey,
+    offset: number,
+    length: number,
+    fua: boolean,
+    operation: (store: ObjectStore) => Promise<void>,
+  ): Promise<void> {
+    const name = `${key.pool}/${key.volume}/${key.object}`;
+    return this.ordering.run(name, offset, offset + length, async () => {
+      const { up, minSize } = this.members(key);
+      if (up.length < minSize) throw this.unavailable(key, up.length, minSize);
+      const results = await Promise.allSettled(up.map(([, store]) => operation(store)));
+      let succeeded = 0;
+      let requestError: unknown;
+      for (let i = 0; i < results.length; i += 1) {
+        const result = results[i] as PromiseSettledResult<void>;
+        const [disk] = up[i] as [number, ObjectStore];
+        if (result.status === 'fulfilled') {
+          succeeded += 1;
+          if (!fua) this.dirty.add(disk);
+        } else if (isDeviceFailure(result.reason)) {
+          await this.replicas.onDiskFailure(disk, result.reason as CisternError);
+        } else {
+          requestError ??= result.reason;
+        }
+      }
+      if (requestError !== undefined) throw requestError;
+      if (succeeded < minSize) throw this.unavailable(key, succeeded, minSize);
+    });
+  }
+
+  /**
+   * Makes every write acknowledged before the call durable on every disk that took
+   * it. A disk that fails to flush is taken out; the others still hold the writes.
+   */
+  async flush(): Promise<void> {
+    const disks = [...this.dirty];
+    this.dirty.clear();
+    await Promise.all(
+      disks.map(async (disk) => {
+        const store = this.replicas.store(disk);
+        if (!store) return;
+        try {
+          await store.flush();
+        } catch (error) {
+          if (!isDeviceFailure(error)) {
+            this.dirty.add(disk);
+            throw error;
+          }
+          await this.replicas.onDiskFailure(disk, error as CisternError);
+        }
+      }),
+    );
+  }
+
+  /** Objects being written now (for tests and status). */
+  get busyObjects(): number {
+    return this.ordering.pendingObjects;
+  }
+}
+
+assert(typeof LocalReplication === 'function', 'module loaded');

@@ -1,0 +1,515 @@
+// One host's datastore: its disks (each an object store on the native I/O engine),
+// the embedded cluster store holding pools, volumes and the placement map, local
+// replication across the disks, and volumes as export handles. Implements what the
+// admin API and the front ends need (DatastoreAdmin, ExportProvider).
+
+import fs from 'node:fs';
+import path from 'node:path';
+import { assert } from '../util/assert';
+import { CisternError, isCisternError } from '../util/errors';
+import { formatSize } from '../util/units';
+import { EmbeddedClusterStore } from '../cluster/embedded';
+import { ClusterStore } from '../cluster/store';
+import * as state from '../cluster/state';
+import { pgCountFor } from '../placement/build';
+import { FailureDomain } from '../placement/map';
+import { PlacementTable, computeTable, pgRow } from '../placement/straw2';
+import { openDevice } from '../engine';
+import { BlockDevice } from '../store/device';
+import { ObjectStore } from '../store/object-store';
+import { LocalReplication } from '../replication/local';
+import { ExportInfo, ExportProvider, VolumeHandle } from './backend';
+import {
+  CreatePoolRequest,
+  CreateVolumeRequest,
+  DatastoreAdmin,
+  DiskInfo,
+  PoolInfo,
+  StatusReport,
+  VolumeInfo,
+} from './admin';
+import { Volume } from './volume';
+
+export const DEFAULT_DISK_COUNT = 3;
+export const DEFAULT_DISK_SIZE_BYTES = 16 * 2 ** 30;
+export const DEFAULT_POOL_NAME = 'default';
+/** Every write reaches this many disks by default (one host: failure domain disk). */
+export const DEFAULT_POOL_SIZE = 2;
+
+export type Log = (event: string, fields?: Record<string, unknown>) => void;
+
+export interface DatastoreOptions {
+  dataDir: string;
+  /** Disks to use; on a new data dir with none given, three sparse 16 GiB files are created. */
+  disks: Array<{ path: string; sizeBytes?: number }>;
+  log: Log;
+  /** This host's id in the map. */
+  hostId?: string;
+  /** Wraps each opened device (tests inject faults here). */
+  wrapDevice?: (diskId: number, device: BlockDevice) => BlockDevice;
+}
+
+interface OpenDisk {
+  id: number;
+  device: BlockDevice;
+  store: ObjectStore;
+}
+
+export class Datastore implements DatastoreAdmin, ExportProvider {
+  private readonly disks = new Map<number, OpenDisk>();
+  private readonly tables = new Map<number, { epoch: number; table: PlacementTable }>();
+  private readonly openHandles = new Map<string, number>();
+  readonly replication: LocalReplication;
+  private closed = false;
+
+  private constructor(
+    private readonly options: DatastoreOptions,
+    private readonly cluster: ClusterStore,
+  ) {
+    this.replication = new LocalReplication({
+      table: (poolId) => this.table(poolId),
+      store: (diskId) => this.upStore(diskId),
+      onDiskFailure: (diskId, error) => this.diskFailed(diskId, error),
+    });
+  }
+
+  static async open(options: DatastoreOptions): Promise<Datastore> {
+    fs.mkdirSync(options.dataDir, { recursive: true, mode: 0o700 });
+    const cluster = await EmbeddedClusterStore.open(path.join(options.dataDir, 'cluster'));
+    const datastore = new Datastore(options, cluster);
+    try {
+      await datastore.attachDisks();
+      await datastore.ensureDefaultPool();
+    } catch (error) {
+      await datastore.close();
+      throw error;
+    }
+    return datastore;
+  }
+
+  private get log(): Log {
+    return this.options.log;
+  }
+
+  private get hostId(): string {
+    return this.options.hostId ?? 'local';
+  }
+
+  private indexPath(diskId: number): string {
+    return path.join(this.options.dataDir, 'index', `disk-${diskId}`);
+  }
+
+  private async attachDisks(): Promise<void> {
+    await this.cluster.update((s) => state.addHost(s, this.hostId, 'rack-0'));
+    const known = this.cluster.current().disks;
+    const knownPaths = new Map(
+      Object.entries(known).map(([id, loc]) => [path.resolve(loc.path), Number(id)]),
+    );
+    let requested = this.options.disks;
+    if (requested.length === 0 && knownPaths.size === 0) {
+      requested = Array.from({ length: DEFAULT_DISK_COUNT }, (_, i) => ({
+        path: path.join(this.options.dataDir, 'disks', `disk-${i}.img`),
+        sizeBytes: DEFAULT_DISK_SIZE_BYTES,
+      }));
+    }
+    for (const id of knownPaths.values()) await this.openKnownDisk(id);
+    for (const disk of requested) {
+      if (knownPaths.has(path.resolve(disk.path))) continue;
+      await this.addNewDisk(disk.path, disk.sizeBytes);
+    }
+    if (this.disks.size === 0) {
+      throw new CisternError('EIO', 'no disk could be opened; see the log lines above');
+    }
+  }
+
+  private async openKnownDisk(id: number): Promise<void> {
+    const current = this.cluster.current();
+    const location = current.disks[String(id)];
+    const spec = current.map.disks.find((d) => d.id === id);
+    assert(location && spec, `disk ${id} half-known`);
+    if (!spec.up) {
+      this.log('disk.stays-down', {
+        disk: id,
+        path: location.path,
+        reason: location.error ?? 'marked down',
+      });
+      return;
+    }
+    let device: BlockDevice | undefined;
+    try {
+      device = await openDevice(location.path);
+      device = this.options.wrapDevice?.(id, device) ?? device;
+      const store = await ObjectStore.open({ device, indexPath: this.indexPath(id) });
+      if (store.stats().uuid !== location.uuid) {
+        await store.close();
+        throw new CisternError(
+          'EINVAL',
+          `${location.path} holds store ${store.stats().uuid}, not disk ${id} (${location.uuid})`,
+        );
+      }
+      this.disks.set(id, { id, device, store });
+      this.log('disk.opened', { disk: id, path: location.path, size: formatSize(device.size) });
+    } catch (error) {
+      await device?.close().catch(() => undefined);
+      const message = error instanceof Error ? error.message : String(error);
+      this.log('disk.failed', { disk: id, path: location.path, error: message });
+      await this.cluster.update((s) => state.markDiskDown(s, id, message));
+    }
+  }
+
+  private async addNewDisk(diskPath: string, sizeBytes: number | undefined): Promise<void> {
+    fs.mkdirSync(path.dirname(path.resolve(diskPath)), { recursive: true });
+    const exists = fs.existsSync(diskPath);
+    const create = exists ? undefined : (sizeBytes ?? DEFAULT_DISK_SIZE_BYTES);
+    const id = this.cluster.current().nextDiskId;
+    const device = await openDevice(diskPath, create === undefined ? {} : { create });
+    try {
+      const wrapped = this.options.wrapDevice?.(id, device) ?? device;
+      fs.rmSync(this.indexPath(id), { recursive: true, force: true });
+      const store = await ObjectStore.open({
+        device: wrapped,
+        indexPath: this.indexPath(id),
+        format: true,
+      });
+      const assigned = await this.cluster.update((s) =>
+        state.addDisk(s, this.hostId, {
+          path: path.resolve(diskPath),
+          uuid: store.stats().uuid,
+          sizeBytes: device.size,
+        }),
+      );
+      assert(assigned === id, `disk id ${assigned} assigned, ${id} expected`);
+      this.disks.set(id, { id, device: wrapped, store });
+      this.log('disk.added', {
+        disk: id,
+        path: diskPath,
+        size: formatSize(device.size),
+        created: create !== undefined,
+      });
+    } catch (error) {
+      await device.close().catch(() => undefined);
+      throw error;
+    }
+  }
+
+  private async ensureDefaultPool(): Promise<void> {
+    if (this.cluster.current().map.pools.length > 0) return;
+    const disks = this.cluster.current().map.disks.length;
+    const size = Math.min(DEFAULT_POOL_SIZE, disks);
+    await this.createPool({ name: DEFAULT_POOL_NAME, size, minSize: 1, failureDomain: 'disk' });
+  }
+
+  /** Placement for a pool at the current epoch, recomputed only when the map changes. */
+  private table(poolId: number): PlacementTable {
+    const { map } = this.cluster.current();
+    const cached = this.tables.get(poolId);
+    if (cached && cached.epoch === map.epoch) return cached.table;
+    const table = computeTable(map, poolId);
+    this.tables.set(poolId, { epoch: map.epoch, table });
+    return table;
+  }
+
+  private upStore(diskId: number): ObjectStore | undefined {
+    const disk = this.cluster.current().map.disks.find((d) => d.id === diskId);
+    if (!disk || !disk.up) return undefined;
+    return this.disks.get(diskId)?.store;
+  }
+
+  private async diskFailed(diskId: number, error: CisternError): Promise<void> {
+    const spec = this.cluster.current().map.disks.find((d) => d.id === diskId);
+    if (!spec || !spec.up) return;
+    const message = `${error.code}: ${error.message}`;
+    const changed = await this.cluster.update((s) => state.markDiskDown(s, diskId, message));
+    if (changed) {
+      this.log('disk.failed', {
+        disk: diskId,
+        error: message,
+        action: 'taken out of service; I/O continues on the other replicas',
+      });
+    }
+  }
+
+  // ---- ExportProvider ----
+
+  async list(): Promise<ExportInfo[]> {
+    const current = this.cluster.current();
+    return current.volumes.map((v) => ({
+      name: v.name,
+      description: `Cistern volume ${v.name} (pool ${current.map.pools.find((p) => p.id === v.pool)?.name})`,
+      size: v.sizeBytes,
+      readOnly: false,
+    }));
+  }
+
+  async open(name: string, options: { readOnly: boolean }): Promise<VolumeHandle> {
+    if (this.closed) throw new CisternError('CLOSED', 'datastore is closing');
+    const spec = { ...state.findVolume(this.cluster.current(), name) };
+    this.openHandles.set(name, (this.openHandles.get(name) ?? 0) + 1);
+    return new Volume(spec, this.replication, options.readOnly, () => {
+      const count = (this.openHandles.get(name) ?? 1) - 1;
+      if (count <= 0) this.openHandles.delete(name);
+      else this.openHandles.set(name, count);
+    });
+  }
+
+  // ---- DatastoreAdmin ----
+
+  async createPool(request: CreatePoolRequest): Promise<PoolInfo> {
+    const hosts = this.cluster.current().map.hosts.length;
+    const domain: FailureDomain = request.failureDomain ?? (hosts > 1 ? 'host' : 'disk');
+    const pool = await this.cluster.update((s) => {
+      const created = state.createPool(s, {
+        ...request,
+        failureDomain: domain,
+        pgCount:
+          request.pgCount ??
+          pgCountFor(Math.max(1, s.map.disks.length), 100, Math.max(1, request.size)),
+      });
+      computeTable(s.map, created.id); // refuses an impossible pool before it exists
+      return created;
+    });
+    this.log('pool.created', {
+      pool: pool.name,
+      size: pool.size,
+      minSize: pool.minSize,
+      pgs: pool.pgCount,
+      domain,
+    });
+    return this.poolInfo(pool.id);
+  }
+
+  async listPools(): Promise<PoolInfo[]> {
+    return Promise.all(this.cluster.current().map.pools.map((p) => this.poolInfo(p.id)));
+  }
+
+  private async poolInfo(poolId: number): Promise<PoolInfo> {
+    const current = this.cluster.current();
+    const pool = current.map.pools.find((p) => p.id === poolId);
+    assert(pool, `pool ${poolId} vanished`);
+    const volumes = current.volumes.filter((v) => v.pool === pool.id);
+    const { degraded, unavailable } = this.pgHealth(pool.id);
+    let storedBytes = 0;
+    for (const disk of this.disks.values()) {
+      if (!this.upStore(disk.id)) continue;
+      for await (const key of disk.store.listObjects({ pool: pool.id })) {
+        void key;
+        storedBytes += disk.store.objectSizeBytes;
+      }
+    }
+    return {
+      id: pool.id,
+      name: pool.name,
+      size: pool.size,
+      minSize: pool.minSize,
+      pgCount: pool.pgCount,
+      failureDomain: pool.failureDomain,
+      volumes: volumes.length,
+      provisionedBytes: volumes.reduce((sum, v) => sum + v.sizeBytes, 0),
+      storedBytes,
+      pgsDegraded: degraded,
+      pgsUnavailable: unavailable,
+    };
+  }
+
+  private pgHealth(poolId: number): { degraded: number; unavailable: number } {
+    const table = this.table(poolId);
+    let degraded = 0;
+    let unavailable = 0;
+    for (let pg = 0; pg < table.pgCount; pg += 1) {
+      let up = 0;
+      for (const disk of pgRow(table, pg)) if (this.upStore(disk)) up += 1;
+      if (up < table.pool.size) degraded += 1;
+      if (up < table.pool.minSize) unavailable += 1;
+    }
+    return { degraded, unavailable };
+  }
+
+  async createVolume(request: CreateVolumeRequest): Promise<VolumeInfo> {
+    const pools = this.cluster.current().map.pools;
+    const poolName =
+      request.pool ??
+      (pools.length === 1 ? pools[0]?.name : DEFAULT_POOL_NAME) ??
+      DEFAULT_POOL_NAME;
+    const volume = await this.cluster.update((s) =>
+      state.createVolume(s, request.name, request.sizeBytes, poolName),
+    );
+    this.log('volume.created', {
+      volume: volume.name,
+      size: formatSize(volume.sizeBytes),
+      pool: poolName,
+    });
+    return this.volumeInfo(volume.name);
+  }
+
+  async listVolumes(): Promise<VolumeInfo[]> {
+    return Promise.all(this.cluster.current().volumes.map((v) => this.volumeInfo(v.name)));
+  }
+
+  async volumeInfo(name: string): Promise<VolumeInfo> {
+    const current = this.cluster.current();
+    const volume = state.findVolume(current, name);
+    const objects = new Set<number>();
+    for (const disk of this.disks.values()) {
+      if (!this.upStore(disk.id)) continue;
+      for await (const key of disk.store.listObjects({ pool: volume.pool, volume: volume.id }))
+        objects.add(key.object);
+    }
+    return {
+      id: volume.id,
+      name: volume.name,
+      pool: current.map.pools.find((p) => p.id === volume.pool)?.name ?? String(volume.pool),
+      sizeBytes: volume.sizeBytes,
+      objectSizeBytes: volume.objectSizeBytes,
+      usedBytes: objects.size * volume.objectSizeBytes,
+      createdAt: volume.createdAt,
+      openHandles: this.openHandles.get(name) ?? 0,
+    };
+  }
+
+  async resizeVolume(
+    name: string,
+    sizeBytes: number,
+    options: { allowShrink?: boolean },
+  ): Promise<VolumeInfo> {
+    const volume = state.findVolume(this.cluster.current(), name);
+    if (sizeBytes < volume.sizeBytes) {
+      if (!options.allowShrink)
+        state.resizeVolume(structuredClone(this.cluster.current()), name, sizeBytes, false);
+      // Discard the tail before the size changes: a later grow must find zeros there.
+      await this.discardFrom(volume, sizeBytes);
+    }
+    await this.cluster.update((s) =>
+      state.resizeVolume(s, name, sizeBytes, options.allowShrink === true),
+    );
+    this.log('volume.resized', {
+      volume: name,
+      from: formatSize(volume.sizeBytes),
+      to: formatSize(sizeBytes),
+    });
+    return this.volumeInfo(name);
+  }
+
+  /** Deletes every object of a volume at or past `offset` and zeros the rest of its last object. */
+  private async discardFrom(volume: state.VolumeSpec, offset: number): Promise<void> {
+    const objectSize = volume.objectSizeBytes;
+    const firstWhole = Math.ceil(offset / objectSize);
+    const keys = new Map<number, { pool: number; volume: number; object: number }>();
+    for (const disk of this.disks.values()) {
+      if (!this.upStore(disk.id)) continue;
+      for await (const key of disk.store.listObjects({ pool: volume.pool, volume: volume.id })) {
+        if (key.object >= firstWhole) keys.set(key.object, key);
+      }
+    }
+    for (const key of keys.values()) await this.replication.deleteObject(key);
+    if (offset % objectSize !== 0) {
+      const object = Math.floor(offset / objectSize);
+      const start = offset - object * objectSize;
+      await this.replication.zero(
+        { pool: volume.pool, volume: volume.id, object },
+        start,
+        objectSize - start,
+        false,
+      );
+    }
+    await this.flushAll();
+  }
+
+  async removeVolume(name: string, options: { force?: boolean }): Promise<void> {
+    const volume = state.findVolume(this.cluster.current(), name);
+    const open = this.openHandles.get(name) ?? 0;
+    if (open > 0 && !options.force) {
+      throw new CisternError(
+        'EPERM',
+        `volume ${name} is open by ${open} connection(s); disconnect them or pass --force`,
+      );
+    }
+    this.log('volume.removing', { volume: name });
+    await this.discardFrom(volume, 0);
+    await this.cluster.update((s) => state.removeVolume(s, name));
+    this.log('volume.removed', { volume: name });
+  }
+
+  private async flushAll(): Promise<void> {
+    await this.replication.flush();
+    for (const disk of this.disks.values()) {
+      if (this.upStore(disk.id)) await disk.store.flush();
+    }
+  }
+
+  async status(): Promise<StatusReport> {
+    const current = this.cluster.current();
+    const disks: DiskInfo[] = current.map.disks.map((d) => {
+      const location = current.disks[String(d.id)];
+      const open = this.disks.get(d.id);
+      const stats = d.up && open ? open.store.stats() : undefined;
+      const info: DiskInfo = {
+        id: d.id,
+        path: location?.path ?? '?',
+        host: d.host,
+        up: d.up,
+        in: d.in,
+        sizeBytes: location?.sizeBytes ?? 0,
+        usedBytes: stats ? stats.slotsUsed * stats.objectSizeBytes : 0,
+      };
+      if (location?.error) info.error = location.error;
+      return info;
+    });
+    const pools = await this.listPools();
+    const messages: string[] = [];
+    for (const disk of disks.filter((d) => !d.up)) {
+      messages.push(
+        `disk ${disk.id} (${disk.path}) is out of service: ${disk.error ?? 'down'}. Its replicas are served ` +
+          'from the other disks. Replace or repair it; until recovery lands (a later release), data written ' +
+          'meanwhile exists only on the remaining replicas.',
+      );
+    }
+    for (const pool of pools) {
+      if (pool.pgsUnavailable > 0) {
+        messages.push(
+          `pool ${pool.name}: ${pool.pgsUnavailable} of ${pool.pgCount} PGs have fewer than min-size ` +
+            `(${pool.minSize}) disks up; I/O to them fails. Bring the failed disks back.`,
+        );
+      } else if (pool.pgsDegraded > 0) {
+        messages.push(
+          `pool ${pool.name} is degraded: ${pool.pgsDegraded} of ${pool.pgCount} PGs have fewer than ` +
+            `${pool.size} replicas up; writes continue on the rest.`,
+        );
+      }
+    }
+    const health = pools.some((p) => p.pgsUnavailable > 0)
+      ? 'unavailable'
+      : messages.length > 0
+        ? 'degraded'
+        : 'ok';
+    return {
+      health,
+      messages,
+      epoch: current.map.epoch,
+      hosts: current.map.hosts.length,
+      disks,
+      pools,
+      volumes: current.volumes.length,
+      capacityBytes: disks.filter((d) => d.up).reduce((sum, d) => sum + d.sizeBytes, 0),
+      usedBytes: disks.reduce((sum, d) => sum + d.usedBytes, 0),
+    };
+  }
+
+  /** Flushes everything, closes every store and device, then the cluster store. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    try {
+      await this.replication.flush().catch((error: unknown) => {
+        if (!isCisternError(error)) throw error;
+        this.log('datastore.flush-failed', { error: error.message });
+      });
+    } finally {
+      for (const disk of this.disks.values()) {
+        await disk.store.close().catch(() => undefined);
+        await disk.device.close().catch(() => undefined);
+      }
+      this.disks.clear();
+      await this.cluster.close();
+    }
+  }
+}

@@ -3,7 +3,8 @@
 //
 // Data flow per device, all on the event-loop thread:
 //   JS fills the shared submission area (op, slot, offset) and an array of buffers,
-//   then calls Submit once per loop turn: one io_submit for the whole batch.
+//   then calls Submit once per loop turn: one crossing into C++ for the whole batch,
+//   handed to the kernel in io_submit calls of submitChunkMax iocbs (see SubmitBatch).
 //   The kernel completes iocbs and bumps the eventfd (IOCB_FLAG_RESFD); libuv sees
 //   it readable, OnEventFdReadable reaps every completion with io_getevents into the
 //   shared completion area and calls JS once with the count.
@@ -16,6 +17,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cmath>
@@ -176,13 +178,18 @@ bool PrepareIocb(Napi::Env env, Engine* engine, const double* record, napi_value
   return true;
 }
 
-// Submits the prepared batch; iocbs the kernel refuses become failures.
+// Submits the prepared batch in io_submit calls of at most submitChunkMax iocbs; iocbs
+// the kernel refuses become failures. Why chunks: io_submit plugs the block layer for
+// more than two iocbs, so a whole turn's batch reaches the device as one burst, all of
+// it completes together, and the queue convoys (measured on virtio at QD 32: about
+// 0.6-0.8x fio's IOPS with one io_submit per turn, 0.9-1.0x with chunks of 2).
 void SubmitBatch(Engine* engine) {
   size_t total = engine->batch.size();
   size_t done = 0;
   // Bounded: every pass submits at least one iocb or fails exactly one.
   while (done < total) {
-    long submitted = IoSubmit(engine->context, static_cast<long>(total - done),
+    size_t chunk = std::min<size_t>(total - done, engine->submitChunkMax);
+    long submitted = IoSubmit(engine->context, static_cast<long>(chunk),
                               engine->batch.data() + done);
     if (submitted < 0 && errno == EINTR) continue;
     if (submitted > 0) {
@@ -219,21 +226,24 @@ Engine* UnwrapEngine(const Napi::CallbackInfo& info, size_t index) {
   return box->engine;
 }
 
-// open(path, readOnly, queueDepth, submitArea, completionArea, onComplete)
+// open(path, readOnly, queueDepth, submitChunkMax, submitArea, completionArea, onComplete)
 //   -> { handle, sizeBytes, offsetAlignBytes, memoryAlignBytes, isBlockDevice,
 //        alignmentSource }
 Napi::Value Open(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  CHECK(env, info.Length() == 6, "open takes 6 arguments");
+  CHECK(env, info.Length() == 7, "open takes 7 arguments");
   CHECK(env, info[0].IsString() && info[1].IsBoolean() && info[2].IsNumber(), "bad arguments");
-  CHECK(env, info[3].IsTypedArray() && info[4].IsTypedArray() && info[5].IsFunction(),
+  CHECK(env, info[3].IsNumber() && info[4].IsTypedArray() && info[5].IsTypedArray(),
         "bad arguments");
+  CHECK(env, info[6].IsFunction(), "bad arguments");
   std::string path = info[0].As<Napi::String>().Utf8Value();
   bool readOnly = info[1].As<Napi::Boolean>().Value();
   uint32_t queueDepth = info[2].As<Napi::Number>().Uint32Value();
-  auto submitArea = info[3].As<Napi::TypedArray>();
-  auto completionArea = info[4].As<Napi::TypedArray>();
+  uint32_t submitChunkMax = info[3].As<Napi::Number>().Uint32Value();
+  auto submitArea = info[4].As<Napi::TypedArray>();
+  auto completionArea = info[5].As<Napi::TypedArray>();
   CHECK(env, queueDepth >= 1 && queueDepth <= kMaxQueueDepth, "queue depth out of range");
+  CHECK(env, submitChunkMax >= 1 && submitChunkMax <= queueDepth, "submit chunk out of range");
   CHECK(env, submitArea.TypedArrayType() == napi_float64_array, "submit area: Float64Array");
   CHECK(env, completionArea.TypedArrayType() == napi_int32_array, "completion area: Int32Array");
   CHECK(env, submitArea.ElementLength() >= queueDepth * kSubmitStride, "submit area too small");
@@ -256,6 +266,7 @@ Napi::Value Open(const Napi::CallbackInfo& info) {
   engine->readOnly = readOnly;
   engine->isBlockDevice = device.isBlockDevice;
   engine->queueDepth = queueDepth;
+  engine->submitChunkMax = submitChunkMax;
   engine->sizeBytes = device.sizeBytes;
   engine->offsetAlignBytes = device.offsetAlignBytes;
   engine->memoryAlignBytes = device.memoryAlignBytes;
@@ -282,9 +293,9 @@ Napi::Value Open(const Napi::CallbackInfo& info) {
   engine->completionArea = static_cast<int32_t*>(completionArea.ArrayBuffer().Data()) +
                            completionArea.ByteOffset() / sizeof(int32_t);
   engine->completionAreaLength = completionArea.ElementLength();
-  engine->submitAreaRef = Napi::Persistent(info[3].As<Napi::Float64Array>());
-  engine->completionAreaRef = Napi::Persistent(info[4].As<Napi::Int32Array>());
-  engine->onComplete = Napi::Persistent(info[5].As<Napi::Function>());
+  engine->submitAreaRef = Napi::Persistent(info[4].As<Napi::Float64Array>());
+  engine->completionAreaRef = Napi::Persistent(info[5].As<Napi::Int32Array>());
+  engine->onComplete = Napi::Persistent(info[6].As<Napi::Function>());
   engine->asyncContext = new Napi::AsyncContext(env, "cistern_engine");
 
   uv_loop_t* loop = nullptr;

@@ -51,6 +51,7 @@ struct Engine {
   bool readOnly = false;
   bool isBlockDevice = false;
   uint32_t queueDepth = 0;
+  uint32_t submitChunkMax = 0;  // iocbs per io_submit call (see SubmitBatch)
   uint32_t inFlight = 0;
   uint32_t blockingInFlight = 0;  // fdatasync/fallocate on the threadpool
   uint32_t closeStepsLeft = 0;    // poll handle closed, kernel resources released

@@ -1,7 +1,8 @@
 // BlockDevice on the native AIO engine: a regular file or a raw block device opened
 // with O_DIRECT. Reads and writes are kernel AIO; everything queued during one turn of
-// the event loop goes to the kernel in one io_submit (flushed from setImmediate), and
-// completions come back in batches, one JS call per eventfd wake.
+// the event loop crosses into C++ in one call (flushed from setImmediate), which hands
+// it to io_submit in small chunks (SUBMIT_CHUNK_DEFAULT says why), and completions
+// come back in batches, one JS call per eventfd wake.
 //
 // Two layers: a callback fast path (readWith/writeWith/flushWith) that allocates
 // nothing per I/O, and the promise API of BlockDevice on top of it.
@@ -24,6 +25,7 @@ import {
   IO_BYTES_MAX,
   QUEUE_DEPTH_DEFAULT,
   QUEUE_DEPTH_MAX,
+  SUBMIT_CHUNK_DEFAULT,
   WAITING_IOS_MAX,
 } from './limits';
 import {
@@ -53,6 +55,8 @@ export interface OpenDeviceOptions {
   readOnly?: boolean;
   /** I/Os in flight at once; more wait in a bounded queue. */
   queueDepth?: number;
+  /** iocbs per io_submit call, 1..queueDepth (SUBMIT_CHUNK_DEFAULT explains why small). */
+  submitChunkMax?: number;
 }
 
 const EINVAL = 22;
@@ -83,9 +87,16 @@ export async function openDevice(
       `queue depth must be 1..${QUEUE_DEPTH_MAX}, got ${queueDepth}`,
     );
   }
+  const submitChunkMax = Math.min(options.submitChunkMax ?? SUBMIT_CHUNK_DEFAULT, queueDepth);
+  if (!Number.isSafeInteger(submitChunkMax) || submitChunkMax < 1) {
+    throw new CisternError(
+      'EINVAL',
+      `submit chunk must be 1..${queueDepth}, got ${submitChunkMax}`,
+    );
+  }
   const created = options.create !== undefined && createSparse(path, options.create);
   try {
-    const device = new AioDevice(path, options.readOnly ?? false, queueDepth);
+    const device = new AioDevice(path, options.readOnly ?? false, queueDepth, submitChunkMax);
     if (options.create !== undefined && device.size !== options.create) {
       await device.close();
       throw new CisternError(
@@ -164,8 +175,10 @@ export class AioDevice implements BlockDevice {
     readonly path: string,
     readonly readOnly: boolean,
     readonly queueDepth: number,
+    readonly submitChunkMax: number,
   ) {
     assert(queueDepth >= 1 && queueDepth <= QUEUE_DEPTH_MAX, 'queue depth out of range');
+    assert(submitChunkMax >= 1 && submitChunkMax <= queueDepth, 'submit chunk out of range');
     this.native = loadNative();
     this.submitArea = new Float64Array(queueDepth * SUBMIT_STRIDE);
     this.failureArea = new Int32Array(this.submitArea.buffer);
@@ -176,6 +189,7 @@ export class AioDevice implements BlockDevice {
         path,
         readOnly,
         queueDepth,
+        submitChunkMax,
         this.submitArea,
         this.completionArea,
         (count) => this.onComplete(count),

@@ -1,6 +1,7 @@
 // Proves, by watching the system calls (strace) of a child process using the engine,
-// what the kernel actually receives: everything queued in one event-loop turn goes in
-// one io_submit; a FUA write carries RWF_DSYNC and a plain one does not; flush is an
+// what the kernel actually receives: everything queued in one event-loop turn is
+// submitted together (in one io_submit when the device's chunk allows it, else in
+// io_submit calls of at most SUBMIT_CHUNK_DEFAULT iocbs); a FUA write carries RWF_DSYNC and a plain one does not; flush is an
 // IOCB_CMD_FDSYNC through the same AIO context; every io_setup has its io_destroy.
 // Skipped where strace is missing or ptrace is not allowed.
 
@@ -9,6 +10,7 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { before, test } from 'node:test';
+import { SUBMIT_CHUNK_DEFAULT } from './limits';
 import { scratchParent } from './testing';
 
 const batchSize = 64;
@@ -21,9 +23,13 @@ function canStrace(): boolean {
 const childScript = `
 const { openDevice } = require(${JSON.stringify(path.join(__dirname, 'index.js'))});
 (async () => {
-  const device = await openDevice(process.argv[1], { create: 1 << 20, queueDepth: 128 });
+  const options = { create: 1 << 20, queueDepth: 128, submitChunkMax: 128 };
+  const device = await openDevice(process.argv[1], options);
   const buffers = Array.from({ length: ${batchSize} }, () => device.allocate(4096));
   await Promise.all(buffers.map((buffer, index) => device.write(buffer, index * 4096)));
+  const chunked = await openDevice(process.argv[1], { queueDepth: 128 });
+  await Promise.all(buffers.map((buffer, index) => chunked.read(buffer, index * 4096)));
+  await chunked.close();
   await device.write(buffers[0], 0, { fua: true });
   await device.flush();
   await device.close();
@@ -72,6 +78,17 @@ test('I/Os queued in one turn reach the kernel in one io_submit', { skip: !avail
     `expected one io_submit of ${batchSize}:\n${submits().join('\n')}`,
   );
   assert.ok(!batched[0]?.includes('RWF_DSYNC'), 'plain writes carried RWF_DSYNC');
+});
+
+test('by default io_submit gets at most SUBMIT_CHUNK_DEFAULT iocbs', { skip: !available }, () => {
+  const reads = submits().filter((line) => line.includes('IOCB_CMD_PREAD'));
+  const sizes = reads.map((line) => Number(/ = (\d+)$/.exec(line.trim())?.[1]));
+  const total = sizes.reduce((sum, size) => sum + size, 0);
+  assert.equal(total, batchSize, `not every read was submitted: ${sizes.join(',')}`);
+  assert.ok(
+    sizes.every((size) => size >= 1 && size <= SUBMIT_CHUNK_DEFAULT),
+    sizes.join(','),
+  );
 });
 
 test('a FUA write is submitted with RWF_DSYNC', { skip: !available }, () => {

@@ -42,11 +42,12 @@ export interface NativeEngine {
     path: string,
     readOnly: boolean,
     queueDepth: number,
+    submitChunkMax: number,
     submitArea: Float64Array,
     completionArea: Int32Array,
     onComplete: (count: number) => void,
   ): NativeOpenResult;
-  /** One io_submit for `count` records; returns how many failed at submission, whose
+  /** Submits `count` records (in io_submit calls of submitChunkMax); returns how many failed at submission, whose
    * FAILURE_STRIDE int32 records (slot, -errno, reason) overwrite the submit area. */
   submit(handle: NativeHandle, buffers: readonly (Uint8Array | undefined)[], count: number): number;
   /** The caller has waited for every I/O. Calls back once the fd and the AIO context

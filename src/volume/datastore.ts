@@ -13,7 +13,7 @@ import { ClusterStore } from '../cluster/store';
 import * as state from '../cluster/state';
 import { pgCountFor } from '../placement/build';
 import { FailureDomain } from '../placement/map';
-import { PlacementTable, computeTable, pgRow } from '../placement/straw2';
+import { PlacementTable, computeTable, locateObject, pgRow } from '../placement/straw2';
 import { openDevice } from '../engine';
 import { BlockDevice } from '../store/device';
 import { ObjectStore } from '../store/object-store';
@@ -227,6 +227,31 @@ export class Datastore implements DatastoreAdmin, ExportProvider {
         action: 'taken out of service; I/O continues on the other replicas',
       });
     }
+  }
+
+  /**
+   * The bytes each up replica holds for a range inside one object of a volume, read
+   * from every disk directly (not through the primary): for tests and scrub.
+   */
+  async readReplicas(
+    name: string,
+    offset: number,
+    length: number,
+  ): Promise<Array<{ disk: number; data: Uint8Array }>> {
+    const volume = state.findVolume(this.cluster.current(), name);
+    const object = Math.floor(offset / volume.objectSizeBytes);
+    const offsetInObject = offset - object * volume.objectSizeBytes;
+    if (offsetInObject + length > volume.objectSizeBytes) {
+      throw new CisternError('EINVAL', 'readReplicas takes a range inside one object');
+    }
+    const key = { pool: volume.pool, volume: volume.id, object };
+    const table = this.table(volume.pool);
+    const result: Array<{ disk: number; data: Uint8Array }> = [];
+    for (const disk of locateObject(table, volume.id, object)) {
+      const store = this.upStore(disk);
+      if (store) result.push({ disk, data: await store.read(key, offsetInObject, length) });
+    }
+    return result;
   }
 
   // ---- ExportProvider ----

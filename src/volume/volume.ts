@@ -90,7 +90,7 @@ export class Volume implements VolumeHandle {
     if (this.readOnly) throw new CisternError('EPERM', `volume ${this.name} is open read-only`);
   }
 
-  read(offset: number, length: number): Promise<Uint8Array> {
+  async read(offset: number, length: number): Promise<Uint8Array> {
     const parts = this.parts(offset, length);
     return this.track(async () => {
       if (parts.length === 1) {
@@ -109,7 +109,7 @@ export class Volume implements VolumeHandle {
     });
   }
 
-  write(offset: number, data: Uint8Array, flags: IoFlags = {}): Promise<void> {
+  async write(offset: number, data: Uint8Array, flags: IoFlags = {}): Promise<void> {
     this.checkWritable();
     const parts = this.parts(offset, data.length);
     return this.track(async () => {
@@ -126,7 +126,7 @@ export class Volume implements VolumeHandle {
     });
   }
 
-  trim(offset: number, length: number, flags: IoFlags = {}): Promise<void> {
+  async trim(offset: number, length: number, flags: IoFlags = {}): Promise<void> {
     this.checkWritable();
     const parts = this.parts(offset, length);
     return this.track(async () => {
@@ -138,7 +138,7 @@ export class Volume implements VolumeHandle {
     });
   }
 
-  writeZeroes(offset: number, length: number, flags: ZeroFlags = {}): Promise<void> {
+  async writeZeroes(offset: number, length: number, flags: ZeroFlags = {}): Promise<void> {
     this.checkWritable();
     const parts = this.parts(offset, length);
     if (flags.noHole && flags.fastZero) {
@@ -169,13 +169,13 @@ export class Volume implements VolumeHandle {
     });
   }
 
-  flush(): Promise<void> {
+  async flush(): Promise<void> {
     if (this.closed)
       return Promise.reject(new CisternError('CLOSED', `volume ${this.name} handle is closed`));
     return this.track(() => this.replication.flush());
   }
 
-  blockStatus(offset: number, length: number): Promise<Extent[]> {
+  async blockStatus(offset: number, length: number): Promise<Extent[]> {
     const parts = this.parts(offset, length);
     return this.track(async () => {
       const extents: Extent[] = [];

@@ -1,6 +1,26 @@
 // Every subcommand, in the order `cistern --help` lists them. One file per command.
 
 import { Command } from '../command';
+import { daemon } from './daemon';
 import { placementSimulate } from './placement-simulate';
+import { poolCreate } from './pool-create';
+import { poolLs } from './pool-ls';
+import { status } from './status';
+import { volumeCreate } from './volume-create';
+import { volumeInfo } from './volume-info';
+import { volumeLs } from './volume-ls';
+import { volumeResize } from './volume-resize';
+import { volumeRm } from './volume-rm';
 
-export const commands: Command[] = [placementSimulate];
+export const commands: Command[] = [
+  daemon,
+  status,
+  volumeCreate,
+  volumeLs,
+  volumeInfo,
+  volumeResize,
+  volumeRm,
+  poolCreate,
+  poolLs,
+  placementSimulate,
+];

@@ -1,0 +1,210 @@
+// The storage daemon of one host: takes the data dir (pid lock), opens the datastore,
+// serves its volumes over NBD and its administration over the admin API, and announces
+// itself in DIR/admin.json once everything listens. On SIGINT/SIGTERM it stops accepting,
+// lets NBD connections finish their in-flight requests, closes (flushes) the datastore,
+// removes admin.json and releases the lock. Storage logic lives in the datastore; this
+// file only wires and sequences.
+
+import fs from 'node:fs';
+import { assert } from '../util/assert';
+import { CisternError, isCisternError } from '../util/errors';
+import { NbdServer } from '../frontend/nbd/server';
+import type { DatastoreAdmin } from '../volume/admin';
+import type { ExportProvider } from '../volume/backend';
+import { Datastore } from '../volume/datastore';
+import { HostPort, connectableAddress, formatHostPort, isLoopback } from './address';
+import { ADMIN_DEFAULT_HOST, ADMIN_DEFAULT_PORT, AdminServer } from './admin-server';
+import { DataDirLock, newAdminToken, removeAdminFile, writeAdminFile } from './data-dir';
+import { Log } from './log';
+
+export const NBD_DEFAULT_HOST = '127.0.0.1';
+export const NBD_DEFAULT_PORT = 10809;
+export const DEFAULT_DATA_DIR = '.cistern';
+/**
+ * After a clean stop, the process should exit by itself; if a leaked handle keeps it
+ * alive this long, it exits anyway (everything has been flushed by then).
+ */
+export const EXIT_WATCHDOG_MS = 5000;
+
+/** What the daemon needs of a datastore: administration, exports, and a flushing close. */
+export interface DaemonStore extends DatastoreAdmin, ExportProvider {
+  close(): Promise<void>;
+}
+
+export interface StoreOptions {
+  dataDir: string;
+  disks: Array<{ path: string; sizeBytes?: number }>;
+  log: Log;
+}
+
+export interface DaemonOptions {
+  dataDir: string;
+  disks: Array<{ path: string; sizeBytes?: number }>;
+  nbd?: HostPort;
+  admin?: HostPort;
+  log: Log;
+  /** Opens the storage; tests pass an in-memory one. Default: the real Datastore. */
+  openStore?: (options: StoreOptions) => Promise<DaemonStore>;
+}
+
+export interface RunningDaemon {
+  readonly dataDir: string;
+  readonly nbdAddress: HostPort;
+  readonly adminAddress: HostPort;
+  readonly token: string;
+  readonly store: DaemonStore;
+  /** Shuts everything down in order; idempotent. */
+  stop(reason?: string): Promise<void>;
+}
+
+type Cleanup = () => Promise<void> | void;
+
+/** Starts the daemon; resolves once it listens and admin.json is written. */
+export async function startDaemon(options: DaemonOptions): Promise<RunningDaemon> {
+  const log = options.log;
+  const nbdWanted = options.nbd ?? { host: NBD_DEFAULT_HOST, port: NBD_DEFAULT_PORT };
+  const adminWanted = options.admin ?? { host: ADMIN_DEFAULT_HOST, port: ADMIN_DEFAULT_PORT };
+  const openStore = options.openStore ?? ((storeOptions) => Datastore.open(storeOptions));
+  // Undone in reverse if a later step fails, so a failed start leaves nothing behind.
+  const cleanups: Cleanup[] = [];
+  const undo = async (): Promise<void> => {
+    for (const cleanup of cleanups.reverse()) {
+      await Promise.resolve(cleanup()).catch((error: unknown) =>
+        log('daemon.cleanup_failed', { error }),
+      );
+    }
+  };
+  try {
+    log('daemon.starting', { pid: process.pid, dataDir: options.dataDir });
+    fs.mkdirSync(options.dataDir, { recursive: true, mode: 0o700 });
+    const lock = DataDirLock.acquire(options.dataDir, (pid) =>
+      log('daemon.stale_lock_removed', { pid }),
+    );
+    cleanups.push(() => lock.release());
+    // A previous daemon that died without cleaning up left an admin.json that lies.
+    removeAdminFile(options.dataDir);
+
+    const store = await openStore({ dataDir: options.dataDir, disks: options.disks, log });
+    cleanups.push(() => store.close());
+    log('datastore.open', { dataDir: options.dataDir });
+
+    const nbd = new NbdServer(store, {
+      onUnexpectedError: (error) => log('nbd.unexpected_error', { error: stackOf(error) }),
+    });
+    cleanups.push(() => nbd.close());
+    const nbdAddress = await listenOrExplain('NBD', '--nbd', () =>
+      nbd.listen(nbdWanted.host, nbdWanted.port),
+    );
+    const nbdText = formatHostPort(connectableAddress(nbdAddress));
+    log('nbd.listening', { address: formatHostPort(nbdAddress) });
+
+    const token = newAdminToken();
+    const adminServer = new AdminServer(store, { token, log, nbdAddress: nbdText });
+    cleanups.push(() => adminServer.close());
+    const adminAddress = await listenOrExplain('admin', '--admin', () =>
+      adminServer.listen(adminWanted.host, adminWanted.port),
+    );
+    if (!isLoopback(adminAddress.host)) {
+      // Allowed (the token still guards it), but the token travels in clear over HTTP.
+      log('admin.exposed', {
+        address: formatHostPort(adminAddress),
+        warning: 'admin API reachable from the network without TLS',
+      });
+    }
+    log('admin.listening', { address: formatHostPort(adminAddress) });
+
+    writeAdminFile(options.dataDir, {
+      address: formatHostPort(connectableAddress(adminAddress)),
+      token,
+      pid: process.pid,
+      nbd: nbdText,
+    });
+    cleanups.push(() => removeAdminFile(options.dataDir));
+    log('daemon.ready', { nbd: nbdText, admin: formatHostPort(adminAddress) });
+
+    let stopping: Promise<void> | undefined;
+    const stop = (reason = 'requested'): Promise<void> => {
+      stopping ??= (async () => {
+        log('daemon.stopping', { reason });
+        // Order: the admin API first (no new administration against a closing store),
+        // then the file that advertises it, then NBD (connections finish in-flight
+        // requests), then the datastore (flushes), and the lock last.
+        await adminServer.close();
+        removeAdminFile(options.dataDir);
+        await nbd.close();
+        log('nbd.closed');
+        await store.close();
+        log('datastore.closed');
+        lock.release();
+        log('daemon.stopped');
+      })();
+      return stopping;
+    };
+    return { dataDir: options.dataDir, nbdAddress, adminAddress, token, store, stop };
+  } catch (error) {
+    log('daemon.start_failed', { error });
+    await undo();
+    throw error;
+  }
+}
+
+async function listenOrExplain(
+  what: string,
+  flag: string,
+  listen: () => Promise<HostPort>,
+): Promise<HostPort> {
+  try {
+    return await listen();
+  } catch (error) {
+    if (isCisternError(error)) throw error;
+    const errno = (error as NodeJS.ErrnoException).code;
+    const message = error instanceof Error ? error.message : String(error);
+    if (errno === 'EADDRINUSE') {
+      throw new CisternError(
+        'UNAVAILABLE',
+        `the ${what} address is in use (${message}); is another daemon running? choose another with ${flag} HOST:PORT`,
+        error,
+      );
+    }
+    throw new CisternError('UNAVAILABLE', `cannot listen for ${what}: ${message}`, error);
+  }
+}
+
+function stackOf(error: unknown): string {
+  return error instanceof Error ? (error.stack ?? error.message) : String(error);
+}
+
+/**
+ * Runs until SIGINT or SIGTERM, then stops cleanly. A second signal during the stop
+ * exits at once: that is a crash as far as the data is concerned, which the datastore
+ * survives (only unflushed writes may be lost, as the protocols allow).
+ */
+export async function runUntilSignalled(daemon: RunningDaemon, log: Log): Promise<void> {
+  const signals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM'];
+  let received: NodeJS.Signals | undefined;
+  await new Promise<void>((resolve) => {
+    const onSignal = (signal: NodeJS.Signals): void => {
+      if (received !== undefined) {
+        log('daemon.forced_exit', { signal });
+        process.exit(1);
+      }
+      received = signal;
+      resolve();
+    };
+    for (const signal of signals) process.on(signal, onSignal);
+  });
+  assert(received !== undefined, 'woke without a signal');
+  await daemon.stop(received);
+  // A leaked handle must not keep a stopped daemon around; unref'd, so a clean exit
+  // does not wait for it.
+  setTimeout(() => {
+    log('daemon.exit_watchdog', { afterMs: EXIT_WATCHDOG_MS });
+    process.exit(0);
+  }, EXIT_WATCHDOG_MS).unref();
+}
+
+/** `cistern daemon`: start, serve until signalled, stop. */
+export async function runDaemon(options: DaemonOptions): Promise<void> {
+  const daemon = await startDaemon(options);
+  await runUntilSignalled(daemon, options.log);
+}

@@ -1,0 +1,77 @@
+// `cistern daemon`: the storage daemon in the foreground, logging one line per event.
+
+import path from 'node:path';
+import { parseHostPort } from '../../src/daemon/address';
+import { ADMIN_DEFAULT_HOST, ADMIN_DEFAULT_PORT } from '../../src/daemon/admin-server';
+import { NBD_DEFAULT_HOST, NBD_DEFAULT_PORT, runDaemon } from '../../src/daemon/daemon';
+import { createLog } from '../../src/daemon/log';
+import { isCisternError } from '../../src/util/errors';
+import { parseSize } from '../../src/util/units';
+import { adminOptions, resolveDataDir } from '../admin-client';
+import { Command, opt, usageError } from '../command';
+
+/**
+ * `--disk PATH[:SIZE]`: a suffix after the last ':' that starts with a digit is a size
+ * (and must parse as one); otherwise the whole text is the path, so device paths that
+ * contain ':' still work.
+ */
+export function parseDiskSpec(text: string): { path: string; sizeBytes?: number } {
+  const colon = text.lastIndexOf(':');
+  const suffix = colon === -1 ? '' : text.slice(colon + 1);
+  if (colon > 0 && /^\d/.test(suffix)) {
+    try {
+      return { path: text.slice(0, colon), sizeBytes: parseSize(suffix) };
+    } catch (error) {
+      if (isCisternError(error)) throw usageError(`--disk ${text}: ${error.message}`);
+      throw error;
+    }
+  }
+  if (text === '') throw usageError('--disk needs a path');
+  return { path: text };
+}
+
+export const daemon: Command = {
+  path: ['daemon'],
+  summary: 'run the storage daemon in the foreground (NBD server and admin API)',
+  description: `
+Opens the datastore in the data directory and serves its volumes over NBD (export name
+= volume name) and its administration over an HTTP admin API on loopback. On a new data
+directory with no --disk, it creates three sparse 16 GiB disk files in DIR/disks; disks
+are remembered, so later starts need no --disk. Once everything listens it writes
+DIR/admin.json (mode 0600: admin address, bearer token, pid, NBD address) for the admin
+commands to find it; a second daemon on the same directory is refused. SIGINT or
+SIGTERM stops it cleanly: NBD requests in flight finish, the datastore is flushed, and
+admin.json is removed. Logs go to stderr, one line per event (--json: one JSON object).`,
+  options: [
+    ...adminOptions,
+    {
+      name: 'disk',
+      type: 'list',
+      valueName: 'PATH[:SIZE]',
+      help: 'a disk: a block device, or a file (created sparse at SIZE if missing)',
+    },
+    {
+      name: 'nbd',
+      type: 'string',
+      valueName: 'HOST:PORT',
+      default: `${NBD_DEFAULT_HOST}:${NBD_DEFAULT_PORT}`,
+      help: 'where the NBD server listens (port 0: any free port)',
+    },
+    {
+      name: 'admin',
+      type: 'string',
+      valueName: 'HOST:PORT',
+      default: `${ADMIN_DEFAULT_HOST}:${ADMIN_DEFAULT_PORT}`,
+      help: 'where the admin API listens; keep it on loopback (port 0: any free port)',
+    },
+  ],
+  async run(args) {
+    const dataDir = path.resolve(resolveDataDir(args));
+    const disks = opt<string[]>(args, 'disk').map(parseDiskSpec);
+    const nbd = parseHostPort(opt<string>(args, 'nbd'), NBD_DEFAULT_HOST);
+    const admin = parseHostPort(opt<string>(args, 'admin'), ADMIN_DEFAULT_HOST);
+    const log = createLog({ json: opt<boolean>(args, 'json') });
+    await runDaemon({ dataDir, disks, nbd, admin, log });
+    return 0;
+  },
+};

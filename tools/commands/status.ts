@@ -1,0 +1,72 @@
+// `cistern status`: health and what to do about it first, then disks, pools, capacity.
+
+import { formatSize } from '../../src/util/units';
+import { StatusReport } from '../../src/volume/admin';
+import { AdminClient, adminOptions, formatTable, percent, resolveDataDir } from '../admin-client';
+import { Command, opt } from '../command';
+import { poolTable } from './pool-ls';
+
+export function formatStatus(report: StatusReport): string[] {
+  const lines = [`health: ${report.health}`];
+  for (const message of report.messages) lines.push(`  ${message}`);
+  const counts = [
+    `epoch ${report.epoch}`,
+    plural(report.hosts, 'host'),
+    plural(report.disks.length, 'disk'),
+    plural(report.pools.length, 'pool'),
+    plural(report.volumes, 'volume'),
+  ];
+  lines.push('', counts.join(', ') + (report.nbd ? `; NBD on ${report.nbd}` : ''));
+  lines.push('', 'disks:');
+  const diskRows = report.disks.map((d) => [
+    String(d.id),
+    d.host,
+    `${d.up ? 'up' : 'DOWN'}/${d.in ? 'in' : 'OUT'}`,
+    formatSize(d.sizeBytes),
+    formatSize(d.usedBytes),
+    percent(d.usedBytes, d.sizeBytes),
+    d.path + (d.error ? `  (${d.error})` : ''),
+  ]);
+  const diskColumns = [
+    { header: 'ID', right: true },
+    { header: 'HOST' },
+    { header: 'STATE' },
+    { header: 'SIZE', right: true },
+    { header: 'USED', right: true },
+    { header: 'USE%', right: true },
+    { header: 'PATH' },
+  ];
+  for (const line of formatTable(diskColumns, diskRows)) lines.push(`  ${line}`);
+  lines.push('', 'pools:');
+  for (const line of poolTable(report.pools)) lines.push(`  ${line}`);
+  lines.push(
+    '',
+    `capacity: ${formatSize(report.usedBytes)} used of ${formatSize(report.capacityBytes)} raw ` +
+      `(${percent(report.usedBytes, report.capacityBytes)})`,
+  );
+  return lines;
+}
+
+function plural(count: number, noun: string): string {
+  return `${count} ${noun}${count === 1 ? '' : 's'}`;
+}
+
+export const status: Command = {
+  path: ['status'],
+  summary: 'show the health, disks, pools and capacity of the datastore',
+  description: `
+Starts with the health (ok, degraded, unavailable) and one line per problem with what
+to do about it, then lists disks, pools and the raw capacity used. Exits 0 even when
+degraded; scripts read "health" from --json.`,
+  options: [...adminOptions],
+  async run(args, output) {
+    const client = AdminClient.forDataDir(resolveDataDir(args));
+    const report = await client.status();
+    if (opt<boolean>(args, 'json')) {
+      output.out(JSON.stringify(report, null, 2));
+      return 0;
+    }
+    for (const line of formatStatus(report)) output.out(line);
+    return 0;
+  },
+};

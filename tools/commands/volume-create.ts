@@ -1,0 +1,36 @@
+// `cistern volume create`: a new thin volume, served at once as an NBD export.
+
+import { formatSize } from '../../src/util/units';
+import { AdminClient, adminOptions, resolveDataDir } from '../admin-client';
+import { Command, opt, usageError } from '../command';
+
+export const volumeCreate: Command = {
+  path: ['volume', 'create'],
+  summary: 'create a thin-provisioned volume',
+  description: `
+Creates a volume of the given size in a pool (default: the datastore's default pool).
+Volumes are thin: no space is taken until blocks are written. The volume is served at
+once as the NBD export of the same name.`,
+  positionals: [{ name: 'NAME', help: 'volume name (letters, digits, . _ -)', required: true }],
+  options: [
+    ...adminOptions,
+    { name: 'size', type: 'size', valueName: 'SIZE', help: 'volume size, e.g. 10G (required)' },
+    { name: 'pool', type: 'string', valueName: 'POOL', help: 'pool to create it in' },
+  ],
+  async run(args, output) {
+    const sizeBytes = opt<number | undefined>(args, 'size');
+    if (sizeBytes === undefined) throw usageError('--size is required, e.g. --size 10G');
+    if (sizeBytes <= 0) throw usageError('--size must be more than 0');
+    const client = AdminClient.forDataDir(resolveDataDir(args));
+    const name = args.positionals[0] as string;
+    const pool = opt<string | undefined>(args, 'pool');
+    const info = await client.createVolume({ name, sizeBytes, ...(pool ? { pool } : {}) });
+    if (opt<boolean>(args, 'json')) {
+      output.out(JSON.stringify(info, null, 2));
+      return 0;
+    }
+    output.out(`created volume ${info.name}: ${formatSize(info.sizeBytes)} in pool ${info.pool}`);
+    if (client.file.nbd) output.out(`connect: nbd://${client.file.nbd}/${info.name}`);
+    return 0;
+  },
+};

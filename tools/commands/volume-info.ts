@@ -1,0 +1,33 @@
+// `cistern volume info`: one volume in detail, with the URI to connect to it.
+
+import { formatSize } from '../../src/util/units';
+import { AdminClient, adminOptions, percent, resolveDataDir } from '../admin-client';
+import { Command, opt } from '../command';
+
+export const volumeInfo: Command = {
+  path: ['volume', 'info'],
+  summary: 'show one volume',
+  positionals: [{ name: 'NAME', help: 'volume name', required: true }],
+  options: [...adminOptions],
+  async run(args, output) {
+    const client = AdminClient.forDataDir(resolveDataDir(args));
+    const info = await client.volumeInfo(args.positionals[0] as string);
+    if (opt<boolean>(args, 'json')) {
+      output.out(JSON.stringify(info, null, 2));
+      return 0;
+    }
+    const lines: Array<[string, string]> = [
+      ['name', info.name],
+      ['id', String(info.id)],
+      ['pool', info.pool],
+      ['size', `${formatSize(info.sizeBytes)} (${info.sizeBytes} bytes)`],
+      ['used', `${formatSize(info.usedBytes)} (${percent(info.usedBytes, info.sizeBytes)})`],
+      ['object size', formatSize(info.objectSizeBytes)],
+      ['open connections', String(info.openHandles)],
+      ['created', info.createdAt],
+    ];
+    if (client.file.nbd) lines.push(['nbd', `nbd://${client.file.nbd}/${info.name}`]);
+    for (const [key, value] of lines) output.out(`${(key + ':').padEnd(18)}${value}`);
+    return 0;
+  },
+};

@@ -1,5 +1,6 @@
 // `cistern daemon`: the storage daemon in the foreground, logging one line per event.
 
+import fs from 'node:fs';
 import path from 'node:path';
 import { parseHostPort } from '../../src/daemon/address';
 import { ADMIN_DEFAULT_HOST, ADMIN_DEFAULT_PORT } from '../../src/daemon/admin-server';
@@ -11,23 +12,24 @@ import { adminOptions, resolveDataDir } from '../admin-client';
 import { Command, opt, usageError } from '../command';
 
 /**
- * `--disk PATH[:SIZE]`: a suffix after the last ':' that starts with a digit is a size
- * (and must parse as one); otherwise the whole text is the path, so device paths that
- * contain ':' still work.
+ * `--disk PATH[:SIZE]`. Device names may contain ':' (`/dev/disk/by-path/pci-0000:00:1f.2`),
+ * so an existing path is taken whole; otherwise a suffix after the last ':' that starts
+ * with a digit must be a size.
  */
 export function parseDiskSpec(text: string): { path: string; sizeBytes?: number } {
+  if (text === '') throw usageError('--disk needs a path');
   const colon = text.lastIndexOf(':');
   const suffix = colon === -1 ? '' : text.slice(colon + 1);
-  if (colon > 0 && /^\d/.test(suffix)) {
-    try {
-      return { path: text.slice(0, colon), sizeBytes: parseSize(suffix) };
-    } catch (error) {
-      if (isCisternError(error)) throw usageError(`--disk ${text}: ${error.message}`);
-      throw error;
-    }
+  if (colon <= 0 || !/^\d/.test(suffix) || fs.existsSync(text)) return { path: text };
+  let sizeBytes: number;
+  try {
+    sizeBytes = parseSize(suffix);
+  } catch (error) {
+    if (isCisternError(error)) throw usageError(`--disk ${text}: ${error.message}`);
+    throw error;
   }
-  if (text === '') throw usageError('--disk needs a path');
-  return { path: text };
+  if (sizeBytes <= 0) throw usageError(`--disk ${text}: the size must be more than 0`);
+  return { path: text.slice(0, colon), sizeBytes };
 }
 
 export const daemon: Command = {

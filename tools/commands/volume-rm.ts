@@ -2,7 +2,6 @@
 // have it open, unless --force. Freeing a big volume takes a while, so it says what it
 // is doing and keeps saying so.
 
-import { isCisternError, CisternError } from '../../src/util/errors';
 import { formatSize } from '../../src/util/units';
 import { AdminClient, adminOptions, resolveDataDir } from '../admin-client';
 import { Command, opt } from '../command';
@@ -41,12 +40,8 @@ export const volumeRm: Command = {
       }, REMOVE_PROGRESS_INTERVAL_MS);
     }
     try {
+      // Refused with EPERM while connections have it open (the message names --force).
       await client.removeVolume(name, { force });
-    } catch (error) {
-      if (isCisternError(error, 'EPERM') && !force) {
-        throw new CisternError('EPERM', `${error.message} (pass --force to remove it anyway)`);
-      }
-      throw error;
     } finally {
       if (ticker !== undefined) clearInterval(ticker);
     }

@@ -14,6 +14,7 @@
 // No ordering holds between I/Os in flight at the same time; callers order by waiting.
 
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import { assert } from '../util/assert';
 import { CisternError, fromErrno } from '../util/errors';
 import type { BlockDevice, WriteFlags } from '../store/device';
@@ -59,7 +60,8 @@ export interface OpenDeviceOptions {
   submitChunkMax?: number;
 }
 
-const EINVAL = 22;
+// The kernel's answer when it cannot fsync through AIO.
+const EINVAL = os.constants.errno.EINVAL;
 
 const opNames: Record<number, string> = {
   [OP_READ]: 'read',
@@ -223,7 +225,8 @@ export class AioDevice implements BlockDevice {
     return allocAligned(lengthBytes, Math.max(this.alignment, BUFFER_ALIGN_BYTES_MIN));
   }
 
-  // ---- callback fast path ----
+  // ---- callback fast path: nothing allocated per I/O. Bad arguments throw a
+  // CisternError at once; I/O errors arrive through the callback. ----
 
   readWith(buffer: Uint8Array, offset: number, callback: IoCallback): void {
     this.checkRange('read', buffer, offset, false);

@@ -52,6 +52,8 @@ interface InFlight {
   /** Bytes it holds in memory (write payload or read buffer), counted against maxInFlightBytes. */
   readonly chargeBytes: number;
   replied: boolean;
+  /** Its charge has been given back (set once, whatever the socket does). */
+  released: boolean;
 }
 
 interface MetaSelection {
@@ -239,13 +241,14 @@ export class NbdConnection {
     const data = this.queue.take(option.length);
     this.phase = 'option-busy';
     this.handleOption(option.option, data).then(
-      (next) => {
-        if (this.phase !== 'option-busy') return; // closed meanwhile
-        this.phase = next;
-        if (next === 'request-header') this.socket.setTimeout(0);
-        if (next === 'draining') this.drain();
-        this.pump();
-      },
+      (next) =>
+        this.guard(() => {
+          if (this.phase !== 'option-busy') return; // closed meanwhile
+          this.phase = next;
+          if (next === 'request-header') this.socket.setTimeout(0);
+          if (next === 'draining') this.drain();
+          this.pump();
+        }),
       (error: unknown) => {
         this.config.onUnexpectedError(error);
         this.socket.destroy();
@@ -518,13 +521,14 @@ export class NbdConnection {
       return;
     }
     this.execute(flight, payload).then(
-      (reply) => reply(),
-      (error: unknown) => {
-        if (!isCisternError(error)) this.config.onUnexpectedError(error);
-        // A failed read sends no data, so the error covers the request from its start.
-        const atOffset = request.type === P.NBD_CMD_READ ? Number(request.offset) : undefined;
-        this.replyError(flight, P.nbdErrnoFor(error), messageOf(error), atOffset);
-      },
+      (reply) => this.guard(reply),
+      (error: unknown) =>
+        this.guard(() => {
+          if (!isCisternError(error)) this.config.onUnexpectedError(error);
+          // A failed read sends no data, so the error covers the request from its start.
+          const atOffset = request.type === P.NBD_CMD_READ ? Number(request.offset) : undefined;
+          this.replyError(flight, P.nbdErrnoFor(error), messageOf(error), atOffset);
+        }),
     );
   }
 
@@ -665,19 +669,36 @@ export class NbdConnection {
   private beginRequest(request: P.Request, chargeBytes: number): InFlight {
     this.inFlightRequests += 1;
     this.inFlightBytes += chargeBytes;
-    return { request, chargeBytes, replied: false };
+    return { request, chargeBytes, replied: false, released: false };
   }
 
   /** Sends the reply; the request stops counting against the bounds once the kernel has it. */
   private finishRequest(flight: InFlight, parts: Uint8Array[]): void {
     assert(!flight.replied, `second reply to cookie ${flight.request.cookie}`);
     flight.replied = true;
-    this.send(parts, () => {
-      this.inFlightRequests -= 1;
-      this.inFlightBytes -= flight.chargeBytes;
-      assert(this.inFlightRequests >= 0 && this.inFlightBytes >= 0, 'in-flight accounting broke');
-      this.afterReply();
-    });
+    this.send(parts, () =>
+      this.guard(() => {
+        // Node can call a write callback twice when the socket fails mid-write (seen under
+        // the fuzz test: once from the failed write, once when the buffer is errored out);
+        // the charge must be released exactly once.
+        if (flight.released) return;
+        flight.released = true;
+        this.inFlightRequests -= 1;
+        this.inFlightBytes -= flight.chargeBytes;
+        assert(this.inFlightRequests >= 0 && this.inFlightBytes >= 0, 'in-flight accounting broke');
+        this.afterReply();
+      }),
+    );
+  }
+
+  /** Runs `work` from a callback; a bug inside it costs this connection, never the server. */
+  private guard(work: () => void): void {
+    try {
+      work();
+    } catch (error) {
+      this.config.onUnexpectedError(error);
+      this.socket.destroy();
+    }
   }
 
   private afterReply(): void {

@@ -104,8 +104,10 @@ export function formatReport(r: SimulationReport): string {
       `= 0 ${verdict(r.reweight.movedBetweenOthers === 0)}`,
     ),
     row(
-      'balanced: add / remove between others',
-      `${percent(r.balanced.addHost.movedBetweenOthers, 3)}/${percent(r.balanced.removeHost.movedBetweenOthers, 3)}`,
+      'balanced: add/remove/reweight, others',
+      [r.balanced.addHost, r.balanced.removeHost, r.balanced.reweight]
+        .map((change) => percent(change.movedBetweenOthers, 2))
+        .join('/'),
       '-',
       '-',
     ),

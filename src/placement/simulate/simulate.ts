@@ -86,6 +86,7 @@ export interface SimulationReport extends PlacementReport {
     items: number;
     addHost: ChangeReport;
     removeHost: ChangeReport;
+    reweight: ChangeReport;
   };
   /** Per-disk fill relative to the mean, for plots: straw2, balanced, ring, modulo. */
   fill: { straw2: number[]; balanced: number[]; ring: number[]; modulo: number[] };
@@ -326,19 +327,7 @@ export function simulate(partial: Partial<SimulationOptions> = {}): SimulationRe
   };
   const balancedTable = balancedPlacer(map, pool);
   const balancedFill = relativeFill(balancedTable, map, pgBytes);
-  const balancedAdd = compareRows(
-    balancedTable,
-    balancedPlacer(variants.addHost, pool),
-    pgBytes,
-    variants.addedDisks,
-  );
-  const balancedRemove = compareRows(
-    balancedTable,
-    balancedPlacer(variants.removeHost, pool),
-    pgBytes,
-    variants.removedDisks,
-  );
-  const totalReplicaBytes = sum(pgBytes) * pool.size;
+  const balancedChanges = measureChanges(balancedPlacer, variants, pool, pgBytes, options);
 
   const baselineReport = (make: (m: ClusterMap, p: PoolSpec) => BaselinePlacement) => {
     let placement: BaselinePlacement | undefined;
@@ -382,14 +371,9 @@ export function simulate(partial: Partial<SimulationOptions> = {}): SimulationRe
       ...balancedFill.stats,
       movedFraction: balance.movedFraction,
       items: balance.items.length,
-      addHost: {
-        movedFraction: balancedAdd.movedFraction,
-        movedBetweenOthers: balancedAdd.movedBetweenOthersBytes / totalReplicaBytes,
-      },
-      removeHost: {
-        movedFraction: balancedRemove.movedFraction,
-        movedBetweenOthers: balancedRemove.movedBetweenOthersBytes / totalReplicaBytes,
-      },
+      addHost: balancedChanges.addHost,
+      removeHost: balancedChanges.removeHost,
+      reweight: balancedChanges.reweight,
     },
     ...strawChanges,
     lookupsPerSecond,

@@ -82,7 +82,11 @@ export interface DatastoreAdmin {
   /** Throws UNKNOWN_VOLUME. */
   volumeInfo(name: string): Promise<VolumeInfo>;
   /** Growing is online; shrinking needs allowShrink and discards the tail. */
-  resizeVolume(name: string, sizeBytes: number, options: { allowShrink?: boolean }): Promise<VolumeInfo>;
+  resizeVolume(
+    name: string,
+    sizeBytes: number,
+    options: { allowShrink?: boolean },
+  ): Promise<VolumeInfo>;
   /** Refuses (EBUSY-like 'EPERM') while connections have it open unless force. */
   removeVolume(name: string, options: { force?: boolean }): Promise<void>;
   status(): Promise<StatusReport>;

@@ -53,6 +53,15 @@ void ReleaseKernelResources(Engine* engine) {
   engine->fd = -1;
 }
 
+// Drops what the engine holds of JS; done while the environment is still alive.
+void ReleaseReferences(Engine* engine) {
+  engine->onComplete.Reset();
+  engine->submitAreaRef.Reset();
+  engine->completionAreaRef.Reset();
+  delete engine->asyncContext;
+  engine->asyncContext = nullptr;
+}
+
 // Reaps everything the kernel has finished into the completion area; returns the count.
 uint32_t Reap(Engine* engine) {
   uint64_t wakeups = 0;
@@ -83,19 +92,34 @@ uint32_t Reap(Engine* engine) {
   return reaped;
 }
 
-void OnEventFdReadable(uv_poll_t* poll, int status, int events) {
-  (void)status;  // an error status still means: look for completions
+void OnEventFdReadable(uv_poll_t* poll, int pollStatus, int events) {
+  (void)pollStatus;  // an error status still means: look for completions
   (void)events;
   Engine* engine = static_cast<Engine*>(poll->data);
   uint32_t reaped = Reap(engine);
   // Nothing in flight: let the process exit if nothing else keeps it alive.
   if (engine->inFlight == 0) uv_unref(reinterpret_cast<uv_handle_t*>(&engine->poll));
   if (reaped == 0) return;
-  Napi::Env env(engine->env);
-  Napi::HandleScope scope(env);
-  // MakeCallback runs process.nextTick callbacks and promise reactions afterwards.
-  engine->onComplete.MakeCallback(env.Global(), {Napi::Number::New(env, reaped)},
-                                  *engine->asyncContext);
+  // Raw N-API here, not the C++ wrapper: this runs from libuv with no JS frame below, so
+  // a failure must not become a C++ exception (it would abort the process), and the
+  // environment may be shutting down (process.exit in a worker) mid-callback.
+  napi_env env = engine->env;
+  napi_handle_scope scope = nullptr;
+  if (napi_open_handle_scope(env, &scope) != napi_ok) return;
+  napi_value global = nullptr;
+  napi_value count = nullptr;
+  napi_value ignored = nullptr;
+  napi_get_global(env, &global);
+  napi_create_uint32(env, reaped, &count);
+  // make_callback runs process.nextTick callbacks and promise reactions afterwards.
+  napi_status status = napi_make_callback(env, *engine->asyncContext, global,
+                                          engine->onComplete.Value(), 1, &count, &ignored);
+  if (status == napi_pending_exception) {
+    // A completion callback threw: report it like any uncaught exception.
+    napi_value error = nullptr;
+    if (napi_get_and_clear_last_exception(env, &error) == napi_ok) napi_fatal_exception(env, error);
+  }
+  napi_close_handle_scope(env, scope);
 }
 
 // The engine is freed once both halves of closing are done: libuv letting go of the
@@ -205,6 +229,20 @@ void SubmitBatch(Engine* engine) {
   }
 }
 
+// When the environment ends (process exit, a worker terminating) with the device still
+// open, the poll handle must go or Node aborts on closing a loop with live handles; the
+// kernel resources go too, synchronously, since no threadpool work runs after this.
+void OnEnvCleanup(void* argument) {
+  Engine* engine = static_cast<Engine*>(argument);
+  uv_poll_stop(&engine->poll);
+  ReleaseKernelResources(engine);
+  ReleaseReferences(engine);
+  liveEngines--;
+  // No close callback: the addon may be unloaded before libuv would call it. The
+  // Engine is leaked on purpose, since libuv still touches the embedded handle later.
+  uv_close(reinterpret_cast<uv_handle_t*>(&engine->poll), nullptr);
+}
+
 }  // namespace
 
 Napi::Error MakeSyscallError(Napi::Env env, const SyscallFailure& failure,
@@ -305,6 +343,7 @@ Napi::Value Open(const Napi::CallbackInfo& info) {
   CHECK(env, uv_poll_start(&engine->poll, UV_READABLE, OnEventFdReadable) == 0,
         "uv_poll_start");
   uv_unref(reinterpret_cast<uv_handle_t*>(&engine->poll));
+  CHECK(env, napi_add_env_cleanup_hook(env, OnEnvCleanup, engine) == napi_ok, "cleanup hook");
   liveEngines++;
 
   auto* box = new EngineBox{engine};
@@ -361,12 +400,9 @@ Napi::Value Close(const Napi::CallbackInfo& info) {
   CHECK(env, engine->inFlight == 0, "close with I/O in flight");
   CHECK(env, engine->blockingInFlight == 0, "close with flush/fallocate in flight");
   info[0].As<Napi::External<EngineBox>>().Data()->engine = nullptr;
+  napi_remove_env_cleanup_hook(env, OnEnvCleanup, engine);
   uv_poll_stop(&engine->poll);
-  engine->onComplete.Reset();
-  engine->submitAreaRef.Reset();
-  engine->completionAreaRef.Reset();
-  delete engine->asyncContext;
-  engine->asyncContext = nullptr;
+  ReleaseReferences(engine);
   engine->closeStepsLeft = 2;
   uv_close(reinterpret_cast<uv_handle_t*>(&engine->poll), OnPollClosed);
   (new CloseWork(info[1].As<Napi::Function>(), engine))->Queue();

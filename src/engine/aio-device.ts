@@ -386,11 +386,13 @@ export class AioDevice implements BlockDevice {
     let thrown: unknown;
     for (let index = 0; index < failed; index++) {
       const at = index * FAILURE_STRIDE;
-      thrown ??= this.complete(
+      // Every record completes even after a callback threw (no short-circuit here).
+      const callbackThrew = this.complete(
         failures[at] as number,
         failures[at + 1] as number,
         failures[at + 2] as number,
       );
+      thrown ??= callbackThrew;
     }
     this.afterCompletions(thrown);
   }
@@ -401,11 +403,13 @@ export class AioDevice implements BlockDevice {
     let thrown: unknown;
     for (let index = 0; index < count; index++) {
       const at = index * COMPLETE_STRIDE;
-      thrown ??= this.complete(
+      // Every record completes even after a callback threw (no short-circuit here).
+      const callbackThrew = this.complete(
         this.completionArea[at] as number,
         this.completionArea[at + 1] as number,
         0,
       );
+      thrown ??= callbackThrew;
     }
     this.afterCompletions(thrown);
   }

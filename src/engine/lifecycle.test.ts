@@ -2,14 +2,19 @@
 // process's open file descriptors (/proc/self/fd) and resident memory do not grow, and
 // every AIO context is destroyed. The cycle count is chosen so that leaked contexts
 // would exhaust the system-wide AIO limit (/proc/sys/fs/aio-max-nr) and make io_setup
-// fail, so the kernel itself checks for context leaks too.
+// fail, so the kernel itself checks for context leaks too. Also: a worker thread that
+// ends with a device still open exits cleanly (no abort on live libuv handles), and an
+// exception thrown by a completion callback reaches 'uncaughtException' without
+// losing the other completions of the same batch.
 
 import * as assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'node:test';
 import * as v8 from 'node:v8';
 import * as vm from 'node:vm';
+import { Worker } from 'node:worker_threads';
 import { openDevice } from './aio-device';
 import { allocAligned } from './buffer-pool';
 import { liveEngines } from './native';
@@ -71,5 +76,58 @@ test('thousands of open/close cycles leak no fds, memory or AIO contexts', async
     assert.equal(openFdCount(), fdsBefore, 'file descriptors leaked');
     const growth = process.memoryUsage.rss() - rssBefore;
     assert.ok(growth < rssGrowthBytesMax, `RSS grew by ${growth} bytes over ${cycles} cycles`);
+  });
+});
+
+const engineIndex = JSON.stringify(path.join(__dirname, 'index.js'));
+
+test('a worker that exits with a device still open ends cleanly', async () => {
+  await withScratchDir(async (directory) => {
+    const source = `
+      const { openDevice } = require(${engineIndex});
+      (async () => {
+        const device = await openDevice(${JSON.stringify(path.join(directory, 'disk'))}, {
+          create: 1 << 20,
+        });
+        await device.read(device.allocate(4096), 0);
+        process.exit(0); // leaves the device open on purpose
+      })();
+    `;
+    const worker = new Worker(source, { eval: true });
+    const exitCode = await new Promise<number>((resolve, reject) => {
+      worker.on('exit', resolve);
+      worker.on('error', reject);
+    });
+    assert.equal(exitCode, 0);
+  });
+});
+
+test('a throwing completion callback reaches uncaughtException; its batch still completes', async () => {
+  await withScratchDir(async (directory) => {
+    const source = `
+      const { openDevice } = require(${engineIndex});
+      let uncaught = 0;
+      process.on('uncaughtException', () => { uncaught++; });
+      (async () => {
+        const device = await openDevice(process.argv[1], { create: 1 << 20 });
+        const buffers = Array.from({ length: 8 }, () => device.allocate(4096));
+        let completed = 0;
+        await new Promise((resolve) => {
+          buffers.forEach((buffer, index) => device.readWith(buffer, index * 4096, () => {
+            completed++;
+            if (completed === 8) setImmediate(resolve);
+            if (index === 0) throw new Error('callback bug');
+          }));
+        });
+        await device.close();
+        console.log(JSON.stringify({ uncaught, completed }));
+      })();
+    `;
+    const child = spawnSync(process.execPath, ['-e', source, path.join(directory, 'disk')], {
+      encoding: 'utf8',
+      timeout: 30_000,
+    });
+    assert.equal(child.status, 0, child.stderr);
+    assert.deepEqual(JSON.parse(child.stdout), { uncaught: 1, completed: 8 });
   });
 });

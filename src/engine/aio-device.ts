@@ -58,6 +58,9 @@ export interface OpenDeviceOptions {
   queueDepth?: number;
   /** iocbs per io_submit call, 1..queueDepth (SUBMIT_CHUNK_DEFAULT explains why small). */
   submitChunkMax?: number;
+  /** false: flush with fdatasync on the threadpool instead of IOCB_CMD_FDSYNC, the path
+   * taken anyway once the kernel refuses AIO fsync (default true). */
+  aioFlush?: boolean;
 }
 
 // The kernel's answer when it cannot fsync through AIO.
@@ -99,6 +102,7 @@ export async function openDevice(
   const created = options.create !== undefined && createSparse(path, options.create);
   try {
     const device = new AioDevice(path, options.readOnly ?? false, queueDepth, submitChunkMax);
+    if (options.aioFlush === false) device.useThreadpoolFlush();
     if (options.create !== undefined && device.size !== options.create) {
       await device.close();
       throw new CisternError(
@@ -218,6 +222,11 @@ export class AioDevice implements BlockDevice {
   /** I/Os handed to the kernel or about to be, plus those waiting for a slot. */
   get pending(): number {
     return this.queueDepth - this.freeSlotCount + this.waiting.length - this.waitingHead;
+  }
+
+  /** Flushes with fdatasync on the threadpool from now on. */
+  useThreadpoolFlush(): void {
+    this.aioFdsync = false;
   }
 
   /** A zero-filled buffer aligned for this device (and at least to a page). */

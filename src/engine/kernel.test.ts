@@ -1,8 +1,9 @@
 // Proves, by watching the system calls (strace) of a child process using the engine,
 // what the kernel actually receives: everything queued in one event-loop turn is
 // submitted together (in one io_submit when the device's chunk allows it, else in
-// io_submit calls of at most SUBMIT_CHUNK_DEFAULT iocbs); a FUA write carries RWF_DSYNC and a plain one does not; flush is an
-// IOCB_CMD_FDSYNC through the same AIO context; every io_setup has its io_destroy.
+// io_submit calls of at most SUBMIT_CHUNK_DEFAULT iocbs); a FUA write carries
+// RWF_DSYNC and a plain one does not; flush is an IOCB_CMD_FDSYNC through the same AIO
+// context (fdatasync when asked); every io_setup has its io_destroy.
 // Skipped where strace is missing or ptrace is not allowed.
 
 import * as assert from 'node:assert/strict';
@@ -30,6 +31,9 @@ const { openDevice } = require(${JSON.stringify(path.join(__dirname, 'index.js')
   const chunked = await openDevice(process.argv[1], { queueDepth: 128 });
   await Promise.all(buffers.map((buffer, index) => chunked.read(buffer, index * 4096)));
   await chunked.close();
+  const threadpool = await openDevice(process.argv[1], { aioFlush: false });
+  await threadpool.flush();
+  await threadpool.close();
   await device.write(buffers[0], 0, { fua: true });
   await device.flush();
   await device.close();
@@ -51,7 +55,7 @@ before(() => {
         '-o',
         trace,
         '-e',
-        'trace=io_setup,io_submit,io_destroy',
+        'trace=io_setup,io_submit,io_destroy,fdatasync',
         process.execPath,
         '-e',
         childScript,
@@ -99,6 +103,11 @@ test('a FUA write is submitted with RWF_DSYNC', { skip: !available }, () => {
 
 test('flush is an IOCB_CMD_FDSYNC on the AIO context', { skip: !available }, () => {
   assert.equal(submits().filter((line) => line.includes('IOCB_CMD_FDSYNC')).length, 1);
+});
+
+test('with aioFlush false, flush is fdatasync on another thread', { skip: !available }, () => {
+  const syncs = lines.filter((line) => line.includes('fdatasync(') && / = 0$/.test(line.trim()));
+  assert.equal(syncs.length, 1, lines.join('\n'));
 });
 
 test('every io_setup has its io_destroy', { skip: !available }, () => {

@@ -107,13 +107,15 @@ void OnEventFdReadable(uv_poll_t* poll, int pollStatus, int events) {
   napi_handle_scope scope = nullptr;
   if (napi_open_handle_scope(env, &scope) != napi_ok) return;
   napi_value global = nullptr;
+  napi_value callback = nullptr;
   napi_value count = nullptr;
   napi_value ignored = nullptr;
   napi_get_global(env, &global);
+  napi_get_reference_value(env, static_cast<napi_ref>(engine->onComplete), &callback);
   napi_create_uint32(env, reaped, &count);
   // make_callback runs process.nextTick callbacks and promise reactions afterwards.
-  napi_status status = napi_make_callback(env, *engine->asyncContext, global,
-                                          engine->onComplete.Value(), 1, &count, &ignored);
+  napi_status status = napi_make_callback(env, *engine->asyncContext, global, callback, 1,
+                                          &count, &ignored);
   if (status == napi_pending_exception) {
     // A completion callback threw: report it like any uncaught exception.
     napi_value error = nullptr;

@@ -1,6 +1,8 @@
-// Test wrappers around the memory provider: a volume whose reads wait at a gate the test
-// opens (to hold requests in flight and control completion order), and one that fails
-// on demand. Filters in the nbdkit sense: layers around a provider, not ifs inside it.
+// Test wrappers around a provider: a volume whose reads wait at a gate the test opens
+// (to hold requests in flight and control completion order), one that fails on demand,
+// and exports served read-only whatever the provider below says (the datastore has no
+// read-only volumes). Filters in the nbdkit sense: layers around a provider, not ifs
+// inside it.
 
 import type { ExportProvider, VolumeHandle } from '../../src/volume/backend';
 
@@ -71,5 +73,17 @@ export function failingProvider(inner: ExportProvider, failure: () => unknown): 
       }
       return wrapped;
     },
+  };
+}
+
+/** The named exports are listed and opened read-only; the rest pass through unchanged. */
+export function readOnlyExports(inner: ExportProvider, names: readonly string[]): ExportProvider {
+  const frozen = new Set(names);
+  return {
+    list: async () =>
+      (await inner.list()).map((info) =>
+        frozen.has(info.name) ? { ...info, readOnly: true } : info,
+      ),
+    open: (name, options) => inner.open(name, { readOnly: options.readOnly || frozen.has(name) }),
   };
 }

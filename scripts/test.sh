@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 bash scripts/install-test-deps.sh
 npx tsc -p .
 if [ -f binding.gyp ] && [ ! -f build/Release/cistern_engine.node ]; then
-  npx --no-install node-gyp rebuild >/dev/null
+  npm run install --silent >/dev/null
 fi
 mapfile -t files < <(find dist -name '*.test.js' -not -path '*/node_modules/*' | sort)
 if [ ${#files[@]} -eq 0 ]; then

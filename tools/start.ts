@@ -53,8 +53,11 @@ async function main(): Promise<void> {
   await runUntilSignalled(daemon, log);
 }
 
-main().catch((error: unknown) => {
-  if (isCisternError(error)) process.stderr.write(`cistern: ${error.message}\n`);
-  else process.stderr.write(`cistern: ${error instanceof Error ? error.stack : String(error)}\n`);
-  process.exitCode = 1;
-});
+// Only when run as the program: tests import the constants above.
+if (require.main === module) {
+  main().catch((error: unknown) => {
+    if (isCisternError(error)) process.stderr.write(`cistern: ${error.message}\n`);
+    else process.stderr.write(`cistern: ${error instanceof Error ? error.stack : String(error)}\n`);
+    process.exitCode = 1;
+  });
+}

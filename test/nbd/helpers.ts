@@ -211,3 +211,47 @@ export function randomBytes(length: number, seed: number): Buffer {
   }
   return buffer;
 }
+
+export interface FioVerifyResult {
+  error: number;
+  writtenBytes: number;
+  readBytes: number;
+}
+
+/**
+ * fio's NBD engine: random writes of 4–128 KiB over the first `sizeBytes` of the export,
+ * then a read of every block checked by crc32c (fatal on the first mismatch). With
+ * `verifyOnly`, no writes: the same blocks (same seed) are read and checked, as left by
+ * an earlier run. Rejects if fio fails; returns what its JSON report says.
+ */
+export async function fioVerify(
+  uri: string,
+  sizeBytes: number,
+  options: { cwd: string; verifyOnly?: boolean },
+): Promise<FioVerifyResult> {
+  const { stdout } = await run(
+    'fio',
+    [
+      '--name=verify',
+      '--ioengine=nbd',
+      `--uri=${uri}`,
+      '--rw=randwrite',
+      '--bsrange=4k-128k',
+      `--size=${sizeBytes}`,
+      '--iodepth=32',
+      '--verify=crc32c',
+      '--do_verify=1',
+      '--verify_fatal=1',
+      '--verify_state_save=0',
+      ...(options.verifyOnly ? ['--verify_only=1'] : []),
+      '--output-format=json',
+    ],
+    { cwd: options.cwd, timeoutMs: 120_000 },
+  );
+  const report = JSON.parse(stdout.slice(stdout.indexOf('{'))) as {
+    jobs: Array<{ error: number; write: { io_bytes: number }; read: { io_bytes: number } }>;
+  };
+  const job = report.jobs[0];
+  if (job === undefined) throw new Error(`fio reported no job:\n${stdout}`);
+  return { error: job.error, writtenBytes: job.write.io_bytes, readBytes: job.read.io_bytes };
+}

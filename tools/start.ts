@@ -4,8 +4,14 @@
 
 import path from 'node:path';
 import { formatHostPort } from '../src/daemon/address';
-import { DEFAULT_DATA_DIR, runUntilSignalled, startDaemon } from '../src/daemon/daemon';
-import { createLog } from '../src/daemon/log';
+import {
+  DEFAULT_DATA_DIR,
+  RunningDaemon,
+  serveUntilSignalled,
+  startDaemon,
+} from '../src/daemon/daemon';
+import { Log, createLog } from '../src/daemon/log';
+import { VolumeInfo } from '../src/volume/admin';
 import { isCisternError } from '../src/util/errors';
 import { formatSize } from '../src/util/units';
 
@@ -15,32 +21,38 @@ export const START_VOLUME_SIZE_BYTES = 8 * 2 ** 30;
 async function main(): Promise<void> {
   const log = createLog();
   const dataDir = path.resolve(DEFAULT_DATA_DIR);
-  const daemon = await startDaemon({ dataDir, disks: [], log });
-  try {
-    // First start: an empty datastore gets one volume to connect to. Later starts leave
-    // the administrator's volumes alone.
-    if ((await daemon.store.listVolumes()).length === 0) {
-      await daemon.store.createVolume({
-        name: START_VOLUME_NAME,
-        sizeBytes: START_VOLUME_SIZE_BYTES,
-      });
-      log('start.volume_created', { name: START_VOLUME_NAME, size: START_VOLUME_SIZE_BYTES });
+  await serveUntilSignalled(async () => {
+    const daemon = await startDaemon({ dataDir, disks: [], log });
+    try {
+      await firstStart(daemon, log);
+    } catch (error) {
+      await daemon.stop('start failed');
+      throw error;
     }
-  } catch (error) {
-    await daemon.stop('start failed');
-    throw error;
-  }
+    printInstructions(daemon, dataDir, await daemon.store.listVolumes());
+    return daemon;
+  }, log);
+}
+
+/** An empty datastore gets one volume to connect to; later starts leave volumes alone. */
+async function firstStart(daemon: RunningDaemon, log: Log): Promise<void> {
+  if ((await daemon.store.listVolumes()).length > 0) return;
+  await daemon.store.createVolume({ name: START_VOLUME_NAME, sizeBytes: START_VOLUME_SIZE_BYTES });
+  log('start.volume_created', { name: START_VOLUME_NAME, size: START_VOLUME_SIZE_BYTES });
+}
+
+function printInstructions(daemon: RunningDaemon, dataDir: string, volumes: VolumeInfo[]): void {
   const nbd = formatHostPort(daemon.nbdAddress);
-  const volumes = await daemon.store.listVolumes();
   const relative = path.relative(process.cwd(), dataDir) || '.';
+  const example = volumes[0]?.name ?? 'VOLUME';
   const lines = [
     '',
     `Cistern is running: data in ${relative}/, NBD on ${nbd}, admin API on ${formatHostPort(daemon.adminAddress)}.`,
-    `Volumes: ${volumes.map((v) => `${v.name} (${formatSize(v.sizeBytes)})`).join(', ')}`,
+    `Volumes: ${volumes.map((v) => `${v.name} (${formatSize(v.sizeBytes)})`).join(', ') || 'none'}`,
     '',
     'Connect:',
-    `  qemu-img info nbd://${nbd}/${volumes[0]?.name ?? START_VOLUME_NAME}`,
-    `  nbdinfo nbd://${nbd}/${volumes[0]?.name ?? START_VOLUME_NAME}`,
+    `  qemu-img info nbd://${nbd}/${example}`,
+    `  nbdinfo nbd://${nbd}/${example}`,
     '',
     'Administer (in another terminal):',
     `  ./bin/cistern status --data-dir ${relative}`,
@@ -50,7 +62,6 @@ async function main(): Promise<void> {
     '',
   ];
   process.stdout.write(lines.join('\n') + '\n');
-  await runUntilSignalled(daemon, log);
 }
 
 // Only when run as the program: tests import the constants above.

@@ -175,26 +175,39 @@ function stackOf(error: unknown): string {
 }
 
 /**
- * Runs until SIGINT or SIGTERM, then stops cleanly. A second signal during the stop
- * exits at once: that is a crash as far as the data is concerned, which the datastore
- * survives (only unflushed writes may be lost, as the protocols allow).
+ * Serves until SIGINT or SIGTERM, then stops cleanly. The handlers go in before `start`
+ * runs, so a signal that arrives while starting (or just after admin.json appears) stops
+ * the daemon cleanly once it is up instead of killing it half-way. A second signal exits
+ * at once: that is a crash as far as the data is concerned, which the datastore survives
+ * (only unflushed writes may be lost, as the protocols allow).
  */
-export async function runUntilSignalled(daemon: RunningDaemon, log: Log): Promise<void> {
+export async function serveUntilSignalled(
+  start: () => Promise<RunningDaemon>,
+  log: Log,
+): Promise<void> {
   const signals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM'];
   let received: NodeJS.Signals | undefined;
-  await new Promise<void>((resolve) => {
-    const onSignal = (signal: NodeJS.Signals): void => {
-      if (received !== undefined) {
-        log('daemon.forced_exit', { signal });
-        process.exit(1);
-      }
-      received = signal;
-      resolve();
-    };
-    for (const signal of signals) process.on(signal, onSignal);
-  });
-  assert(received !== undefined, 'woke without a signal');
-  await daemon.stop(received);
+  let wake: (signal: NodeJS.Signals) => void = () => {};
+  const signalled = new Promise<NodeJS.Signals>((resolve) => (wake = resolve));
+  const onSignal = (signal: NodeJS.Signals): void => {
+    if (received !== undefined) {
+      log('daemon.forced_exit', { signal });
+      process.exit(1);
+    }
+    received = signal;
+    wake(signal);
+  };
+  for (const signal of signals) process.on(signal, onSignal);
+  let daemon: RunningDaemon;
+  try {
+    daemon = await start();
+  } catch (error) {
+    for (const signal of signals) process.off(signal, onSignal);
+    throw error;
+  }
+  const signal = await signalled;
+  assert(received === signal, 'woke without a signal');
+  await daemon.stop(signal);
   // A leaked handle must not keep a stopped daemon around; unref'd, so a clean exit
   // does not wait for it.
   setTimeout(() => {
@@ -205,6 +218,5 @@ export async function runUntilSignalled(daemon: RunningDaemon, log: Log): Promis
 
 /** `cistern daemon`: start, serve until signalled, stop. */
 export async function runDaemon(options: DaemonOptions): Promise<void> {
-  const daemon = await startDaemon(options);
-  await runUntilSignalled(daemon, options.log);
+  await serveUntilSignalled(() => startDaemon(options), options.log);
 }

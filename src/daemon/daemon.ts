@@ -128,14 +128,27 @@ export async function startDaemon(options: DaemonOptions): Promise<RunningDaemon
         log('daemon.stopping', { reason });
         // Order: the admin API first (no new administration against a closing store),
         // then the file that advertises it, then NBD (connections finish in-flight
-        // requests), then the datastore (flushes), and the lock last.
-        await adminServer.close();
-        removeAdminFile(options.dataDir);
-        await nbd.close();
-        log('nbd.closed');
-        await store.close();
-        log('datastore.closed');
-        lock.release();
+        // requests), then the datastore (flushes), and the lock last. A step that fails
+        // is logged and the rest still run, so a failed flush does not also leave a
+        // stale admin.json and lock behind; the first failure is rethrown at the end.
+        const steps: Array<[string, () => Promise<void> | void]> = [
+          ['admin.closed', () => adminServer.close()],
+          ['admin.file_removed', () => removeAdminFile(options.dataDir)],
+          ['nbd.closed', () => nbd.close()],
+          ['datastore.closed', () => store.close()],
+          ['daemon.unlocked', () => lock.release()],
+        ];
+        let firstError: unknown;
+        for (const [event, step] of steps) {
+          try {
+            await step();
+            log(event);
+          } catch (error) {
+            log(`${event.split('.')[0]}.stop_failed`, { error });
+            firstError ??= error;
+          }
+        }
+        if (firstError !== undefined) throw firstError;
         log('daemon.stopped');
       })();
       return stopping;

@@ -55,37 +55,40 @@ export interface BackendServer {
   close(): Promise<void>;
 }
 
-/** An NBD server on 127.0.0.1 (a free port) serving `exports` from a fresh backend. */
-export async function serveBackend(
-  backend: BackendName,
-  exports: readonly ExportSpec[],
-  options: NbdServerOptions = {},
-): Promise<BackendServer> {
-  const readOnlyNames = exports.filter((spec) => spec.readOnly).map((spec) => spec.name);
-  let provider: ExportProvider;
+interface OpenedBackend {
+  provider: ExportProvider;
+  datastore: Datastore | undefined;
+  close(): Promise<void>;
+}
+
+function openMemory(exports: readonly ExportSpec[]): OpenedBackend {
+  const memory = new MemoryExportProvider();
+  for (const { name, sizeBytes, readOnly, description } of exports) {
+    memory.create(name, sizeBytes, { readOnly, description });
+  }
+  return { provider: memory, datastore: undefined, close: async () => undefined };
+}
+
+async function openDatastore(exports: readonly ExportSpec[]): Promise<OpenedBackend> {
+  const scratch = testDatastore(DATASTORE_DISK_COUNT, DATASTORE_DISK_BYTES);
   let datastore: Datastore | undefined;
-  let closeBackend: () => Promise<void>;
-  if (backend === 'memory') {
-    const memory = new MemoryExportProvider();
-    for (const spec of exports) memory.create(spec.name, spec.sizeBytes, spec);
-    provider = memory;
-    closeBackend = async () => undefined;
-  } else {
-    const scratch = testDatastore(DATASTORE_DISK_COUNT, DATASTORE_DISK_BYTES);
-    try {
-      datastore = await scratch.open();
-      for (const spec of exports) {
-        await datastore.createVolume({ name: spec.name, sizeBytes: spec.sizeBytes });
-      }
-    } catch (error) {
-      await datastore?.close();
-      scratch.cleanup();
-      throw error;
+  try {
+    datastore = await scratch.open();
+    for (const spec of exports) {
+      await datastore.createVolume({ name: spec.name, sizeBytes: spec.sizeBytes });
     }
-    const opened = datastore;
+  } catch (error) {
+    await datastore?.close();
+    scratch.cleanup();
+    throw error;
+  }
+  const opened = datastore;
+  const readOnlyNames = exports.filter((spec) => spec.readOnly).map((spec) => spec.name);
+  return {
     // The datastore has no read-only volumes; a read-only export is a layer above it.
-    provider = readOnlyExports(opened, readOnlyNames);
-    closeBackend = async () => {
+    provider: readOnlyExports(opened, readOnlyNames),
+    datastore: opened,
+    close: async () => {
       try {
         const status = await opened.status();
         assert.equal(status.health, 'ok', status.messages.join('\n'));
@@ -93,14 +96,30 @@ export async function serveBackend(
         await opened.close();
         scratch.cleanup();
       }
-    };
-  }
+    },
+  };
+}
+
+/** An NBD server on 127.0.0.1 (a free port) serving `exports` from a fresh backend. */
+export async function serveBackend(
+  backend: BackendName,
+  exports: readonly ExportSpec[],
+  options: NbdServerOptions = {},
+): Promise<BackendServer> {
+  const {
+    provider,
+    datastore,
+    close: closeBackend,
+  } = backend === 'memory' ? openMemory(exports) : await openDatastore(exports);
   const unexpectedErrors: unknown[] = [];
   const server = new NbdServer(provider, {
     onUnexpectedError: (error) => unexpectedErrors.push(error),
     ...options,
   });
-  const address = await server.listen('127.0.0.1', 0);
+  const address = await server.listen('127.0.0.1', 0).catch(async (error: unknown) => {
+    await closeBackend();
+    throw error;
+  });
   return {
     backend,
     server,

@@ -31,7 +31,33 @@ export function overview(prefix: string[] = []): string {
   return lines.join('\n');
 }
 
-export async function main(argv: string[], output: Output = stdio): Promise<number> {
+/** Options that may stand before the command words (`cistern --data-dir D volume ls`). */
+const LEADING_VALUE_OPTIONS = new Set(['--data-dir', '--etcd']);
+const LEADING_FLAG_OPTIONS = new Set(['--json']);
+
+/** Moves leading global options behind the command words, where the parser reads them. */
+export function hoistLeadingOptions(argv: string[]): string[] {
+  const leading: string[] = [];
+  let index = 0;
+  while (index < argv.length) {
+    const word = argv[index] as string;
+    const name = word.split('=')[0] as string;
+    if (LEADING_FLAG_OPTIONS.has(word)) {
+      leading.push(word);
+      index += 1;
+    } else if (LEADING_VALUE_OPTIONS.has(name)) {
+      const takesNext = !word.includes('=');
+      leading.push(...argv.slice(index, index + (takesNext ? 2 : 1)));
+      index += takesNext ? 2 : 1;
+    } else {
+      break;
+    }
+  }
+  return [...argv.slice(index), ...leading];
+}
+
+export async function main(rawArgv: string[], output: Output = stdio): Promise<number> {
+  const argv = hoistLeadingOptions(rawArgv);
   const found = findCommand(argv);
   if (!found) {
     const wantsHelp = argv.length === 0 || argv.includes('--help') || argv[0] === 'help';

@@ -185,6 +185,11 @@ test("the daemon's errors are one line, exit 1; usage mistakes exit 2", async ()
 });
 
 test('the data dir comes from --data-dir, else CISTERN_DATA_DIR, else ./.cistern', async () => {
+  // The issue's own form: the option before the command words.
+  const leading = await cisternOk(['--data-dir', dir, 'volume', 'ls', '--json']);
+  assert.ok(JSON.parse(leading).some((v: { name: string }) => v.name === 'alpha'));
+  const leadingEquals = await cisternOk([`--data-dir=${dir}`, '--json', 'volume', 'info', 'alpha']);
+  assert.equal(JSON.parse(leadingEquals).name, 'alpha');
   const fromEnv = await cisternOk(['volume', 'ls', '--json'], {
     env: { ...process.env, CISTERN_DATA_DIR: dir },
   });

@@ -10,6 +10,7 @@ import { assert } from '../util/assert';
 import { CisternError, isCisternError } from '../util/errors';
 import { Extent } from '../volume/backend';
 import { ObjectKey } from '../store/key';
+import type { BufferLease } from '../store/buffer-cache';
 import { ObjectStore } from '../store/object-store';
 import { PlacementTable, objectToPg, pgRow } from '../placement/straw2';
 import { RangeOrdering } from './ordering';
@@ -61,6 +62,11 @@ export class LocalReplication {
   /** Reads from the first up member; a failing disk is taken out and the next one tried. */
   async read(key: ObjectKey, offset: number, length: number): Promise<Uint8Array> {
     return this.fromPrimary(key, (store) => store.read(key, offset, length));
+  }
+
+  /** Like read, without a copy: the store's buffer, lent until `release()`. */
+  async readLeased(key: ObjectKey, offset: number, length: number): Promise<BufferLease> {
+    return this.fromPrimary(key, (store) => store.readLeased(key, offset, length));
   }
 
   async blockStatus(key: ObjectKey, offset: number, length: number): Promise<Extent[]> {

@@ -15,6 +15,7 @@ import { AssertionError, assert } from '../util/assert';
 import { CisternError, fromErrno, isCisternError } from '../util/errors';
 import type { Extent } from '../volume/backend';
 import { bitRuns, bitmapBytes, clearBit, getBit, setBit } from './bitmap';
+import { BufferCache, type BufferLease, ownedLease } from './buffer-cache';
 import type { BlockDevice } from './device';
 import {
   checkObjectKey,
@@ -125,6 +126,8 @@ export class ObjectStore {
   private drained: (() => void) | null = null;
   private closing: Promise<void> | null = null;
   private closed = false;
+  /** Device buffers reused across reads and staged writes (buffer-cache.ts says why). */
+  private readonly buffers = new BufferCache((lengthBytes) => this.allocate(lengthBytes));
 
   private constructor(
     private readonly device: BlockDevice,
@@ -168,8 +171,21 @@ export class ObjectStore {
 
   /** Exactly `length` bytes; unwritten blocks and missing objects read as zeros. */
   async read(key: ObjectKey, offset: number, length: number): Promise<Uint8Array> {
+    const lease = await this.readLeased(key, offset, length);
+    // A copy the caller owns; the data path uses readLeased and sends the lent bytes.
+    const copy = new Uint8Array(lease.data);
+    lease.release();
+    return copy;
+  }
+
+  /**
+   * Like read, but the bytes stay in the store's buffer: release the lease once they
+   * have been sent (the NBD reply writes them to the socket without a copy). Until
+   * then the buffer is the caller's alone.
+   */
+  async readLeased(key: ObjectKey, offset: number, length: number): Promise<BufferLease> {
     this.checkRange(key, offset, length);
-    if (length === 0) return new Uint8Array(0);
+    if (length === 0) return ownedLease(new Uint8Array(0));
     return this.operate(key, false, (entry) => this.readBlocks(entry, offset, length));
   }
 
@@ -405,37 +421,50 @@ export class ObjectStore {
 
   // ---- reading and writing ----------------------------------------------------------
 
-  private async readBlocks(entry: Entry, offset: number, length: number): Promise<Uint8Array> {
-    if (entry.slot === null) return Buffer.alloc(length);
+  private async readBlocks(entry: Entry, offset: number, length: number): Promise<BufferLease> {
+    if (entry.slot === null) return ownedLease(Buffer.alloc(length));
     const blockFirst = Math.floor(offset / BLOCK_SIZE_BYTES);
     const blockEnd = Math.ceil((offset + length) / BLOCK_SIZE_BYTES);
-    const buffer = this.allocate((blockEnd - blockFirst) * BLOCK_SIZE_BYTES);
+    const lease = this.buffers.takeDirty((blockEnd - blockFirst) * BLOCK_SIZE_BYTES);
+    const buffer = lease.data;
     const base = this.slotOffset(entry.slot);
     const reads: Promise<void>[] = [];
-    // One device read per run of written blocks; unwritten runs stay as allocated zeros.
+    // One device read per run of written blocks. The buffer is reused, so unwritten
+    // runs are zeroed here: they must read as zeros, never as a former user's bytes.
     for (const run of bitRuns(entry.written, blockFirst, blockEnd)) {
-      if (!run.set) continue;
-      const into = buffer.subarray(
-        (run.start - blockFirst) * BLOCK_SIZE_BYTES,
-        (run.end - blockFirst) * BLOCK_SIZE_BYTES,
-      );
-      reads.push(this.device.read(into, base + run.start * BLOCK_SIZE_BYTES));
+      const from = (run.start - blockFirst) * BLOCK_SIZE_BYTES;
+      const to = (run.end - blockFirst) * BLOCK_SIZE_BYTES;
+      if (!run.set) buffer.fill(0, from, to);
+      else
+        reads.push(
+          this.device.read(buffer.subarray(from, to), base + run.start * BLOCK_SIZE_BYTES),
+        );
     }
-    await settleAll(reads);
+    try {
+      await settleAll(reads);
+    } catch (error) {
+      lease.release(); // settleAll waited: no read still lands in the buffer
+      throw error;
+    }
     const start = offset - blockFirst * BLOCK_SIZE_BYTES;
-    return buffer.subarray(start, start + length);
+    if (start === 0 && length === buffer.length) return lease;
+    return { data: buffer.subarray(start, start + length), release: () => lease.release() };
   }
 
   private async writeBlocks(entry: Entry, offset: number, data: Uint8Array): Promise<void> {
     const blockFirst = Math.floor(offset / BLOCK_SIZE_BYTES);
     const blockEnd = Math.ceil((offset + data.length) / BLOCK_SIZE_BYTES);
     const slot = await this.ensureSlot(entry);
+    let staged: BufferLease | undefined;
     try {
-      const staged = await this.stage(entry, slot, offset, data, blockFirst, blockEnd);
-      await this.device.write(staged, this.slotOffset(slot) + blockFirst * BLOCK_SIZE_BYTES);
+      staged = await this.stage(entry, slot, offset, data, blockFirst, blockEnd);
+      await this.device.write(staged.data, this.slotOffset(slot) + blockFirst * BLOCK_SIZE_BYTES);
     } catch (error) {
       this.releaseIfUnused(entry);
       throw error;
+    } finally {
+      // The device write has completed (or failed) either way: the buffer is free again.
+      staged?.release();
     }
     // Only now, with the write complete, may the bitmap expose these blocks: a commit
     // snapshots bitmaps before it flushes the device, so it can only ever record blocks
@@ -452,9 +481,10 @@ export class ObjectStore {
 
   /**
    * The block-aligned bytes to write. Whole blocks with no address requirement are the
-   * caller's own buffer (no copy). Otherwise one aligned copy, with partial end blocks
-   * filled from the device if written (read-modify-write, under the exclusive lock)
-   * or zeros if not.
+   * caller's own buffer (no copy). Otherwise one aligned copy into a reused buffer, with
+   * partial end blocks filled from the device if written (read-modify-write, under the
+   * exclusive lock) or zeroed if not: a reused buffer holds a former user's bytes, and
+   * none of them may reach the disk.
    */
   private async stage(
     entry: Entry,
@@ -463,11 +493,19 @@ export class ObjectStore {
     data: Uint8Array,
     blockFirst: number,
     blockEnd: number,
-  ): Promise<Uint8Array> {
+  ): Promise<BufferLease> {
     const headPartial = offset % BLOCK_SIZE_BYTES !== 0;
     const tailPartial = (offset + data.length) % BLOCK_SIZE_BYTES !== 0;
-    if (!headPartial && !tailPartial && this.device.allocate === undefined) return data;
-    const staged = this.allocate((blockEnd - blockFirst) * BLOCK_SIZE_BYTES);
+    if (!headPartial && !tailPartial && this.device.allocate === undefined) {
+      return ownedLease(data);
+    }
+    const lease = this.buffers.takeDirty((blockEnd - blockFirst) * BLOCK_SIZE_BYTES);
+    const staged = lease.data;
+    const dataStart = offset - blockFirst * BLOCK_SIZE_BYTES;
+    const dataEnd = dataStart + data.length;
+    // Zero what the data does not cover, before any device read fills a whole block.
+    staged.fill(0, 0, dataStart);
+    staged.fill(0, dataEnd);
     const base = this.slotOffset(slot);
     const fills: Promise<void>[] = [];
     if (headPartial && getBit(entry.written, blockFirst)) {
@@ -492,9 +530,14 @@ export class ObjectStore {
         ),
       );
     }
-    await settleAll(fills);
-    staged.set(data, offset - blockFirst * BLOCK_SIZE_BYTES);
-    return staged;
+    try {
+      await settleAll(fills);
+    } catch (error) {
+      lease.release();
+      throw error;
+    }
+    staged.set(data, dataStart);
+    return lease;
   }
 
   // ---- trim, zero, delete -----------------------------------------------------------

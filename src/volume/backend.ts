@@ -22,12 +22,23 @@ export interface Extent {
   zero: boolean;
 }
 
+/** Bytes lent by the volume layer; `release()` once they have been sent, exactly once. */
+export interface ReadLease {
+  readonly data: Uint8Array;
+  release(): void;
+}
+
 export interface VolumeHandle {
   readonly name: string;
   readonly size: number;
   readonly readOnly: boolean;
   /** Returns a buffer of exactly `length` bytes; unwritten blocks read as zeros. */
   read(offset: number, length: number): Promise<Uint8Array>;
+  /**
+   * Optional zero-copy read: the bytes stay in a buffer of the layers below (reused
+   * once released), so a front end can send them as they are.
+   */
+  readLeased?(offset: number, length: number): Promise<ReadLease>;
   write(offset: number, data: Uint8Array, flags?: IoFlags): Promise<void>;
   /** Discards the range: it may read as zeros afterwards and its space is freed. */
   trim(offset: number, length: number, flags?: IoFlags): Promise<void>;

@@ -8,7 +8,7 @@ import { CisternError } from '../util/errors';
 import { LocalReplication } from '../replication/local';
 import { VolumeSpec } from '../cluster/state';
 import { ObjectKey } from '../store/key';
-import { Extent, IoFlags, VolumeHandle, ZeroFlags } from './backend';
+import { Extent, IoFlags, ReadLease, VolumeHandle, ZeroFlags } from './backend';
 
 /** Largest zero range written as real zeros (NO_HOLE) per request to the store. */
 const ZERO_WRITE_CHUNK_BYTES = 1 << 20;
@@ -91,21 +91,41 @@ export class Volume implements VolumeHandle {
   }
 
   async read(offset: number, length: number): Promise<Uint8Array> {
+    const lease = await this.readLeased(offset, length);
+    const copy = new Uint8Array(lease.data);
+    lease.release();
+    return copy;
+  }
+
+  /**
+   * A read inside one object lends the store's buffer as it is (the NBD reply sends it
+   * without a copy). One spanning objects is assembled in a buffer of its own, each
+   * part's lease released as soon as it is copied.
+   */
+  async readLeased(offset: number, length: number): Promise<ReadLease> {
     const parts = this.parts(offset, length);
     return this.track(async () => {
       if (parts.length === 1) {
         const part = parts[0] as Part;
-        return this.replication.read(part.key, part.offsetInObject, part.length);
+        return this.replication.readLeased(part.key, part.offsetInObject, part.length);
       }
       const result = Buffer.allocUnsafe(length);
       await Promise.all(
         parts.map(async (part) => {
-          const data = await this.replication.read(part.key, part.offsetInObject, part.length);
-          assert(data.length === part.length, 'store returned a short read');
-          result.set(data, part.requestOffset);
+          const lease = await this.replication.readLeased(
+            part.key,
+            part.offsetInObject,
+            part.length,
+          );
+          try {
+            assert(lease.data.length === part.length, 'store returned a short read');
+            result.set(lease.data, part.requestOffset);
+          } finally {
+            lease.release();
+          }
         }),
       );
-      return result;
+      return { data: result, release: () => undefined };
     });
   }
 

@@ -54,6 +54,8 @@ interface InFlight {
   replied: boolean;
   /** Its charge has been given back (set once, whatever the socket does). */
   released: boolean;
+  /** Gives a lent read buffer back to the volume layer once the reply is out. */
+  releaseData: (() => void) | undefined;
 }
 
 interface MetaSelection {
@@ -591,8 +593,18 @@ export class NbdConnection {
     const fua = (request.flags & P.NBD_CMD_FLAG_FUA) !== 0;
     switch (request.type) {
       case P.NBD_CMD_READ: {
-        const data = await handle.read(offset, length);
+        // Lent bytes go to the socket as they are and back to the volume layer once the
+        // kernel has them (finishRequest); handles without leases return owned copies.
+        let data: Uint8Array;
+        if (handle.readLeased !== undefined) {
+          const lease = await handle.readLeased(offset, length);
+          flight.releaseData = () => lease.release();
+          data = lease.data;
+        } else {
+          data = await handle.read(offset, length);
+        }
         if (data.length !== length) {
+          this.releaseData(flight);
           throw new CisternError(
             'EIO',
             `volume returned ${data.length} bytes for a ${length}-byte read`,
@@ -669,7 +681,13 @@ export class NbdConnection {
   private beginRequest(request: P.Request, chargeBytes: number): InFlight {
     this.inFlightRequests += 1;
     this.inFlightBytes += chargeBytes;
-    return { request, chargeBytes, replied: false, released: false };
+    return { request, chargeBytes, replied: false, released: false, releaseData: undefined };
+  }
+
+  private releaseData(flight: InFlight): void {
+    const release = flight.releaseData;
+    flight.releaseData = undefined;
+    release?.();
   }
 
   /** Sends the reply; the request stops counting against the bounds once the kernel has it. */
@@ -683,6 +701,7 @@ export class NbdConnection {
         // the charge must be released exactly once.
         if (flight.released) return;
         flight.released = true;
+        this.releaseData(flight);
         this.inFlightRequests -= 1;
         this.inFlightBytes -= flight.chargeBytes;
         assert(this.inFlightRequests >= 0 && this.inFlightBytes >= 0, 'in-flight accounting broke');

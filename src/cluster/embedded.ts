@@ -14,6 +14,7 @@ const STATE_KEY = 'state';
 export class EmbeddedClusterStore implements ClusterStore {
   private state: ClusterState;
   private queue: Promise<unknown> = Promise.resolve();
+  private readonly listeners = new Set<(state: ClusterState) => void>();
   private closed = false;
 
   private constructor(
@@ -45,6 +46,7 @@ export class EmbeddedClusterStore implements ClusterStore {
       return new EmbeddedClusterStore(db, state, true);
     }
     const state = unpack(raw) as ClusterState;
+    state.hostAddresses ??= {}; // written before multi-host support
     assert(
       state && state.map && Array.isArray(state.volumes),
       `cluster state at ${path} is malformed`,
@@ -64,11 +66,17 @@ export class EmbeddedClusterStore implements ClusterStore {
       next.map.epoch = this.state.map.epoch + 1;
       await this.db.put(STATE_KEY, pack(next), { sync: true });
       this.state = next;
+      for (const listener of this.listeners) listener(next);
       return result;
     };
     const result = this.queue.then(run, run);
     this.queue = result.catch(() => undefined);
     return result;
+  }
+
+  subscribe(listener: (state: ClusterState) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
   }
 
   async close(): Promise<void> {

@@ -26,10 +26,21 @@ export interface DiskLocation {
   error?: string;
 }
 
+export interface HostLocation {
+  /** Where the host's daemon takes peer connections, "IP:PORT". */
+  address: string;
+  /** Where its NBD front end listens, if anywhere. */
+  nbd?: string;
+}
+
 export interface ClusterState {
   map: ClusterMap;
   volumes: VolumeSpec[];
   disks: Record<string, DiskLocation>;
+  /** Peer addresses of hosts (multi-host clusters; empty on one host). */
+  hostAddresses: Record<string, HostLocation>;
+  /** A fingerprint of the cluster secret, so a daemon with the wrong one is refused at start. */
+  secretFingerprint?: string;
   nextVolumeId: number;
   nextPoolId: number;
   nextDiskId: number;
@@ -46,6 +57,7 @@ export function emptyState(): ClusterState {
     map: { epoch: 1, hosts: [], disks: [], pools: [] },
     volumes: [],
     disks: {},
+    hostAddresses: {},
     nextVolumeId: 1,
     nextPoolId: 1,
     nextDiskId: 0,

@@ -13,5 +13,10 @@ export interface ClusterStore {
    * nothing changes and the error propagates.
    */
   update<T>(mutate: (state: ClusterState) => T): Promise<T>;
+  /**
+   * Calls `listener` with the new state after every change, whoever made it (on etcd,
+   * other daemons' changes arrive through a watch). Returns an unsubscribe function.
+   */
+  subscribe(listener: (state: ClusterState) => void): () => void;
   close(): Promise<void>;
 }

@@ -11,15 +11,15 @@ import { CisternError, isCisternError } from '../util/errors';
 import { Extent } from '../volume/backend';
 import { ObjectKey } from '../store/key';
 import type { BufferLease } from '../store/buffer-cache';
-import { ObjectStore } from '../store/object-store';
 import { PlacementTable, objectToPg, pgRow } from '../placement/straw2';
 import { RangeOrdering } from './ordering';
+import { ObjectEndpoint, ObjectIo, ownedLease } from './endpoint';
 
 export interface ReplicaSet {
   /** Placement of the object's pool for the current map. */
   table(poolId: number): PlacementTable;
-  /** The open store of an up disk, or undefined when the disk is down or missing. */
-  store(diskId: number): ObjectStore | undefined;
+  /** An up disk's objects — local store or remote disk — or undefined when it is down. */
+  store(diskId: number): ObjectEndpoint | undefined;
   /** Takes a failed disk out of service; resolves once the map says so. */
   onDiskFailure(diskId: number, error: CisternError): Promise<void>;
 }
@@ -29,7 +29,7 @@ export function isDeviceFailure(error: unknown): boolean {
   return isCisternError(error, 'EIO') || isCisternError(error, 'CORRUPT');
 }
 
-export class LocalReplication {
+export class LocalReplication implements ObjectIo {
   private readonly ordering = new RangeOrdering();
   /** Disks written since their last flush. */
   private readonly dirty = new Set<number>();
@@ -37,13 +37,13 @@ export class LocalReplication {
   constructor(private readonly replicas: ReplicaSet) {}
 
   private members(key: ObjectKey): {
-    up: Array<[number, ObjectStore]>;
+    up: Array<[number, ObjectEndpoint]>;
     minSize: number;
     size: number;
   } {
     const table = this.replicas.table(key.pool);
     const row = pgRow(table, objectToPg(table.pool, key.volume, key.object));
-    const up: Array<[number, ObjectStore]> = [];
+    const up: Array<[number, ObjectEndpoint]> = [];
     for (const disk of row) {
       const store = this.replicas.store(disk);
       if (store) up.push([disk, store]);
@@ -66,7 +66,11 @@ export class LocalReplication {
 
   /** Like read, without a copy: the store's buffer, lent until `release()`. */
   async readLeased(key: ObjectKey, offset: number, length: number): Promise<BufferLease> {
-    return this.fromPrimary(key, (store) => store.readLeased(key, offset, length));
+    return this.fromPrimary(key, async (store) =>
+      store.readLeased
+        ? store.readLeased(key, offset, length)
+        : ownedLease(await store.read(key, offset, length)),
+    );
   }
 
   async blockStatus(key: ObjectKey, offset: number, length: number): Promise<Extent[]> {
@@ -75,7 +79,7 @@ export class LocalReplication {
 
   private async fromPrimary<T>(
     key: ObjectKey,
-    operation: (store: ObjectStore) => Promise<T>,
+    operation: (store: ObjectEndpoint) => Promise<T>,
   ): Promise<T> {
     // Bounded: each failure takes one disk out, so at most `size` attempts.
     for (let attempt = 0; attempt < 64; attempt += 1) {
@@ -127,7 +131,7 @@ export class LocalReplication {
     offset: number,
     length: number,
     fua: boolean,
-    operation: (store: ObjectStore) => Promise<void>,
+    operation: (store: ObjectEndpoint) => Promise<void>,
   ): Promise<void> {
     const name = `${key.pool}/${key.volume}/${key.object}`;
     return this.ordering.run(name, offset, offset + length, async () => {
@@ -138,7 +142,7 @@ export class LocalReplication {
       let requestError: unknown;
       for (let i = 0; i < results.length; i += 1) {
         const result = results[i] as PromiseSettledResult<void>;
-        const [disk] = up[i] as [number, ObjectStore];
+        const [disk] = up[i] as [number, ObjectEndpoint];
         if (result.status === 'fulfilled') {
           succeeded += 1;
           if (!fua) this.dirty.add(disk);

@@ -5,7 +5,7 @@
 
 import { assert } from '../util/assert';
 import { CisternError } from '../util/errors';
-import { LocalReplication } from '../replication/local';
+import { ObjectIo } from '../replication/endpoint';
 import { VolumeSpec } from '../cluster/state';
 import { ObjectKey } from '../store/key';
 import { Extent, IoFlags, ReadLease, VolumeHandle, ZeroFlags } from './backend';
@@ -28,7 +28,7 @@ export class Volume implements VolumeHandle {
 
   constructor(
     private readonly spec: VolumeSpec,
-    private readonly replication: LocalReplication,
+    private readonly replication: ObjectIo,
     readonly readOnly: boolean,
     private readonly onClose: () => void,
   ) {}

@@ -1,0 +1,55 @@
+// The two narrow interfaces of the replication layer:
+// - ObjectEndpoint: one disk's objects, local (an ObjectStore) or on another host
+//   (RemoteDisk over the peer protocol); what a primary writes its replicas through;
+// - ObjectIo: replicated object I/O, what the volume layer calls; LocalReplication
+//   (this host is the primary) and Gateway (route to the primary's host) implement it.
+
+import { ObjectKey } from '../store/key';
+import { Extent } from '../volume/backend';
+import { BufferLease } from '../store/buffer-cache';
+
+export interface ObjectEndpoint {
+  read(key: ObjectKey, offset: number, length: number): Promise<Uint8Array>;
+  /** Like read without a copy, where the endpoint can lend its buffer (a local store). */
+  readLeased?(key: ObjectKey, offset: number, length: number): Promise<BufferLease>;
+  write(
+    key: ObjectKey,
+    offset: number,
+    data: Uint8Array,
+    options?: { fua?: boolean },
+  ): Promise<void>;
+  trim(key: ObjectKey, offset: number, length: number): Promise<void>;
+  zero(key: ObjectKey, offset: number, length: number): Promise<void>;
+  blockStatus(key: ObjectKey, offset: number, length: number): Promise<Extent[]>;
+  deleteObject(key: ObjectKey): Promise<boolean>;
+  flush(): Promise<void>;
+}
+
+export interface ObjectIo {
+  read(key: ObjectKey, offset: number, length: number): Promise<Uint8Array>;
+  /** The bytes lent until `release()`: the NBD reply sends them without a copy. */
+  readLeased(key: ObjectKey, offset: number, length: number): Promise<BufferLease>;
+  write(key: ObjectKey, offset: number, data: Uint8Array, fua: boolean): Promise<void>;
+  trim(key: ObjectKey, offset: number, length: number, fua: boolean): Promise<void>;
+  zero(key: ObjectKey, offset: number, length: number, fua: boolean): Promise<void>;
+  blockStatus(key: ObjectKey, offset: number, length: number): Promise<Extent[]>;
+  deleteObject(key: ObjectKey): Promise<void>;
+  /** Every write acknowledged before the call is durable on every replica that took it. */
+  flush(): Promise<void>;
+}
+
+/** What the replication layer needs of the peer transport (PeerPool implements it). */
+export interface PeerTransport {
+  request(
+    peerHostId: string,
+    type: number,
+    epoch: number,
+    metadata: unknown,
+    payload?: Uint8Array,
+  ): Promise<{ metadata: unknown; payload?: Uint8Array }>;
+}
+
+/** A lease over bytes nobody else owns (a peer's reply): releasing it does nothing. */
+export function ownedLease(data: Uint8Array): BufferLease {
+  return { data, release: () => undefined };
+}

@@ -1,0 +1,215 @@
+// The gateway: object I/O from this host's front ends, sent to the host holding the
+// primary of the object's PG — handled here when that is this host, else one peer
+// request to it. A refusal for a stale epoch (ours or the primary's) waits, bounded,
+// for this daemon's map to move past it and tries again with the new placement. FLUSH
+// reaches every primary this gateway wrote through since its last flush.
+
+import { CisternError, isCisternError } from '../util/errors';
+import { ObjectKey } from '../store/key';
+import { Extent } from '../volume/backend';
+import { ClusterState } from '../cluster/state';
+import { PlacementTable, objectToPg, pgRow } from '../placement/straw2';
+import { ObjectIo, PeerTransport, ownedLease } from './endpoint';
+import { BufferLease } from '../store/buffer-cache';
+import { MessageType } from './messages';
+import { parseExtents } from './remote-disk';
+
+/** Attempts of one operation across map changes before giving up. */
+export const GATEWAY_ATTEMPTS_MAX = 8;
+/** How long one attempt waits for this daemon's map to reach a newer epoch. */
+export const EPOCH_WAIT_MS = 5000;
+
+export interface GatewayOptions {
+  hostId: string;
+  transport: PeerTransport;
+  state: () => ClusterState;
+  table: (poolId: number) => PlacementTable;
+  /** This host's own primary engine. */
+  local: ObjectIo;
+  /** Resolves true once the local map has reached `epoch`. */
+  waitForEpoch: (epoch: number, timeoutMs: number) => Promise<boolean>;
+}
+
+export class Gateway implements ObjectIo {
+  /** Primaries (hosts) written through since the last flush. */
+  private readonly written = new Set<string>();
+
+  constructor(private readonly options: GatewayOptions) {}
+
+  /** The host of the first up member of the object's PG, at the current epoch. */
+  primaryOf(key: ObjectKey): string {
+    const state = this.options.state();
+    const table = this.options.table(key.pool);
+    const row = pgRow(table, objectToPg(table.pool, key.volume, key.object));
+    for (const id of row) {
+      const disk = table.topology.disksById.get(id);
+      if (disk?.up) return disk.host;
+    }
+    throw new CisternError(
+      'UNAVAILABLE',
+      `object ${key.pool}/${key.volume}/${key.object}: no member of its PG is up (epoch ${state.map.epoch}; see cistern status)`,
+    );
+  }
+
+  /** Runs `operation` against the current primary, retrying across epoch changes. */
+  private async route<T>(
+    key: ObjectKey,
+    local: () => Promise<T>,
+    remote: (host: string, epoch: number) => Promise<T>,
+    mutates: boolean,
+  ): Promise<T> {
+    let lastError: unknown;
+    for (let attempt = 0; attempt < GATEWAY_ATTEMPTS_MAX; attempt += 1) {
+      const epoch = this.options.state().map.epoch;
+      const host = this.primaryOf(key);
+      try {
+        if (host === this.options.hostId) return await local();
+        if (mutates) this.written.add(host);
+        return await remote(host, epoch);
+      } catch (error) {
+        if (!isCisternError(error, 'STALE_EPOCH')) throw error;
+        lastError = error;
+        // Someone is on a newer map than we are (or than the primary is): wait for
+        // ours to move, then place the object again.
+        const target = Math.max(epoch + 1, (error as CisternError & { epoch?: number }).epoch ?? 0);
+        await this.options.waitForEpoch(target, EPOCH_WAIT_MS);
+      }
+    }
+    throw new CisternError(
+      'UNAVAILABLE',
+      `object ${key.pool}/${key.volume}/${key.object}: the cluster map kept changing (${String(lastError)})`,
+    );
+  }
+
+  private request(
+    host: string,
+    epoch: number,
+    type: MessageType,
+    metadata: unknown,
+    payload?: Uint8Array,
+  ): Promise<{ metadata: unknown; payload?: Uint8Array }> {
+    return this.options.transport.request(host, type, epoch, metadata, payload);
+  }
+
+  read(key: ObjectKey, offset: number, length: number): Promise<Uint8Array> {
+    return this.route(
+      key,
+      () => this.options.local.read(key, offset, length),
+      async (host, epoch) => {
+        const reply = await this.request(host, epoch, MessageType.ObjectRead, {
+          key,
+          offset,
+          length,
+        });
+        const data = reply.payload ?? new Uint8Array(0);
+        if (data.length !== length)
+          throw new CisternError(
+            'EIO',
+            `primary ${host} returned ${data.length} of ${length} bytes`,
+          );
+        return data;
+      },
+      false,
+    );
+  }
+
+  readLeased(key: ObjectKey, offset: number, length: number): Promise<BufferLease> {
+    return this.route(
+      key,
+      () => this.options.local.readLeased(key, offset, length),
+      async (host, epoch) => {
+        const reply = await this.request(host, epoch, MessageType.ObjectRead, {
+          key,
+          offset,
+          length,
+        });
+        const data = reply.payload ?? new Uint8Array(0);
+        if (data.length !== length)
+          throw new CisternError(
+            'EIO',
+            `primary ${host} returned ${data.length} of ${length} bytes`,
+          );
+        return ownedLease(data);
+      },
+      false,
+    );
+  }
+
+  write(key: ObjectKey, offset: number, data: Uint8Array, fua: boolean): Promise<void> {
+    return this.route(
+      key,
+      () => this.options.local.write(key, offset, data, fua),
+      async (host, epoch) => {
+        await this.request(
+          host,
+          epoch,
+          MessageType.ObjectWrite,
+          { key, offset, length: data.length, fua },
+          data,
+        );
+      },
+      true,
+    );
+  }
+
+  trim(key: ObjectKey, offset: number, length: number, fua: boolean): Promise<void> {
+    return this.route(
+      key,
+      () => this.options.local.trim(key, offset, length, fua),
+      async (host, epoch) => {
+        await this.request(host, epoch, MessageType.ObjectTrim, { key, offset, length, fua });
+      },
+      true,
+    );
+  }
+
+  zero(key: ObjectKey, offset: number, length: number, fua: boolean): Promise<void> {
+    return this.route(
+      key,
+      () => this.options.local.zero(key, offset, length, fua),
+      async (host, epoch) => {
+        await this.request(host, epoch, MessageType.ObjectZero, { key, offset, length, fua });
+      },
+      true,
+    );
+  }
+
+  blockStatus(key: ObjectKey, offset: number, length: number): Promise<Extent[]> {
+    return this.route(
+      key,
+      () => this.options.local.blockStatus(key, offset, length),
+      async (host, epoch) =>
+        parseExtents(
+          (await this.request(host, epoch, MessageType.ObjectBlockStatus, { key, offset, length }))
+            .metadata,
+        ),
+      false,
+    );
+  }
+
+  deleteObject(key: ObjectKey): Promise<void> {
+    return this.route(
+      key,
+      () => this.options.local.deleteObject(key),
+      async (host, epoch) => {
+        await this.request(host, epoch, MessageType.ObjectDelete, { key, offset: 0, length: 0 });
+      },
+      true,
+    );
+  }
+
+  async flush(): Promise<void> {
+    const hosts = [...this.written];
+    this.written.clear();
+    const epoch = this.options.state().map.epoch;
+    try {
+      await Promise.all([
+        this.options.local.flush(),
+        ...hosts.map((host) => this.request(host, epoch, MessageType.PrimaryFlush, {})),
+      ]);
+    } catch (error) {
+      for (const host of hosts) this.written.add(host); // not known durable: flush them again next time
+      throw error;
+    }
+  }
+}

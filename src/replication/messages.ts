@@ -1,0 +1,107 @@
+// The messages daemons exchange over the peer protocol (wire.ts / peer.ts carry them;
+// this file gives them meaning). Two families:
+// - object operations, sent by a gateway (the daemon an NBD client talks to) to the
+//   host holding the primary of the object's PG; the primary orders and replicates;
+// - disk operations, sent by a primary to the host that holds one replica disk.
+// Every message carries the sender's map epoch in the frame; a receiver on a newer
+// epoch refuses it (STALE_EPOCH), which is what fences a partitioned old primary.
+
+import { CisternError } from '../util/errors';
+import { ObjectKey, checkObjectKey } from '../store/key';
+
+export const enum MessageType {
+  ObjectRead = 1,
+  ObjectWrite = 2,
+  ObjectTrim = 3,
+  ObjectZero = 4,
+  ObjectBlockStatus = 5,
+  ObjectDelete = 6,
+  PrimaryFlush = 7,
+
+  DiskRead = 20,
+  DiskWrite = 21,
+  DiskTrim = 22,
+  DiskZero = 23,
+  DiskBlockStatus = 24,
+  DiskDelete = 25,
+  DiskFlush = 26,
+
+  ListObjects = 40,
+}
+
+export interface ObjectRequest {
+  key: ObjectKey;
+  offset: number;
+  length: number;
+  fua?: boolean;
+}
+
+export interface DiskRequest extends ObjectRequest {
+  disk: number;
+  /** The primary's PG version of a write: (epoch, sequence), for the PG log (issue 5). */
+  version?: [number, number];
+}
+
+export interface ListObjectsRequest {
+  pool?: number;
+  volume?: number;
+}
+
+function invalid(message: string): CisternError {
+  return new CisternError('BAD_REQUEST', message);
+}
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+function integer(value: unknown, name: string, max = Number.MAX_SAFE_INTEGER): number {
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0 || value > max) {
+    throw invalid(`${name} must be an integer in 0..${max}`);
+  }
+  return value;
+}
+
+/** Validates metadata from the wire: peers are authenticated, but a bug must not crash us. */
+export function parseObjectRequest(metadata: unknown): ObjectRequest {
+  if (!isRecord(metadata) || !isRecord(metadata['key']))
+    throw invalid('object request needs a key');
+  const raw = metadata['key'];
+  const key: ObjectKey = {
+    pool: integer(raw['pool'], 'pool', 0xffffffff),
+    volume: integer(raw['volume'], 'volume', 0xffffffff),
+    object: integer(raw['object'], 'object'),
+  };
+  checkObjectKey(key);
+  const request: ObjectRequest = {
+    key,
+    offset: integer(metadata['offset'] ?? 0, 'offset'),
+    length: integer(metadata['length'] ?? 0, 'length'),
+  };
+  if (metadata['fua'] === true) request.fua = true;
+  return request;
+}
+
+export function parseDiskRequest(metadata: unknown): DiskRequest {
+  const request: DiskRequest = {
+    ...parseObjectRequest(metadata),
+    disk: integer((metadata as Record<string, unknown>)['disk'], 'disk', 0x7fffffff),
+  };
+  const version = (metadata as Record<string, unknown>)['version'];
+  if (Array.isArray(version) && version.length === 2) {
+    request.version = [
+      integer(version[0], 'version epoch'),
+      integer(version[1], 'version sequence'),
+    ];
+  }
+  return request;
+}
+
+export function parseListObjects(metadata: unknown): ListObjectsRequest {
+  const request: ListObjectsRequest = {};
+  if (!isRecord(metadata)) return request;
+  if (metadata['pool'] !== undefined) request.pool = integer(metadata['pool'], 'pool', 0xffffffff);
+  if (metadata['volume'] !== undefined)
+    request.volume = integer(metadata['volume'], 'volume', 0xffffffff);
+  return request;
+}

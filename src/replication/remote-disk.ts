@@ -1,0 +1,110 @@
+// A replica disk on another host, seen by a primary as an ObjectEndpoint. Each call is
+// one peer request carrying the primary's map epoch. A host that cannot be reached is
+// reported as EIO on that disk, so the primary takes the disk out of the acting set
+// (through the cluster map) exactly as it does for a local disk that fails.
+
+import { CisternError, isCisternError } from '../util/errors';
+import { ObjectKey } from '../store/key';
+import { Extent } from '../volume/backend';
+import { ObjectEndpoint, PeerTransport } from './endpoint';
+import { MessageType } from './messages';
+
+export class RemoteDisk implements ObjectEndpoint {
+  constructor(
+    private readonly transport: PeerTransport,
+    readonly hostId: string,
+    readonly disk: number,
+    private readonly epoch: () => number,
+  ) {}
+
+  private async call(
+    type: MessageType,
+    key: ObjectKey,
+    offset: number,
+    length: number,
+    extra: Record<string, unknown> = {},
+    payload?: Uint8Array,
+  ): Promise<{ metadata: unknown; payload?: Uint8Array }> {
+    try {
+      return await this.transport.request(
+        this.hostId,
+        type,
+        this.epoch(),
+        { disk: this.disk, key, offset, length, ...extra },
+        payload,
+      );
+    } catch (error) {
+      if (isCisternError(error, 'UNAVAILABLE') || isCisternError(error, 'CLOSED')) {
+        throw new CisternError(
+          'EIO',
+          `disk ${this.disk} on host ${this.hostId} unreachable: ${error.message}`,
+          error,
+        );
+      }
+      throw error;
+    }
+  }
+
+  async read(key: ObjectKey, offset: number, length: number): Promise<Uint8Array> {
+    const reply = await this.call(MessageType.DiskRead, key, offset, length);
+    const data = reply.payload ?? new Uint8Array(0);
+    if (data.length !== length) {
+      throw new CisternError(
+        'EIO',
+        `disk ${this.disk} on ${this.hostId} returned ${data.length} of ${length} bytes`,
+      );
+    }
+    return data;
+  }
+
+  async write(
+    key: ObjectKey,
+    offset: number,
+    data: Uint8Array,
+    options: { fua?: boolean } = {},
+  ): Promise<void> {
+    await this.call(
+      MessageType.DiskWrite,
+      key,
+      offset,
+      data.length,
+      { fua: options.fua === true },
+      data,
+    );
+  }
+
+  async trim(key: ObjectKey, offset: number, length: number): Promise<void> {
+    await this.call(MessageType.DiskTrim, key, offset, length);
+  }
+
+  async zero(key: ObjectKey, offset: number, length: number): Promise<void> {
+    await this.call(MessageType.DiskZero, key, offset, length);
+  }
+
+  async blockStatus(key: ObjectKey, offset: number, length: number): Promise<Extent[]> {
+    const reply = await this.call(MessageType.DiskBlockStatus, key, offset, length);
+    return parseExtents(reply.metadata);
+  }
+
+  async deleteObject(key: ObjectKey): Promise<boolean> {
+    const reply = await this.call(MessageType.DiskDelete, key, 0, 0);
+    return (reply.metadata as { existed?: unknown } | undefined)?.existed === true;
+  }
+
+  async flush(): Promise<void> {
+    await this.call(MessageType.DiskFlush, { pool: 0, volume: 0, object: 0 }, 0, 0);
+  }
+}
+
+/** Extents from a peer's reply, checked: a malformed reply is an I/O error, not a crash. */
+export function parseExtents(metadata: unknown): Extent[] {
+  const list = (metadata as { extents?: unknown } | undefined)?.extents;
+  if (!Array.isArray(list)) throw new CisternError('EIO', 'peer sent block status without extents');
+  return list.map((item: unknown) => {
+    const e = item as Partial<Extent>;
+    if (typeof e.length !== 'number' || !Number.isSafeInteger(e.length) || e.length < 0) {
+      throw new CisternError('EIO', 'peer sent a malformed extent');
+    }
+    return { length: e.length, hole: e.hole === true, zero: e.zero === true };
+  });
+}

@@ -28,6 +28,14 @@ export interface GatewayOptions {
   local: ObjectIo;
   /** Resolves true once the local map has reached `epoch`. */
   waitForEpoch: (epoch: number, timeoutMs: number) => Promise<boolean>;
+  /**
+   * The primary disk's host could not be reached: take the disk out of the acting set
+   * (as a primary does for an unreachable replica), so the next attempt goes to the
+   * PG's next member. Resolves once the map says so.
+   */
+  onPrimaryUnreachable: (disk: number, error: CisternError) => Promise<void>;
+  /** Flushes every up disk of this host. */
+  flushLocalDisks: () => Promise<void>;
 }
 
 export class Gateway implements ObjectIo {
@@ -38,12 +46,16 @@ export class Gateway implements ObjectIo {
 
   /** The host of the first up member of the object's PG, at the current epoch. */
   primaryOf(key: ObjectKey): string {
+    return this.primaryDisk(key).host;
+  }
+
+  private primaryDisk(key: ObjectKey): { id: number; host: string } {
     const state = this.options.state();
     const table = this.options.table(key.pool);
     const row = pgRow(table, objectToPg(table.pool, key.volume, key.object));
     for (const id of row) {
       const disk = table.topology.disksById.get(id);
-      if (disk?.up) return disk.host;
+      if (disk?.up) return { id, host: disk.host };
     }
     throw new CisternError(
       'UNAVAILABLE',
@@ -61,12 +73,21 @@ export class Gateway implements ObjectIo {
     let lastError: unknown;
     for (let attempt = 0; attempt < GATEWAY_ATTEMPTS_MAX; attempt += 1) {
       const epoch = this.options.state().map.epoch;
-      const host = this.primaryOf(key);
+      const primary = this.primaryDisk(key);
+      const host = primary.host;
       try {
         if (host === this.options.hostId) return await local();
         if (mutates) this.written.add(host);
         return await remote(host, epoch);
       } catch (error) {
+        if (
+          host !== this.options.hostId &&
+          (isCisternError(error, 'UNAVAILABLE') || isCisternError(error, 'CLOSED'))
+        ) {
+          lastError = error;
+          await this.options.onPrimaryUnreachable(primary.id, error as CisternError);
+          continue;
+        }
         if (!isCisternError(error, 'STALE_EPOCH')) throw error;
         lastError = error;
         // Someone is on a newer map than we are (or than the primary is): wait for
@@ -198,18 +219,53 @@ export class Gateway implements ObjectIo {
     );
   }
 
+  /**
+   * Every write acknowledged before the call becomes durable on every replica that
+   * holds it. Each primary written through flushes what it replicated. A primary that
+   * cannot be reached cannot be asked: its disks leave the acting set, and every other
+   * host flushes all its disks instead — the replicas that primary wrote to are among
+   * them, so what it acknowledged is durable on them.
+   */
   async flush(): Promise<void> {
     const hosts = [...this.written];
     this.written.clear();
     const epoch = this.options.state().map.epoch;
+    const lost: string[] = [];
     try {
       await Promise.all([
         this.options.local.flush(),
-        ...hosts.map((host) => this.request(host, epoch, MessageType.PrimaryFlush, {})),
+        ...hosts.map(async (host) => {
+          try {
+            await this.request(host, epoch, MessageType.PrimaryFlush, {});
+          } catch (error) {
+            if (!isCisternError(error, 'UNAVAILABLE') && !isCisternError(error, 'CLOSED'))
+              throw error;
+            lost.push(host);
+            for (const disk of this.options.state().map.disks) {
+              if (disk.host === host && disk.up)
+                await this.options.onPrimaryUnreachable(disk.id, error);
+            }
+          }
+        }),
       ]);
+      if (lost.length > 0) await this.flushEveryHost(lost);
     } catch (error) {
       for (const host of hosts) this.written.add(host); // not known durable: flush them again next time
       throw error;
     }
+  }
+
+  private async flushEveryHost(except: string[]): Promise<void> {
+    const state = this.options.state();
+    const hosts = new Set(
+      state.map.disks.filter((d) => d.up && !except.includes(d.host)).map((d) => d.host),
+    );
+    await Promise.all(
+      [...hosts].map((host) =>
+        host === this.options.hostId
+          ? this.options.flushLocalDisks()
+          : this.request(host, state.map.epoch, MessageType.HostFlush, {}),
+      ),
+    );
   }
 }

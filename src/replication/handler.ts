@@ -100,6 +100,9 @@ export function makeHandler(
       case MessageType.PrimaryFlush:
         await context.primary.flush();
         return ok;
+      case MessageType.HostFlush:
+        await Promise.all(context.localStores().map((store) => store.flush()));
+        return ok;
       case MessageType.DiskRead: {
         const r = parseDiskRequest(request.metadata);
         return { metadata: {}, payload: await disk(r.disk).read(r.key, r.offset, r.length) };

@@ -17,6 +17,8 @@ export const enum MessageType {
   ObjectBlockStatus = 5,
   ObjectDelete = 6,
   PrimaryFlush = 7,
+  /** Flush every up disk of the receiving host (used when a primary became unreachable). */
+  HostFlush = 8,
 
   DiskRead = 20,
   DiskWrite = 21,

@@ -18,6 +18,10 @@ import { openDevice } from '../engine';
 import { BlockDevice } from '../store/device';
 import { ObjectStore } from '../store/object-store';
 import { LocalReplication } from '../replication/local';
+import { ObjectEndpoint, ObjectIo, PeerTransport } from '../replication/endpoint';
+import { Gateway } from '../replication/gateway';
+import { RemoteDisk } from '../replication/remote-disk';
+import { HandlerReply, HandlerRequest, makeHandler } from '../replication/handler';
 import { ExportInfo, ExportProvider, VolumeHandle } from './backend';
 import {
   CreatePoolRequest,
@@ -35,6 +39,8 @@ export const DEFAULT_DISK_SIZE_BYTES = 16 * 2 ** 30;
 export const DEFAULT_POOL_NAME = 'default';
 /** Every write reaches this many disks by default (one host: failure domain disk). */
 export const DEFAULT_POOL_SIZE = 2;
+/** Objects deleted at once when a volume is removed or shrunk. */
+const DISCARD_PARALLEL = 16;
 
 export type Log = (event: string, fields?: Record<string, unknown>) => void;
 
@@ -45,6 +51,18 @@ export interface DatastoreOptions {
   log: Log;
   /** This host's id in the map. */
   hostId?: string;
+  /** This host's rack (failure domain 'rack'). */
+  rack?: string;
+  /**
+   * Multi-host mode: the shared cluster store (etcd), the peer transport and a way to
+   * wait for the local map to reach an epoch. Without it the datastore is one host's,
+   * on the embedded store in the data dir.
+   */
+  cluster?: {
+    store: ClusterStore;
+    transport: PeerTransport;
+    waitForEpoch: (epoch: number, timeoutMs: number) => Promise<boolean>;
+  };
   /** Wraps each opened device (tests inject faults here). */
   wrapDevice?: (diskId: number, device: BlockDevice) => BlockDevice;
 }
@@ -59,7 +77,12 @@ export class Datastore implements DatastoreAdmin, ExportProvider {
   private readonly disks = new Map<number, OpenDisk>();
   private readonly tables = new Map<number, { epoch: number; table: PlacementTable }>();
   private readonly openHandles = new Map<string, number>();
+  /** This host's primary engine: replicates objects whose PG primary is a disk here. */
   readonly replication: LocalReplication;
+  /** What volumes call: the primary engine on one host, a gateway on many. */
+  readonly io: ObjectIo;
+  private readonly gateway: Gateway | undefined;
+  private readonly remoteDisks = new Map<number, RemoteDisk>();
   private closed = false;
 
   private constructor(
@@ -68,23 +91,55 @@ export class Datastore implements DatastoreAdmin, ExportProvider {
   ) {
     this.replication = new LocalReplication({
       table: (poolId) => this.table(poolId),
-      store: (diskId) => this.upStore(diskId),
+      store: (diskId) => this.endpoint(diskId),
       onDiskFailure: (diskId, error) => this.diskFailed(diskId, error),
     });
+    const multi = options.cluster;
+    this.gateway = multi
+      ? new Gateway({
+          hostId: this.hostId,
+          transport: multi.transport,
+          state: () => this.cluster.current(),
+          table: (poolId) => this.table(poolId),
+          local: this.replication,
+          waitForEpoch: multi.waitForEpoch,
+          onPrimaryUnreachable: (diskId, error) =>
+            this.diskFailed(diskId, new CisternError('EIO', `host unreachable: ${error.message}`)),
+          flushLocalDisks: async () => {
+            await Promise.all([...this.disks.keys()].map((id) => this.upStore(id)?.flush()));
+          },
+        })
+      : undefined;
+    this.io = this.gateway ?? this.replication;
   }
 
   static async open(options: DatastoreOptions): Promise<Datastore> {
     fs.mkdirSync(options.dataDir, { recursive: true, mode: 0o700 });
-    const cluster = await EmbeddedClusterStore.open(path.join(options.dataDir, 'cluster'));
+    const cluster =
+      options.cluster?.store ??
+      (await EmbeddedClusterStore.open(path.join(options.dataDir, 'cluster')));
     const datastore = new Datastore(options, cluster);
     try {
       await datastore.attachDisks();
-      await datastore.ensureDefaultPool();
+      if (!options.cluster) await datastore.ensureDefaultPool();
     } catch (error) {
       await datastore.close();
       throw error;
     }
     return datastore;
+  }
+
+  /** Serves peer requests (object operations as primary, disk operations as replica). */
+  peerHandler(): (request: HandlerRequest) => Promise<HandlerReply> {
+    const gateway = this.gateway;
+    assert(gateway, 'peer requests are served in multi-host mode only');
+    return makeHandler({
+      hostId: this.hostId,
+      primary: this.replication,
+      primaryOf: (key) => gateway.primaryOf(key),
+      localStore: (disk) => this.upStore(disk),
+      localStores: () => [...this.disks.keys()].flatMap((id) => this.upStore(id) ?? []),
+    });
   }
 
   private get log(): Log {
@@ -100,8 +155,21 @@ export class Datastore implements DatastoreAdmin, ExportProvider {
   }
 
   private async attachDisks(): Promise<void> {
-    await this.cluster.update((s) => state.addHost(s, this.hostId, 'rack-0'));
-    const known = this.cluster.current().disks;
+    if (!this.cluster.current().map.hosts.some((h) => h.id === this.hostId)) {
+      await this.cluster.update((s) =>
+        state.addHost(s, this.hostId, this.options.rack ?? 'rack-0'),
+      );
+    }
+    // Only this host's disks: in a cluster the map also lists every other host's.
+    const mine = new Set(
+      this.cluster
+        .current()
+        .map.disks.filter((d) => d.host === this.hostId)
+        .map((d) => String(d.id)),
+    );
+    const known = Object.fromEntries(
+      Object.entries(this.cluster.current().disks).filter(([id]) => mine.has(id)),
+    );
     const knownPaths = new Map(
       Object.entries(known).map(([id, loc]) => [path.resolve(loc.path), Number(id)]),
     );
@@ -209,10 +277,26 @@ export class Datastore implements DatastoreAdmin, ExportProvider {
     return table;
   }
 
+  /** A local up disk's store; undefined for a down, missing or remote disk. */
   private upStore(diskId: number): ObjectStore | undefined {
     const disk = this.cluster.current().map.disks.find((d) => d.id === diskId);
-    if (!disk || !disk.up) return undefined;
+    if (!disk || !disk.up || disk.host !== this.hostId) return undefined;
     return this.disks.get(diskId)?.store;
+  }
+
+  /** Where the primary engine writes a replica: a local store or another host's disk. */
+  private endpoint(diskId: number): ObjectEndpoint | undefined {
+    const disk = this.cluster.current().map.disks.find((d) => d.id === diskId);
+    if (!disk || !disk.up) return undefined;
+    if (disk.host === this.hostId) return this.disks.get(diskId)?.store;
+    const transport = this.options.cluster?.transport;
+    if (!transport) return undefined;
+    let remote = this.remoteDisks.get(diskId);
+    if (!remote || remote.hostId !== disk.host) {
+      remote = new RemoteDisk(transport, disk.host, diskId, () => this.cluster.current().map.epoch);
+      this.remoteDisks.set(diskId, remote);
+    }
+    return remote;
   }
 
   private async diskFailed(diskId: number, error: CisternError): Promise<void> {
@@ -270,7 +354,7 @@ export class Datastore implements DatastoreAdmin, ExportProvider {
     if (this.closed) throw new CisternError('CLOSED', 'datastore is closing');
     const spec = { ...state.findVolume(this.cluster.current(), name) };
     this.openHandles.set(name, (this.openHandles.get(name) ?? 0) + 1);
-    return new Volume(spec, this.replication, options.readOnly, () => {
+    return new Volume(spec, this.io, options.readOnly, () => {
       const count = (this.openHandles.get(name) ?? 1) - 1;
       if (count <= 0) this.openHandles.delete(name);
       else this.openHandles.set(name, count);
@@ -342,7 +426,7 @@ export class Datastore implements DatastoreAdmin, ExportProvider {
     let unavailable = 0;
     for (let pg = 0; pg < table.pgCount; pg += 1) {
       let up = 0;
-      for (const disk of pgRow(table, pg)) if (this.upStore(disk)) up += 1;
+      for (const disk of pgRow(table, pg)) if (table.topology.disksById.get(disk)?.up) up += 1;
       if (up < table.pool.size) degraded += 1;
       if (up < table.pool.minSize) unavailable += 1;
     }
@@ -419,17 +503,30 @@ export class Datastore implements DatastoreAdmin, ExportProvider {
     const objectSize = volume.objectSizeBytes;
     const firstWhole = Math.ceil(offset / objectSize);
     const keys = new Map<number, { pool: number; volume: number; object: number }>();
-    for (const disk of this.disks.values()) {
-      if (!this.upStore(disk.id)) continue;
-      for await (const key of disk.store.listObjects({ pool: volume.pool, volume: volume.id })) {
-        if (key.object >= firstWhole) keys.set(key.object, key);
+    if (this.options.cluster) {
+      // Objects live on other hosts too: name every object past the end (deleting a
+      // missing one costs a message, not I/O).
+      const end = Math.ceil(volume.sizeBytes / objectSize);
+      for (let object = firstWhole; object < end; object += 1) {
+        keys.set(object, { pool: volume.pool, volume: volume.id, object });
+      }
+    } else {
+      for (const disk of this.disks.values()) {
+        if (!this.upStore(disk.id)) continue;
+        for await (const key of disk.store.listObjects({ pool: volume.pool, volume: volume.id })) {
+          if (key.object >= firstWhole) keys.set(key.object, key);
+        }
       }
     }
-    for (const key of keys.values()) await this.replication.deleteObject(key);
+    const pending = [...keys.values()];
+    const workers = Array.from({ length: DISCARD_PARALLEL }, async () => {
+      for (let key = pending.pop(); key; key = pending.pop()) await this.io.deleteObject(key);
+    });
+    await Promise.all(workers);
     if (offset % objectSize !== 0) {
       const object = Math.floor(offset / objectSize);
       const start = offset - object * objectSize;
-      await this.replication.zero(
+      await this.io.zero(
         { pool: volume.pool, volume: volume.id, object },
         start,
         objectSize - start,
@@ -455,7 +552,7 @@ export class Datastore implements DatastoreAdmin, ExportProvider {
   }
 
   private async flushAll(): Promise<void> {
-    await this.replication.flush();
+    await this.io.flush();
     for (const disk of this.disks.values()) {
       if (this.upStore(disk.id)) await disk.store.flush();
     }
@@ -524,7 +621,7 @@ export class Datastore implements DatastoreAdmin, ExportProvider {
     if (this.closed) return;
     this.closed = true;
     try {
-      await this.replication.flush().catch((error: unknown) => {
+      await this.io.flush().catch((error: unknown) => {
         if (!isCisternError(error)) throw error;
         this.log('datastore.flush-failed', { error: error.message });
       });
@@ -534,7 +631,8 @@ export class Datastore implements DatastoreAdmin, ExportProvider {
         await disk.device.close().catch(() => undefined);
       }
       this.disks.clear();
-      await this.cluster.close();
+      // A shared (multi-host) cluster store belongs to whoever passed it in.
+      if (!this.options.cluster) await this.cluster.close();
     }
   }
 }

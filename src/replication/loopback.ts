@@ -1,0 +1,81 @@
+// An in-process peer transport: hosts register their handler and their view of the
+// epoch, and requests are delivered by function call, with the same fencing rule as
+// the TCP peer server (an older epoch is refused with STALE_EPOCH and the receiver's
+// epoch). Multi-host tests and the simulator use it; faults (a host unreachable) are
+// injected here.
+
+import { CisternError } from '../util/errors';
+import { PeerTransport } from './endpoint';
+
+type Handler = (request: {
+  type: number;
+  metadata: unknown;
+  payload?: Uint8Array;
+  peerHostId: string;
+}) => Promise<{ metadata: unknown; payload?: Uint8Array }>;
+
+interface Endpoint {
+  handler: Handler;
+  epoch: () => number;
+}
+
+export class StaleEpochError extends CisternError {
+  constructor(
+    message: string,
+    readonly epoch: number,
+  ) {
+    super('STALE_EPOCH', message);
+  }
+}
+
+export class LoopbackNetwork {
+  private readonly hosts = new Map<string, Endpoint>();
+  private readonly unreachable = new Set<string>();
+
+  register(hostId: string, handler: Handler, epoch: () => number): void {
+    this.hosts.set(hostId, { handler, epoch });
+  }
+
+  /** Requests to and from `hostId` fail as a lost connection would, until `heal`. */
+  cut(hostId: string): void {
+    this.unreachable.add(hostId);
+  }
+
+  heal(hostId: string): void {
+    this.unreachable.delete(hostId);
+  }
+
+  /** The transport one host uses to reach the others. */
+  transport(fromHostId: string): PeerTransport {
+    return {
+      request: async (peerHostId, type, epoch, metadata, payload) => {
+        const target = this.hosts.get(peerHostId);
+        if (!target || this.unreachable.has(peerHostId) || this.unreachable.has(fromHostId)) {
+          throw new CisternError(
+            'UNAVAILABLE',
+            `host ${peerHostId} unreachable from ${fromHostId}`,
+          );
+        }
+        const current = target.epoch();
+        if (epoch < current) {
+          throw new StaleEpochError(
+            `host ${peerHostId} is at epoch ${current}, request at ${epoch}`,
+            current,
+          );
+        }
+        // Copy the payload as a socket would: the receiver must not share our buffer.
+        const copy = payload ? Uint8Array.from(payload) : undefined;
+        const reply = await target.handler({
+          type,
+          metadata: structuredClone(metadata),
+          payload: copy,
+          peerHostId: fromHostId,
+        });
+        return {
+          metadata: structuredClone(reply.metadata),
+          payload: reply.payload ? Uint8Array.from(reply.payload) : undefined,
+        };
+      },
+    };
+  }
+}

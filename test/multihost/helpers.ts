@@ -1,0 +1,59 @@
+// Several datastores ("hosts") in one process on a shared in-memory cluster store and
+// an in-process peer transport: the multi-host data path without sockets or etcd.
+
+import path from 'node:path';
+import { MemoryClusterStore } from '../../src/cluster/memory';
+import { LoopbackNetwork } from '../../src/replication/loopback';
+import { Datastore } from '../../src/volume/datastore';
+import { scratchDir } from '../datastore/helpers';
+import fs from 'node:fs';
+
+export interface InProcessCluster {
+  store: MemoryClusterStore;
+  network: LoopbackNetwork;
+  hosts: Map<string, Datastore>;
+  events: Array<{ host: string; event: string; fields: Record<string, unknown> }>;
+  close(): Promise<void>;
+}
+
+export async function inProcessCluster(
+  hostCount: number,
+  disksPerHost = 1,
+): Promise<InProcessCluster> {
+  const dir = scratchDir('cistern-mh-');
+  const store = new MemoryClusterStore();
+  const network = new LoopbackNetwork();
+  const hosts = new Map<string, Datastore>();
+  const events: InProcessCluster['events'] = [];
+  for (let h = 1; h <= hostCount; h += 1) {
+    const hostId = `h${h}`;
+    const datastore = await Datastore.open({
+      dataDir: path.join(dir, hostId),
+      disks: Array.from({ length: disksPerHost }, (_, d) => ({
+        path: path.join(dir, hostId, `disk${d}.img`),
+        sizeBytes: 256 * 2 ** 20,
+      })),
+      hostId,
+      rack: `rack-${h}`,
+      log: (event, fields = {}) => events.push({ host: hostId, event, fields }),
+      cluster: {
+        store,
+        transport: network.transport(hostId),
+        waitForEpoch: (epoch) => store.waitForEpoch(epoch),
+      },
+    });
+    network.register(hostId, datastore.peerHandler(), () => store.current().map.epoch);
+    hosts.set(hostId, datastore);
+  }
+  return {
+    store,
+    network,
+    hosts,
+    events,
+    close: async () => {
+      for (const datastore of hosts.values()) await datastore.close();
+      await store.close();
+      fs.rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}

@@ -84,6 +84,9 @@ export class Datastore implements DatastoreAdmin, ExportProvider {
   private readonly gateway: Gateway | undefined;
   private readonly remoteDisks = new Map<number, RemoteDisk>();
   private closed = false;
+  private unsubscribe: (() => void) | undefined;
+  /** Background garbage collection of removed volumes' objects (multi-host mode). */
+  private collecting: Promise<void> = Promise.resolve();
 
   private constructor(
     private readonly options: DatastoreOptions,
@@ -122,11 +125,56 @@ export class Datastore implements DatastoreAdmin, ExportProvider {
     try {
       await datastore.attachDisks();
       if (!options.cluster) await datastore.ensureDefaultPool();
+      else datastore.watchVolumes();
     } catch (error) {
       await datastore.close();
       throw error;
     }
     return datastore;
+  }
+
+  /**
+   * In a cluster, volumes are removed from the map by whoever administers it (the CLI
+   * talks to etcd directly), so every daemon deletes its own disks' copies of removed
+   * volumes' objects: once at start (volumes removed while it was away) and after every
+   * map change that removes one. Volume ids are never reused, so this cannot touch a
+   * live volume's data.
+   */
+  private watchVolumes(): void {
+    let known = new Set(this.cluster.current().volumes.map((v) => v.id));
+    this.collect(undefined);
+    this.unsubscribe = this.cluster.subscribe((next) => {
+      const now = new Set(next.volumes.map((v) => v.id));
+      const removed = [...known].filter((id) => !now.has(id));
+      known = now;
+      if (removed.length > 0) this.collect(new Set(removed));
+    });
+  }
+
+  private collect(removed: Set<number> | undefined): void {
+    this.collecting = this.collecting
+      .then(async () => {
+        const live = new Set(this.cluster.current().volumes.map((v) => v.id));
+        let deleted = 0;
+        for (const id of this.disks.keys()) {
+          const store = this.upStore(id);
+          if (!store || this.closed) continue;
+          const doomed = [];
+          for await (const key of store.listObjects()) {
+            if (live.has(key.volume)) continue;
+            if (removed && !removed.has(key.volume)) continue;
+            doomed.push(key);
+          }
+          for (const key of doomed) if (await store.deleteObject(key)) deleted += 1;
+          if (doomed.length > 0) await store.flush();
+        }
+        if (deleted > 0) this.log('volume.objects-collected', { objects: deleted });
+      })
+      .catch((error: unknown) => {
+        this.log('volume.collect-failed', {
+          error: error instanceof Error ? error.message : String(error),
+        });
+      });
   }
 
   /** Serves peer requests (object operations as primary, disk operations as replica). */
@@ -620,6 +668,8 @@ export class Datastore implements DatastoreAdmin, ExportProvider {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    this.unsubscribe?.();
+    await this.collecting;
     try {
       await this.io.flush().catch((error: unknown) => {
         if (!isCisternError(error)) throw error;

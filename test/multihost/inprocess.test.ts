@@ -13,6 +13,7 @@ import { MessageType } from '../../src/replication/messages';
 import { ObjectKey } from '../../src/store/key';
 import { pattern } from '../datastore/helpers';
 import { inProcessCluster } from './helpers';
+import { removeVolume } from '../../src/cluster/state';
 
 const MiB = 2 ** 20;
 
@@ -114,6 +115,33 @@ test('a message on an older epoch is refused with STALE_EPOCH', async () => {
         ),
       (error) => isCisternError(error, 'STALE_EPOCH'),
     );
+  } finally {
+    await cluster.close();
+  }
+});
+
+test('objects of a volume removed from the map are collected on every host', async () => {
+  const cluster = await inProcessCluster(3);
+  try {
+    const h1 = cluster.hosts.get('h1')!;
+    await h1.createPool({ name: 'rep', size: 2, minSize: 1, failureDomain: 'host' });
+    const info = await h1.createVolume({ name: 'gone', sizeBytes: 64 * MiB, pool: 'rep' });
+    const keep = await h1.createVolume({ name: 'kept', sizeBytes: 64 * MiB, pool: 'rep' });
+    for (const name of ['gone', 'kept']) {
+      const handle = await h1.open(name, { readOnly: false });
+      await handle.write(0, pattern(16 * MiB, 7));
+      await handle.flush();
+      await handle.close();
+    }
+    const pool = cluster.store.current().map.pools.find((p) => p.name === 'rep')!.id;
+    assert.equal((await replicaHosts(cluster, pool, info.id)).size, 4);
+    // What `cistern --etcd URL volume rm` does: remove it from the map only.
+    await cluster.store.update((s) => removeVolume(s, 'gone'));
+    for (let i = 0; i < 100 && (await replicaHosts(cluster, pool, info.id)).size > 0; i += 1) {
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    assert.equal((await replicaHosts(cluster, pool, info.id)).size, 0, 'removed volume collected');
+    assert.equal((await replicaHosts(cluster, pool, keep.id)).size, 4, 'other volume untouched');
   } finally {
     await cluster.close();
   }

@@ -174,8 +174,13 @@ export class RawPeer {
 
   /** True if the server closed the connection within `timeoutMs`. */
   async closedWithin(timeoutMs: number): Promise<boolean> {
-    const timeout = sleep(timeoutMs).then(() => false);
-    return Promise.race([this.closed.then(() => true), timeout]);
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<boolean>((resolve) => {
+      timer = setTimeout(() => resolve(false), timeoutMs);
+    });
+    const result = await Promise.race([this.closed.then(() => true), timeout]);
+    clearTimeout(timer);
+    return result;
   }
 
   destroy(): void {

@@ -306,16 +306,21 @@ export class ObjectStore {
 
   // ---- admission and per-object locking ---------------------------------------------
 
+  /**
+   * Every store operation runs here. Each step has a synchronous fast path (a free
+   * in-flight place, a cached record, an uncontended lock), taken without an await:
+   * every await costs a trip through the microtask queue, and this is once per I/O.
+   */
   private async operate<T>(
     key: ObjectKey,
     exclusive: boolean,
     body: (entry: Entry) => Promise<T>,
   ): Promise<T> {
-    await this.admit();
+    if (!this.tryAdmit()) await this.admit();
     try {
-      const entry = await this.entryFor(key);
+      const entry = this.cachedEntry(key) ?? (await this.entryFor(key));
       try {
-        await entry.lock.acquire(exclusive);
+        if (!entry.lock.tryAcquire(exclusive)) await entry.lock.acquire(exclusive);
         try {
           return await body(entry);
         } finally {
@@ -330,6 +335,14 @@ export class ObjectStore {
     } finally {
       this.leave();
     }
+  }
+
+  /** Takes an in-flight place if one is free and nobody queues for one. */
+  private tryAdmit(): boolean {
+    this.checkOpen();
+    if (this.inFlight >= MAX_IN_FLIGHT_OPS || this.admissionQueue.length > 0) return false;
+    this.inFlight += 1;
+    return true;
   }
 
   private async admit(): Promise<void> {
@@ -354,6 +367,17 @@ export class ObjectStore {
     this.inFlight -= 1;
     assert(this.inFlight >= 0, 'in-flight underflow');
     if (this.inFlight === 0 && this.drained) this.drained();
+  }
+
+  /** The cached entry for `key`, pinned by `users`, or undefined when it must be loaded. */
+  private cachedEntry(key: ObjectKey): Entry | undefined {
+    const cacheKey = encodeObjectKey(key).toString('latin1');
+    const cached = this.entries.get(cacheKey);
+    if (cached === undefined) return undefined;
+    this.entries.delete(cacheKey); // re-insert: Map order is our LRU order
+    this.entries.set(cacheKey, cached);
+    cached.users += 1;
+    return cached;
   }
 
   /** The entry for `key`, loaded once however many callers ask, pinned by `users`. */

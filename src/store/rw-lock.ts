@@ -19,11 +19,15 @@ export class RwLock {
     return this.sharedHolders === 0 && !this.exclusiveHeld && this.waiters.length === 0;
   }
 
+  /** Takes the lock if it is free for this mode and nobody waits; never queues. */
+  tryAcquire(exclusive: boolean): boolean {
+    if (this.waiters.length > 0 || !this.compatible(exclusive)) return false;
+    this.take(exclusive);
+    return true;
+  }
+
   acquire(exclusive: boolean): Promise<void> {
-    if (this.waiters.length === 0 && this.compatible(exclusive)) {
-      this.take(exclusive);
-      return Promise.resolve();
-    }
+    if (this.tryAcquire(exclusive)) return Promise.resolve();
     return new Promise((resolve) => {
       this.waiters.push({ exclusive, grant: resolve });
     });

@@ -177,6 +177,13 @@ export interface PeerServerOptions {
   waitForEpoch?: (epoch: number, timeoutMs: number) => Promise<boolean>;
   log?: PeerLog;
   limits?: Partial<PeerLimits>;
+  /**
+   * The reply payload a request will produce (a read's length, from its metadata). It is
+   * charged against maxInFlightBytes when the request is read, so requests whose replies
+   * are large (reads, recovery pulls) are bounded by bytes, not only by count. Without
+   * it a server holds at most maxInFlightRequests replies of whatever size handlers make.
+   */
+  expectedReplyBytes?: (request: PeerRequest) => number;
 }
 
 interface ServerConfig {
@@ -187,6 +194,7 @@ interface ServerConfig {
   waitForEpoch: ((epoch: number, timeoutMs: number) => Promise<boolean>) | undefined;
   log: PeerLog;
   limits: PeerLimits;
+  expectedReplyBytes: ((request: PeerRequest) => number) | undefined;
 }
 
 export interface PeerServerStats {
@@ -221,6 +229,7 @@ export class PeerServer {
       waitForEpoch: options.waitForEpoch,
       log: options.log ?? (() => undefined),
       limits,
+      expectedReplyBytes: options.expectedReplyBytes,
     };
   }
 
@@ -299,6 +308,8 @@ interface ServerFlight {
   /** Registered in `activeIds` (a real request, not a refused frame). */
   readonly tracked: boolean;
   chargeBytes: number;
+  /** Reply bytes charged in advance (expectedReplyBytes). */
+  reservedReplyBytes: number;
   released: boolean;
 }
 
@@ -525,6 +536,7 @@ class ServerConnection {
       peerHostId: this.peerHostId,
     };
     if (result.payload !== undefined) request.payload = result.payload;
+    this.reserveReplyBytes(flight, request);
     this.serve(request).then(
       (reply) => this.guard(() => this.replyOk(flight, header, reply)),
       (error: unknown) => this.guard(() => this.replyFailure(flight, header, error)),
@@ -621,17 +633,36 @@ class ServerConnection {
     };
   }
 
+  private reserveReplyBytes(flight: ServerFlight, request: PeerRequest): void {
+    const estimate = this.config.expectedReplyBytes;
+    if (estimate === undefined) return;
+    let bytes = 0;
+    try {
+      bytes = estimate(request);
+    } catch (error) {
+      this.config.log('peer.bug', { where: 'expectedReplyBytes', error: describe(error) });
+    }
+    // Hostile metadata may make an estimate absurd; no reply can exceed a frame anyway.
+    bytes = Number.isFinite(bytes)
+      ? Math.min(Math.max(0, Math.floor(bytes)), MAX_PAYLOAD_BYTES)
+      : 0;
+    flight.reservedReplyBytes = bytes;
+    flight.chargeBytes += bytes;
+    this.inFlightBytes += bytes;
+  }
+
   private beginFlight(requestId: number, tracked: boolean, chargeBytes: number): ServerFlight {
     if (tracked) this.activeIds.add(requestId);
     this.inFlightRequests += 1;
     this.inFlightBytes += chargeBytes;
-    return { requestId, tracked, chargeBytes, released: false };
+    return { requestId, tracked, chargeBytes, reservedReplyBytes: 0, released: false };
   }
 
   /** Sends the reply; the flight stops counting against the bounds once the kernel has it. */
   private finishFlight(flight: ServerFlight, parts: Uint8Array[], replyBytes: number): void {
-    flight.chargeBytes += replyBytes;
-    this.inFlightBytes += replyBytes;
+    const extra = Math.max(0, replyBytes - flight.reservedReplyBytes);
+    flight.chargeBytes += extra;
+    this.inFlightBytes += extra;
     this.send(parts, () =>
       this.guard(() => {
         // A write callback can run twice when the socket fails mid-write; release once.

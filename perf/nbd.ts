@@ -221,7 +221,11 @@ function stopper(child: ChildProcess): () => Promise<void> {
 }
 
 async function startPeer(label: string, command: string, args: string[], socket: string) {
-  const child = spawn(command, args, { stdio: ['ignore', 'ignore', 'inherit'] });
+  // nbdkit leaves its socket behind on exit; the next round's nbdkit must bind again.
+  fs.rmSync(socket, { force: true });
+  // stderr ignored: the readiness probe's bare connect makes every peer log a broken
+  // handshake. A peer that fails to start is caught by waitForSocket (exit code).
+  const child = spawn(command, args, { stdio: 'ignore' });
   await waitForSocket(socket, child, label);
   return { label, target: nbdTarget(socket), pid: child.pid, stop: stopper(child) };
 }
@@ -367,7 +371,8 @@ function report(results: Map<string, Map<string, Figure[]>>, config: Settings): 
   console.log(`| --- |${' ---: |'.repeat(labels.length + 2)}`);
   for (const pattern of PATTERNS) {
     const cells = labels.map((l) => format(value(l, pattern.rw), pattern.unit));
-    const best = Math.max(...peerLabels.map((l) => value(l, pattern.rw)));
+    const best =
+      peerLabels.length === 0 ? NaN : Math.max(...peerLabels.map((l) => value(l, pattern.rw)));
     const mine = value(ours, pattern.rw);
     const raw = rawLabel === undefined ? NaN : value(rawLabel, pattern.rw);
     console.log(

@@ -1,0 +1,78 @@
+// Proves the monitor's decision (applyLiveness) on literal states, no etcd: an absent
+// host's up disks go down with the host-down reason; they go out only once the down-out
+// interval has passed since the host was first seen absent; a returning host gets back
+// exactly the disks the monitor took, up and in, while a disk down for its own fault
+// stays down; live hosts and repeated checks change nothing.
+
+import { strict as assert } from 'node:assert';
+import { test } from 'node:test';
+import { applyLiveness, hostDownReason } from './monitor';
+import * as state from './state';
+
+function cluster(): state.ClusterState {
+  const s = state.emptyState();
+  for (const host of ['h1', 'h2']) {
+    state.addHost(s, host, `rack-${host}`);
+    for (const n of [1, 2]) {
+      state.addDisk(s, host, {
+        path: `/dev/${host}d${n}`,
+        uuid: `${host}${n}`,
+        sizeBytes: 1 << 30,
+      });
+    }
+  }
+  return s;
+}
+
+const DOWN_OUT_MS = 600_000;
+
+test('an absent host goes down at once, and out only after the interval', () => {
+  const s = cluster();
+  const alive = new Set(['h2']);
+  const since = new Map([['h1', 1000]]);
+  const changes = applyLiveness(s, alive, since, 1000, DOWN_OUT_MS);
+  assert.deepEqual(changes, [{ host: 'h1', change: 'down', disks: [0, 1] }]);
+  assert.deepEqual(
+    s.map.disks.map((d) => [d.up, d.in]),
+    [
+      [false, true],
+      [false, true],
+      [true, true],
+      [true, true],
+    ],
+  );
+  assert.equal(s.disks['0']?.error, hostDownReason('h1'));
+  assert.deepEqual(applyLiveness(s, alive, since, 1000 + DOWN_OUT_MS - 1, DOWN_OUT_MS), []);
+  assert.deepEqual(applyLiveness(s, alive, since, 1000 + DOWN_OUT_MS, DOWN_OUT_MS), [
+    { host: 'h1', change: 'out', disks: [0, 1] },
+  ]);
+  assert.ok(s.map.disks.slice(0, 2).every((d) => !d.in));
+  assert.deepEqual(applyLiveness(s, alive, since, 1000 + DOWN_OUT_MS * 2, DOWN_OUT_MS), []);
+});
+
+test('a returning host gets back what the monitor took, not a disk that failed by itself', () => {
+  const s = cluster();
+  state.markDiskDown(s, 1, 'EIO: write failed');
+  applyLiveness(s, new Set(['h2']), new Map([['h1', 0]]), DOWN_OUT_MS, DOWN_OUT_MS);
+  assert.deepEqual(
+    s.map.disks.slice(0, 2).map((d) => [d.up, d.in]),
+    [
+      [false, false],
+      [false, true], // down for EIO before: not the monitor's, so not out either
+    ],
+  );
+  const changes = applyLiveness(s, new Set(['h1', 'h2']), new Map(), DOWN_OUT_MS + 1, DOWN_OUT_MS);
+  assert.deepEqual(changes, [{ host: 'h1', change: 'up', disks: [0] }]);
+  assert.deepEqual(
+    [s.map.disks[0]?.up, s.map.disks[0]?.in, s.disks['0']?.error],
+    [true, true, undefined],
+  );
+  assert.deepEqual([s.map.disks[1]?.up, s.disks['1']?.error], [false, 'EIO: write failed']);
+});
+
+test('with every host alive nothing changes', () => {
+  const s = cluster();
+  const before = structuredClone(s);
+  assert.deepEqual(applyLiveness(s, new Set(['h1', 'h2']), new Map(), 5, DOWN_OUT_MS), []);
+  assert.deepEqual(s, before);
+});

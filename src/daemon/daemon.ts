@@ -16,6 +16,7 @@ import { HostPort, connectableAddress, formatHostPort, isLoopback } from './addr
 import { ADMIN_DEFAULT_HOST, ADMIN_DEFAULT_PORT, AdminServer } from './admin-server';
 import { DataDirLock, newAdminToken, removeAdminFile, writeAdminFile } from './data-dir';
 import { Log } from './log';
+import { ClusterMember, ClusterOptions } from './cluster';
 
 export const NBD_DEFAULT_HOST = '127.0.0.1';
 export const NBD_DEFAULT_PORT = 10809;
@@ -45,6 +46,8 @@ export interface DaemonOptions {
   log: Log;
   /** Opens the storage; tests pass an in-memory one. Default: the real Datastore. */
   openStore?: (options: StoreOptions) => Promise<DaemonStore>;
+  /** Join a multi-host cluster (etcd, peers) instead of serving one host's datastore. */
+  cluster?: ClusterOptions;
 }
 
 export interface RunningDaemon {
@@ -64,7 +67,11 @@ export async function startDaemon(options: DaemonOptions): Promise<RunningDaemon
   const log = options.log;
   const nbdWanted = options.nbd ?? { host: NBD_DEFAULT_HOST, port: NBD_DEFAULT_PORT };
   const adminWanted = options.admin ?? { host: ADMIN_DEFAULT_HOST, port: ADMIN_DEFAULT_PORT };
-  const openStore = options.openStore ?? ((storeOptions) => Datastore.open(storeOptions));
+  const cluster = options.cluster;
+  const openStore =
+    options.openStore ??
+    ((storeOptions: StoreOptions): Promise<DaemonStore> =>
+      cluster ? ClusterMember.join(storeOptions, cluster) : Datastore.open(storeOptions));
   // Undone in reverse if a later step fails, so a failed start leaves nothing behind.
   const cleanups: Cleanup[] = [];
   const undo = async (): Promise<void> => {

@@ -9,7 +9,9 @@ import { createLog } from '../../src/daemon/log';
 import { isCisternError } from '../../src/util/errors';
 import { parseSize } from '../../src/util/units';
 import { adminOptions, resolveDataDir } from '../admin-client';
-import { Command, opt, usageError } from '../command';
+import { Command, ParsedArgs, opt, usageError } from '../command';
+import { ClusterOptions } from '../../src/daemon/cluster';
+import { parseEndpoints } from '../../src/cluster/etcd';
 
 /**
  * `--disk PATH[:SIZE]`. Device names may contain ':' (`/dev/disk/by-path/pci-0000:00:1f.2`),
@@ -60,6 +62,36 @@ admin.json is removed. Logs go to stderr, one line per event (--json: one JSON o
       help: 'where the NBD server listens (port 0: any free port)',
     },
     {
+      name: 'host-id',
+      type: 'string',
+      valueName: 'ID',
+      help: "multi-host: this host's id in the cluster (with --etcd)",
+    },
+    {
+      name: 'listen',
+      type: 'string',
+      valueName: 'IP:PORT',
+      help: 'multi-host: where other daemons reach this one (peer protocol)',
+    },
+    {
+      name: 'rack',
+      type: 'string',
+      valueName: 'R',
+      help: "multi-host: this host's rack (default rack-0)",
+    },
+    {
+      name: 'secret-file',
+      type: 'string',
+      valueName: 'F',
+      help: 'multi-host: the cluster secret written by cistern cluster init (mode 0600)',
+    },
+    {
+      name: 'down-out-interval',
+      type: 'integer',
+      valueName: 'S',
+      help: 'multi-host: seconds a host may be down before its data is re-placed (default 600)',
+    },
+    {
       name: 'admin',
       type: 'string',
       valueName: 'HOST:PORT',
@@ -73,7 +105,40 @@ admin.json is removed. Logs go to stderr, one line per event (--json: one JSON o
     const nbd = parseHostPort(opt<string>(args, 'nbd'), NBD_DEFAULT_HOST);
     const admin = parseHostPort(opt<string>(args, 'admin'), ADMIN_DEFAULT_HOST);
     const log = createLog({ json: opt<boolean>(args, 'json') });
-    await runDaemon({ dataDir, disks, nbd, admin, log });
+    const cluster = clusterOptions(args);
+    await runDaemon({ dataDir, disks, nbd, admin, log, ...(cluster ? { cluster } : {}) });
     return 0;
   },
 };
+
+/** The multi-host flags, all or none: --etcd with --host-id, --listen and --secret-file. */
+function clusterOptions(args: ParsedArgs): ClusterOptions | undefined {
+  const etcd = (args.options['etcd'] as string | undefined) ?? process.env['CISTERN_ETCD'];
+  const hostId = opt<string | undefined>(args, 'host-id');
+  const listen = opt<string | undefined>(args, 'listen');
+  const secretFile = opt<string | undefined>(args, 'secret-file');
+  if (!etcd) {
+    if (hostId || listen || secretFile) {
+      throw usageError(
+        '--host-id, --listen and --secret-file go with --etcd URL (a multi-host cluster)',
+      );
+    }
+    return undefined;
+  }
+  if (!hostId || !listen || !secretFile) {
+    throw usageError(
+      'a cluster daemon needs --etcd URL, --host-id ID, --listen IP:PORT and --secret-file F',
+    );
+  }
+  const down = opt<number | undefined>(args, 'down-out-interval');
+  const prefix = args.options['etcd-prefix'] as string | undefined;
+  return {
+    endpoints: parseEndpoints(etcd),
+    hostId,
+    listen: parseHostPort(listen, '0.0.0.0'),
+    rack: opt<string | undefined>(args, 'rack') ?? 'rack-0',
+    secretFile,
+    ...(down !== undefined ? { downOutIntervalS: down } : {}),
+    ...(prefix !== undefined ? { prefix } : {}),
+  };
+}

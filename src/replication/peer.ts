@@ -142,6 +142,13 @@ export const CLIENT_WRITE_HIGH_WATER_BYTES = 16 * 1024 * 1024;
 export const CLIENT_MAX_QUEUED_REQUESTS = 4096;
 /** Connect plus authentication, unless the caller says otherwise. */
 export const CONNECT_TIMEOUT_MS = 5_000;
+/**
+ * A request unanswered this long means the peer is stuck (alive to TCP, dead to us): the
+ * connection is closed and every request on it fails with UNAVAILABLE, since a late reply
+ * could no longer be told apart from a confused peer. A 64 MiB object at a congested
+ * 10 MB/s is under 7 s; flushes and epoch waits are far shorter.
+ */
+export const REQUEST_TIMEOUT_MS = 30_000;
 /** TCP keep-alive probes find a peer that vanished without a FIN or RST. */
 export const KEEPALIVE_INITIAL_DELAY_MS = 10_000;
 /** A refusing side waits this long for its refusal to reach the kernel before it hangs up. */
@@ -759,6 +766,8 @@ export interface PeerClientOptions {
   expectedPeerHostId?: string;
   /** Connect plus authentication; default CONNECT_TIMEOUT_MS. */
   timeoutMs?: number;
+  /** Default REQUEST_TIMEOUT_MS. */
+  requestTimeoutMs?: number;
 }
 
 type ClientPhase = 'connecting' | 'challenge' | 'server-proof' | 'open' | 'closed';
@@ -766,6 +775,7 @@ type ClientPhase = 'connecting' | 'challenge' | 'server-proof' | 'open' | 'close
 interface Pending {
   resolve: (reply: PeerReply) => void;
   reject: (error: Error) => void;
+  timer: NodeJS.Timeout;
 }
 
 export class PeerClient {
@@ -876,8 +886,13 @@ export class PeerClient {
       this.wakeWaiters(); // the slot this request held is free again
       throw error;
     }
+    const timeoutMs = this.options.requestTimeoutMs ?? REQUEST_TIMEOUT_MS;
     return new Promise<PeerReply>((resolve, reject) => {
-      this.pending.set(requestId, { resolve, reject });
+      const timer = setTimeout(() => {
+        const message = `${this.describePeer()} did not answer a type ${type} request within ${timeoutMs} ms`;
+        this.fail(new CisternError('UNAVAILABLE', `${message}; connection closed`));
+      }, timeoutMs);
+      this.pending.set(requestId, { resolve, reject, timer });
       this.send(parts);
     });
   }
@@ -955,6 +970,7 @@ export class PeerClient {
       return;
     }
     this.pending.delete(header.requestId);
+    clearTimeout(pending.timer);
     let metadata: unknown;
     try {
       metadata = decodeMetadata(result.metadata);
@@ -1088,7 +1104,10 @@ export class PeerClient {
     this.settleReady = undefined;
     const pending = [...this.pending.values()];
     this.pending.clear();
-    for (const request of pending) request.reject(error);
+    for (const request of pending) {
+      clearTimeout(request.timer);
+      request.reject(error);
+    }
     const waiters = this.waiters.splice(0);
     for (const waiter of waiters) waiter.reject(error);
   }
@@ -1145,7 +1164,10 @@ export interface PeerPoolOptions {
   secret: Buffer;
   /** Where a host's daemon listens ("ip:port"), from the cluster state. */
   addressOf: (hostId: string) => string | undefined;
+  /** Connect plus authentication; default CONNECT_TIMEOUT_MS. */
   timeoutMs?: number;
+  /** Default REQUEST_TIMEOUT_MS. */
+  requestTimeoutMs?: number;
 }
 
 interface PoolEntry {
@@ -1211,6 +1233,7 @@ export class PeerPool {
       secret: this.options.secret,
       expectedPeerHostId: hostId,
       timeoutMs: this.options.timeoutMs ?? CONNECT_TIMEOUT_MS,
+      requestTimeoutMs: this.options.requestTimeoutMs ?? REQUEST_TIMEOUT_MS,
     }).then(
       async (client) => {
         fresh.connecting = undefined;

@@ -4,11 +4,15 @@
 // both before authentication and after it (the fuzzer knows the secret, so it reaches the
 // request parser). Throughout, a healthy client keeps getting exactly its own data back;
 // afterwards the server has logged no bug, holds no fuzz connection, and serves a new
-// client. A failure replays with PEER_FUZZ_SEED.
+// client. The client's reply parser gets the same treatment from a hostile server that
+// authenticates and then answers with mutated frames: every request settles, every
+// failure is a CisternError. A failure replays with PEER_FUZZ_SEED.
 
 import { strict as assert } from 'node:assert';
 import { randomBytes } from 'node:crypto';
+import * as net from 'node:net';
 import { after, before, test } from 'node:test';
+import { ByteQueue } from '../../src/frontend/nbd/byte-queue';
 import { PeerClient } from '../../src/replication/peer';
 import { CisternError } from '../../src/util/errors';
 import { Random } from '../../src/util/random';
@@ -32,6 +36,8 @@ const CONCURRENCY = 16;
 /** How long a fuzz connection lives before we drop it (the server waits for bytes). */
 const CONNECTION_LIFETIME_MS = 60;
 const FUZZER = 'fuzzer';
+/** Sessions against the hostile server (each settles within its request timeout). */
+const SESSIONS = 80;
 
 let server: TestPeerServer;
 let fuzzRequestsServed = 0;
@@ -286,5 +292,112 @@ function randomMetadata(random: Random, depth: number): unknown {
         ]),
       );
     }
+  }
+}
+
+test(`the client survives a hostile server: ${SESSIONS} sessions of mutated replies (seed ${SEED})`, async (t) => {
+  const random = new Random(SEED ^ 0x5eed);
+  let session = new Random(1);
+  // A server that authenticates properly, then answers every request with garbage.
+  const hostile = net.createServer((socket) => {
+    const queue = new ByteQueue();
+    const reader = new W.FrameReader(queue, {
+      maxMetadataBytes: W.MAX_METADATA_BYTES,
+      maxPayloadBytes: W.MAX_PAYLOAD_BYTES,
+      maxSkippableBytes: 0,
+      kinds: [W.FrameKind.auth, W.FrameKind.request],
+    });
+    const serverNonce = randomBytes(W.NONCE_BYTES);
+    let transcript: W.AuthTranscript | undefined;
+    socket.on('error', () => undefined);
+    socket.on('data', (chunk: Buffer) => {
+      queue.push(chunk);
+      for (let result = reader.next(); result?.kind === 'frame'; result = reader.next()) {
+        const { header } = result;
+        if (header.kind === W.FrameKind.auth && header.type === W.AuthStep.hello) {
+          const hello = W.decodeAuthHello(W.decodeMetadata(result.metadata))!;
+          transcript = {
+            clientHostId: hello.hostId,
+            serverHostId: 'hostile',
+            clientNonce: hello.nonce,
+            serverNonce,
+          };
+          socket.write(authFrame(W.AuthStep.challenge, { hostId: 'hostile', nonce: serverNonce }));
+        } else if (header.kind === W.FrameKind.auth && transcript !== undefined) {
+          const proof = W.computeProof(SECRET, 'server', transcript);
+          socket.write(authFrame(W.AuthStep.serverProof, { proof }));
+        } else if (header.kind === W.FrameKind.request) {
+          socket.write(hostileReply(session, header.requestId));
+        }
+      }
+    });
+  });
+  await new Promise<void>((resolve) => hostile.listen(0, '127.0.0.1', resolve));
+  const address = `127.0.0.1:${(hostile.address() as net.AddressInfo).port}`;
+  const outcomes = new Map<string, number>();
+  try {
+    for (let i = 0; i < SESSIONS; i += 1) {
+      session = new Random(random.u32());
+      const client = await PeerClient.connect({
+        address,
+        hostId: 'host-a',
+        secret: SECRET,
+        requestTimeoutMs: 50, // truncated replies leave requests waiting
+      });
+      const results = await Promise.allSettled(
+        Array.from({ length: 8 }, (_, n) => client.request(1, 10, { n }, randomBytes(n * 100))),
+      );
+      for (const result of results) {
+        const key =
+          result.status === 'fulfilled'
+            ? 'reply'
+            : result.reason instanceof CisternError
+              ? result.reason.code
+              : `not a CisternError: ${String(result.reason)}`;
+        outcomes.set(key, (outcomes.get(key) ?? 0) + 1);
+      }
+      await client.close();
+    }
+  } finally {
+    await new Promise((resolve) => hostile.close(resolve));
+  }
+  t.diagnostic(`outcomes: ${JSON.stringify(Object.fromEntries(outcomes))}`);
+  assert.deepEqual(
+    [...outcomes.keys()].filter((key) => key.startsWith('not a')),
+    [],
+    'every failure is a CisternError',
+  );
+  assert.ok((outcomes.get('reply') ?? 0) > 0 && (outcomes.get('EIO') ?? 0) > 0);
+});
+
+function hostileReply(random: Random, requestId: number): Buffer {
+  const kind = random.pick([W.FrameKind.reply, W.FrameKind.errorReply]);
+  const metadata =
+    kind === W.FrameKind.errorReply
+      ? {
+          code: random.pick(['ENOSPC', 'STALE_EPOCH', 'nonsense', 5]),
+          message: 'x',
+          epoch: random.u32(),
+        }
+      : randomMetadata(random, 2);
+  const frame = Buffer.concat(
+    W.encodeFrame({
+      kind,
+      type: 0,
+      requestId: random.bool(0.8) ? requestId : random.u32(),
+      epoch: 10,
+      metadata,
+      payload: random.bool() ? randomBytes(random.int(1000)) : undefined,
+    }),
+  );
+  switch (random.int(4)) {
+    case 0:
+      return frame;
+    case 1:
+      return mutate(random, frame);
+    case 2:
+      return frame.subarray(0, random.int(frame.length));
+    default:
+      return randomBytes(random.range(1, 64));
   }
 }

@@ -4,7 +4,8 @@
 // more than its bound in flight; handler errors reach the caller with their code, message
 // and epoch, other throws become EIO and are logged; epoch fencing refuses older epochs
 // and waits (bounded) for newer ones; losing the connection rejects every pending request
-// with UNAVAILABLE naming the peer; close() lets in-flight requests finish; the pool keeps
+// with UNAVAILABLE naming the peer, and so does a request left unanswered past its
+// timeout; close() lets in-flight requests finish; the pool keeps
 // one connection per host and reconnects after loss or an address change.
 
 import { strict as assert } from 'node:assert';
@@ -278,6 +279,27 @@ test('losing the connection rejects every pending request with UNAVAILABLE namin
   }
   assert.ok(client.closed);
   await assert.rejects(client.request(1, 10, null), (error) => isCisternError(error, 'CLOSED'));
+});
+
+test('a request left unanswered past requestTimeoutMs fails with UNAVAILABLE and closes the connection', async () => {
+  const server = await startPeerServer(() => new Promise<PeerReply>(() => undefined), {
+    limits: { shutdownGraceMs: 50 },
+  });
+  const client = await PeerClient.connect({
+    address: server.address,
+    hostId: 'host-a',
+    secret: SECRET,
+    requestTimeoutMs: 100,
+  });
+  const started = Date.now();
+  await assert.rejects(client.request(5, 10, null), (error: unknown) => {
+    assert.ok(isCisternError(error, 'UNAVAILABLE'));
+    assert.match(error.message, /peer host-b .* did not answer a type 5 request within 100 ms/);
+    return true;
+  });
+  assert.ok(Date.now() - started >= 95);
+  assert.ok(client.closed);
+  await server.close();
 });
 
 test('close() on the client rejects its pending requests with CLOSED', async () => {

@@ -1,14 +1,17 @@
 // The admin commands' side of the admin API: finds the daemon through DIR/admin.json,
 // calls it with the bearer token, and turns error bodies back into CisternErrors with
 // the daemon's code, so `cistern: <message>` and the exit code come out the same as if
-// the datastore had been called in-process. Also the presentation helpers the admin
-// commands share (the --data-dir option, tables).
+// the datastore had been called in-process. With --etcd (or $CISTERN_ETCD), openAdmin()
+// administers the multi-host cluster in etcd directly instead (src/cluster/cluster-admin.ts).
+// Also the presentation helpers the admin commands share (the options, tables).
 
 import http from 'node:http';
 import path from 'node:path';
 import { parseHostPort } from '../src/daemon/address';
 import { ADMIN_FILE_NAME, AdminFile, isProcessAlive, readAdminFile } from '../src/daemon/data-dir';
 import { DEFAULT_DATA_DIR } from '../src/daemon/daemon';
+import { ClusterAdmin } from '../src/cluster/cluster-admin';
+import { ETCD_PREFIX_DEFAULT, parseEndpoints } from '../src/cluster/etcd';
 import { CisternError, CisternErrorCode } from '../src/util/errors';
 import {
   CreatePoolRequest,
@@ -21,6 +24,8 @@ import {
 import { OptionSpec, ParsedArgs, opt } from './command';
 
 export const DATA_DIR_ENV = 'CISTERN_DATA_DIR';
+export const ETCD_ENV = 'CISTERN_ETCD';
+export const ETCD_PREFIX_ENV = 'CISTERN_ETCD_PREFIX';
 /** Most calls answer in milliseconds; a daemon silent this long is stuck. */
 export const ADMIN_CALL_TIMEOUT_MS = 60_000;
 /** Removing a volume frees every object it wrote: allow for very large volumes. */
@@ -36,7 +41,57 @@ export const adminOptions: OptionSpec[] = [
     valueName: 'DIR',
     help: `the daemon's data directory (default $${DATA_DIR_ENV}, else ./${DEFAULT_DATA_DIR})`,
   },
+  {
+    name: 'etcd',
+    type: 'string',
+    valueName: 'URL[,URL]',
+    help: `administer the multi-host cluster in this etcd instead of a local daemon (default $${ETCD_ENV})`,
+  },
+  {
+    name: 'etcd-prefix',
+    type: 'string',
+    valueName: 'P',
+    help: `the cluster's key prefix in etcd (default $${ETCD_PREFIX_ENV}, else ${ETCD_PREFIX_DEFAULT})`,
+  },
 ];
+
+/** What an admin command talks to: the local daemon, or the cluster store in etcd. */
+export interface CliAdmin extends DatastoreAdmin {
+  /** An NBD address to print in "connect:" hints, if one is known. */
+  readonly nbd: string | undefined;
+  close(): Promise<void>;
+}
+
+/** Admins opened by commands in this process; the CLI closes them when a command ends. */
+const openAdmins = new Set<CliAdmin>();
+
+/**
+ * The admin for the command's arguments: ClusterAdmin over etcd when --etcd (or
+ * $CISTERN_ETCD) is given, else the daemon of the data dir. main() closes it afterwards.
+ */
+export async function openAdmin(args: ParsedArgs): Promise<CliAdmin> {
+  const etcd = opt<string | undefined>(args, 'etcd') ?? process.env[ETCD_ENV];
+  let admin: CliAdmin;
+  if (etcd !== undefined && etcd !== '') {
+    const prefix =
+      opt<string | undefined>(args, 'etcd-prefix') ??
+      process.env[ETCD_PREFIX_ENV] ??
+      ETCD_PREFIX_DEFAULT;
+    admin = await ClusterAdmin.openEtcd({ endpoints: parseEndpoints(etcd), prefix });
+  } else {
+    admin = AdminClient.forDataDir(resolveDataDir(args));
+  }
+  openAdmins.add(admin);
+  return admin;
+}
+
+/** Closes every admin openAdmin() handed out (etcd connections keep a process alive). */
+export async function closeAdmins(): Promise<void> {
+  for (const admin of [...openAdmins]) {
+    openAdmins.delete(admin);
+    await admin.close();
+  }
+}
 
 export function resolveDataDir(args: ParsedArgs): string {
   return (
@@ -65,11 +120,18 @@ const knownCodes: ReadonlySet<string> = new Set<CisternErrorCode>([
   'CLOSED',
 ]);
 
-export class AdminClient implements DatastoreAdmin {
+export class AdminClient implements CliAdmin {
   private constructor(
     readonly dataDir: string,
     readonly file: AdminFile,
   ) {}
+
+  get nbd(): string | undefined {
+    return this.file.nbd;
+  }
+
+  /** Nothing to release: every call is its own connection. */
+  async close(): Promise<void> {}
 
   /** Finds the daemon of `dataDir`, or throws UNAVAILABLE saying how to start one. */
   static forDataDir(dataDir: string): AdminClient {

@@ -3,6 +3,7 @@
 // exit code (2 for a usage mistake, 1 for anything else).
 
 import { isCisternError } from '../src/util/errors';
+import { closeAdmins } from './admin-client';
 import { Command, Output, helpText, parseArgs } from './command';
 import { commands } from './commands';
 
@@ -32,7 +33,7 @@ export function overview(prefix: string[] = []): string {
 }
 
 /** Options that may stand before the command words (`cistern --data-dir D volume ls`). */
-const LEADING_VALUE_OPTIONS = new Set(['--data-dir', '--etcd']);
+const LEADING_VALUE_OPTIONS = new Set(['--data-dir', '--etcd', '--etcd-prefix']);
 const LEADING_FLAG_OPTIONS = new Set(['--json']);
 
 /** Moves leading global options behind the command words, where the parser reads them. */
@@ -83,6 +84,8 @@ export async function main(rawArgv: string[], output: Output = stdio): Promise<n
       return error.code === 'EINVAL' ? 2 : 1;
     }
     throw error;
+  } finally {
+    await closeAdmins();
   }
 }
 

@@ -1,6 +1,8 @@
 // Every subcommand, in the order `cistern --help` lists them. One file per command.
 
 import { Command } from '../command';
+import { clusterInit } from './cluster-init';
+import { hostLs } from './host-ls';
 import { daemon } from './daemon';
 import { placementSimulate } from './placement-simulate';
 import { poolCreate } from './pool-create';
@@ -22,5 +24,7 @@ export const commands: Command[] = [
   volumeRm,
   poolCreate,
   poolLs,
+  hostLs,
+  clusterInit,
   placementSimulate,
 ];

@@ -2,7 +2,7 @@
 // write needs, across which failure domains, and over how many placement groups.
 
 import { failureDomains, FailureDomain } from '../../src/placement/map';
-import { AdminClient, adminOptions, resolveDataDir } from '../admin-client';
+import { adminOptions, openAdmin } from '../admin-client';
 import { Command, opt, usageError } from '../command';
 
 export const poolCreate: Command = {
@@ -48,7 +48,7 @@ datastore picks one from the number of disks.`,
     }
     if (pgCount !== undefined && pgCount < 1) throw usageError('--pgs must be at least 1');
     const failureDomain = opt<FailureDomain | undefined>(args, 'failure-domain');
-    const client = AdminClient.forDataDir(resolveDataDir(args));
+    const client = await openAdmin(args);
     const pool = await client.createPool({
       name: args.positionals[0] as string,
       size,

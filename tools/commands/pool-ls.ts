@@ -2,7 +2,7 @@
 
 import { formatSize } from '../../src/util/units';
 import { PoolInfo } from '../../src/volume/admin';
-import { AdminClient, adminOptions, formatTable, resolveDataDir } from '../admin-client';
+import { adminOptions, formatTable, openAdmin } from '../admin-client';
 import { Command, opt } from '../command';
 
 export function poolTable(pools: PoolInfo[]): string[] {
@@ -38,7 +38,7 @@ export const poolLs: Command = {
   summary: 'list pools',
   options: [...adminOptions],
   async run(args, output) {
-    const client = AdminClient.forDataDir(resolveDataDir(args));
+    const client = await openAdmin(args);
     const pools = await client.listPools();
     if (opt<boolean>(args, 'json')) {
       output.out(JSON.stringify(pools, null, 2));

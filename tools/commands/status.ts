@@ -2,7 +2,8 @@
 
 import { formatSize } from '../../src/util/units';
 import { StatusReport } from '../../src/volume/admin';
-import { AdminClient, adminOptions, formatTable, percent, resolveDataDir } from '../admin-client';
+import type { ClusterStatusReport } from '../../src/cluster/cluster-admin';
+import { adminOptions, formatTable, percent, openAdmin } from '../admin-client';
 import { Command, opt } from '../command';
 import { poolTable } from './pool-ls';
 
@@ -17,6 +18,15 @@ export function formatStatus(report: StatusReport): string[] {
     plural(report.volumes, 'volume'),
   ];
   lines.push('', counts.join(', ') + (report.nbd ? `; NBD on ${report.nbd}` : ''));
+  const cluster = report as Partial<ClusterStatusReport>; // with --etcd
+  if (cluster.hostsUp && cluster.hostsDown) {
+    const down = cluster.hostsDown.length > 0 ? ` (${cluster.hostsDown.join(', ')})` : '';
+    lines.push(`hosts: ${cluster.hostsUp.length} up, ${cluster.hostsDown.length} down${down}`);
+  }
+  if (cluster.pgStates) {
+    const states = Object.entries(cluster.pgStates).map(([state, count]) => `${count} ${state}`);
+    lines.push(`pgs: ${states.join(', ')}`);
+  }
   lines.push('', 'disks:');
   const diskRows = report.disks.map((d) => [
     String(d.id),
@@ -60,7 +70,7 @@ to do about it, then lists disks, pools and the raw capacity used. Exits 0 even 
 degraded; scripts read "health" from --json.`,
   options: [...adminOptions],
   async run(args, output) {
-    const client = AdminClient.forDataDir(resolveDataDir(args));
+    const client = await openAdmin(args);
     const report = await client.status();
     if (opt<boolean>(args, 'json')) {
       output.out(JSON.stringify(report, null, 2));

@@ -1,7 +1,7 @@
 // `cistern volume create`: a new thin volume, served at once as an NBD export.
 
 import { formatSize } from '../../src/util/units';
-import { AdminClient, adminOptions, resolveDataDir } from '../admin-client';
+import { adminOptions, openAdmin } from '../admin-client';
 import { Command, opt, usageError } from '../command';
 
 export const volumeCreate: Command = {
@@ -21,7 +21,7 @@ once as the NBD export of the same name.`,
     const sizeBytes = opt<number | undefined>(args, 'size');
     if (sizeBytes === undefined) throw usageError('--size is required, e.g. --size 10G');
     if (sizeBytes <= 0) throw usageError('--size must be more than 0');
-    const client = AdminClient.forDataDir(resolveDataDir(args));
+    const client = await openAdmin(args);
     const name = args.positionals[0] as string;
     const pool = opt<string | undefined>(args, 'pool');
     const info = await client.createVolume({ name, sizeBytes, ...(pool ? { pool } : {}) });
@@ -30,7 +30,7 @@ once as the NBD export of the same name.`,
       return 0;
     }
     output.out(`created volume ${info.name}: ${formatSize(info.sizeBytes)} in pool ${info.pool}`);
-    if (client.file.nbd) output.out(`connect: nbd://${client.file.nbd}/${info.name}`);
+    if (client.nbd) output.out(`connect: nbd://${client.nbd}/${info.name}`);
     return 0;
   },
 };

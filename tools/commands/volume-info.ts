@@ -1,7 +1,7 @@
 // `cistern volume info`: one volume in detail, with the URI to connect to it.
 
 import { formatSize } from '../../src/util/units';
-import { AdminClient, adminOptions, percent, resolveDataDir } from '../admin-client';
+import { adminOptions, percent, openAdmin } from '../admin-client';
 import { Command, opt } from '../command';
 
 export const volumeInfo: Command = {
@@ -10,7 +10,7 @@ export const volumeInfo: Command = {
   positionals: [{ name: 'NAME', help: 'volume name', required: true }],
   options: [...adminOptions],
   async run(args, output) {
-    const client = AdminClient.forDataDir(resolveDataDir(args));
+    const client = await openAdmin(args);
     const info = await client.volumeInfo(args.positionals[0] as string);
     if (opt<boolean>(args, 'json')) {
       output.out(JSON.stringify(info, null, 2));
@@ -26,7 +26,7 @@ export const volumeInfo: Command = {
       ['open connections', String(info.openHandles)],
       ['created', info.createdAt],
     ];
-    if (client.file.nbd) lines.push(['nbd', `nbd://${client.file.nbd}/${info.name}`]);
+    if (client.nbd) lines.push(['nbd', `nbd://${client.nbd}/${info.name}`]);
     for (const [key, value] of lines) output.out(`${(key + ':').padEnd(18)}${value}`);
     return 0;
   },

@@ -1,7 +1,7 @@
 // `cistern volume ls`: every volume with its size, use and open connections.
 
 import { formatSize } from '../../src/util/units';
-import { AdminClient, adminOptions, formatTable, resolveDataDir } from '../admin-client';
+import { adminOptions, formatTable, openAdmin } from '../admin-client';
 import { Command, opt } from '../command';
 
 export const volumeLs: Command = {
@@ -9,7 +9,7 @@ export const volumeLs: Command = {
   summary: 'list volumes',
   options: [...adminOptions],
   async run(args, output) {
-    const client = AdminClient.forDataDir(resolveDataDir(args));
+    const client = await openAdmin(args);
     const volumes = await client.listVolumes();
     if (opt<boolean>(args, 'json')) {
       output.out(JSON.stringify(volumes, null, 2));

@@ -2,7 +2,7 @@
 // an explicit --allow-shrink.
 
 import { formatSize } from '../../src/util/units';
-import { AdminClient, adminOptions, resolveDataDir } from '../admin-client';
+import { adminOptions, openAdmin } from '../admin-client';
 import { Command, opt, usageError } from '../command';
 
 export const volumeResize: Command = {
@@ -28,7 +28,7 @@ discards everything beyond the new end and is refused without --allow-shrink.`,
     if (sizeBytes <= 0) throw usageError('--size must be more than 0');
     const name = args.positionals[0] as string;
     const allowShrink = opt<boolean | undefined>(args, 'allow-shrink') ?? false;
-    const client = AdminClient.forDataDir(resolveDataDir(args));
+    const client = await openAdmin(args);
     const before = await client.volumeInfo(name);
     // The datastore refuses too; checking here lets the message name the flag.
     if (sizeBytes < before.sizeBytes && !allowShrink) {

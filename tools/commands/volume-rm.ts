@@ -3,7 +3,7 @@
 // is doing and keeps saying so.
 
 import { formatSize } from '../../src/util/units';
-import { AdminClient, adminOptions, resolveDataDir } from '../admin-client';
+import { adminOptions, openAdmin } from '../admin-client';
 import { Command, opt } from '../command';
 
 /** How often a long removal reports that it is still running. */
@@ -25,7 +25,7 @@ export const volumeRm: Command = {
     const name = args.positionals[0] as string;
     const force = opt<boolean | undefined>(args, 'force') ?? false;
     const json = opt<boolean>(args, 'json');
-    const client = AdminClient.forDataDir(resolveDataDir(args));
+    const client = await openAdmin(args);
     const info = await client.volumeInfo(name);
     const started = Date.now();
     let ticker: NodeJS.Timeout | undefined;

@@ -4,7 +4,8 @@
 // command words, or $CISTERN_ETCD) pool create/ls, volume create/ls/info/resize/rm,
 // host ls and status --json work on hosts registered through registerHost; status
 // reports hosts up/down and PG states; a real `cistern` process exits by itself when
-// done; an unreachable etcd and a missing cluster give one clear line and exit 1.
+// done; an unreachable etcd and a missing cluster give one clear line and exit 1; and
+// without --etcd, host ls lists the one host of a local daemon from its status.
 
 import { strict as assert } from 'node:assert';
 import { spawn } from 'node:child_process';
@@ -17,7 +18,9 @@ import { EtcdClusterStore, HostRegistration } from '../../src/cluster/etcd';
 import { readSecretFile, secretFingerprint } from '../../src/cluster/secret';
 import * as state from '../../src/cluster/state';
 import type { PoolInfo, VolumeInfo } from '../../src/volume/admin';
+import { startDaemon } from '../../src/daemon/daemon';
 import { main } from '../../tools/cli';
+import { FakeStore } from '../daemon/fake-store';
 import { EtcdServer, startEtcd } from './etcd-server';
 
 const GiB = 2 ** 30;
@@ -258,4 +261,36 @@ test('a real cistern process exits by itself; unreachable etcd is one clear line
     unreachable.stderr,
     /^cistern: cannot read the cluster state: etcd at http:\/\/127\.0\.0\.1:1 did not answer/,
   );
+});
+
+test("without --etcd, host ls lists the local daemon's host from its status", async () => {
+  const store = new FakeStore();
+  const disk = (id: number, up: boolean) => ({
+    id,
+    path: `/d${id}`,
+    host: 'local',
+    up,
+    in: true,
+    sizeBytes: GiB,
+    usedBytes: 0,
+  });
+  store.statusOverride = { ...(await store.status()), disks: [disk(0, true), disk(1, false)] };
+  const dataDir = path.join(dir, 'local');
+  const running = await startDaemon({
+    dataDir,
+    disks: [],
+    nbd: { host: '127.0.0.1', port: 0 },
+    admin: { host: '127.0.0.1', port: 0 },
+    log: () => {},
+    openStore: async () => store,
+  });
+  try {
+    const hosts = JSON.parse(await ok('host', 'ls', '--json', '--data-dir', dataDir)) as HostInfo[];
+    assert.deepEqual(
+      hosts.map((h) => [h.id, h.alive, h.disksUp, h.disksTotal]),
+      [['local', true, 1, 2]],
+    );
+  } finally {
+    await running.stop();
+  }
 });

@@ -91,7 +91,6 @@ export class ClusterMember implements DaemonStore {
       const bound = await server.listen(cluster.listen.host, cluster.listen.port);
       leave.push(['peer.closed', () => server.close()]);
       const address = formatHostPort({ host: cluster.listen.host, port: bound.port });
-      log('peer.listening', { address });
 
       const registration: HostRegistration = await etcd.registerHost(
         cluster.hostId,

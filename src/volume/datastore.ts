@@ -39,6 +39,12 @@ export const DEFAULT_DISK_SIZE_BYTES = 16 * 2 ** 30;
 export const DEFAULT_POOL_NAME = 'default';
 /** Every write reaches this many disks by default (one host: failure domain disk). */
 export const DEFAULT_POOL_SIZE = 2;
+/**
+ * Tries to add one new disk when other hosts take the id it was formatted for. Each
+ * failed try means another disk was added meanwhile, so this bounds the disks joining
+ * at the same moment, far beyond any real start-up.
+ */
+const DISK_ID_ATTEMPTS_MAX = 64;
 /** Objects deleted at once when a volume is removed or shrunk. */
 const DISCARD_PARALLEL = 16;
 
@@ -71,6 +77,13 @@ interface OpenDisk {
   id: number;
   device: BlockDevice;
   store: ObjectStore;
+}
+
+/** A new disk's id was taken by another host's disk between reading and adding it. */
+class DiskIdTaken extends Error {
+  constructor(id: number) {
+    super(`disk id ${id} was taken by another host`);
+  }
 }
 
 export class Datastore implements DatastoreAdmin, ExportProvider {
@@ -277,31 +290,61 @@ export class Datastore implements DatastoreAdmin, ExportProvider {
     fs.mkdirSync(path.dirname(path.resolve(diskPath)), { recursive: true });
     const exists = fs.existsSync(diskPath);
     const create = exists ? undefined : (sizeBytes ?? DEFAULT_DISK_SIZE_BYTES);
-    const id = this.cluster.current().nextDiskId;
     const device = await openDevice(diskPath, create === undefined ? {} : { create });
     try {
-      const wrapped = this.options.wrapDevice?.(id, device) ?? device;
-      fs.rmSync(this.indexPath(id), { recursive: true, force: true });
-      const store = await ObjectStore.open({
-        device: wrapped,
-        indexPath: this.indexPath(id),
-        format: true,
-      });
-      const assigned = await this.cluster.update((s) =>
-        state.addDisk(s, this.hostId, {
-          path: path.resolve(diskPath),
-          uuid: store.stats().uuid,
-          sizeBytes: device.size,
-        }),
-      );
-      assert(assigned === id, `disk id ${assigned} assigned, ${id} expected`);
-      this.disks.set(id, { id, device: wrapped, store });
-      this.log('disk.added', {
-        disk: id,
-        path: diskPath,
-        size: formatSize(device.size),
-        created: create !== undefined,
-      });
+      // The index directory is named after the disk id, which is known only once the
+      // map takes the disk. Hosts joining a cluster together add disks at the same time,
+      // so the id read before formatting may be taken by then: the map update refuses
+      // (it changes nothing) and the disk is formatted again under the next free id.
+      for (let attempt = 1; ; attempt += 1) {
+        const id = this.cluster.current().nextDiskId;
+        const wrapped = this.options.wrapDevice?.(id, device) ?? device;
+        fs.rmSync(this.indexPath(id), { recursive: true, force: true });
+        const store = await ObjectStore.open({
+          device: wrapped,
+          indexPath: this.indexPath(id),
+          format: true,
+        });
+        let added: boolean;
+        try {
+          added = await this.cluster
+            .update((s) => {
+              if (s.nextDiskId !== id) throw new DiskIdTaken(id);
+              const assigned = state.addDisk(s, this.hostId, {
+                path: path.resolve(diskPath),
+                uuid: store.stats().uuid,
+                sizeBytes: device.size,
+              });
+              assert(assigned === id, `disk id ${assigned} assigned, ${id} expected`);
+              return true;
+            })
+            .catch((error: unknown) => {
+              if (error instanceof DiskIdTaken) return false;
+              throw error;
+            });
+        } catch (error) {
+          await store.close().catch(() => undefined);
+          throw error;
+        }
+        if (added) {
+          this.disks.set(id, { id, device: wrapped, store });
+          this.log('disk.added', {
+            disk: id,
+            path: diskPath,
+            size: formatSize(device.size),
+            created: create !== undefined,
+          });
+          return;
+        }
+        await store.close();
+        fs.rmSync(this.indexPath(id), { recursive: true, force: true });
+        if (attempt >= DISK_ID_ATTEMPTS_MAX) {
+          throw new CisternError(
+            'UNAVAILABLE',
+            `could not add ${diskPath}: ${attempt} disk ids were taken by other hosts first`,
+          );
+        }
+      }
     } catch (error) {
       await device.close().catch(() => undefined);
       throw error;

@@ -273,7 +273,11 @@ function machine(): string {
 
 function median(values: number[]): number {
   const sorted = values.filter((v) => !Number.isNaN(v)).sort((a, b) => a - b);
-  return sorted.length === 0 ? NaN : (sorted[Math.floor(sorted.length / 2)] as number);
+  if (sorted.length === 0) return NaN;
+  // An even count takes the mean of the middle two (with 2 rounds, not the larger one).
+  const high = sorted[Math.floor(sorted.length / 2)] as number;
+  const low = sorted[Math.ceil(sorted.length / 2) - 1] as number;
+  return (low + high) / 2;
 }
 
 function format(value: number, unit: Pattern['unit']): string {

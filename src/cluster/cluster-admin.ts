@@ -300,8 +300,10 @@ export function pgStates(current: state.ClusterState, poolId: number): Record<Pg
   }
   const up = new Set(current.map.disks.filter((d) => d.up).map((d) => d.id));
   for (let pg = 0; pg < table.pgCount; pg += 1) {
+    // A member counts when it is up and not stale (it may have missed writes).
+    const stale = current.staleMembers[state.pgKey(pool.id, pg)] ?? [];
     let members = 0;
-    for (const disk of pgRow(table, pg)) if (up.has(disk)) members += 1;
+    for (const disk of pgRow(table, pg)) if (up.has(disk) && !stale.includes(disk)) members += 1;
     if (members >= pool.size) counts['active+clean'] += 1;
     else if (members >= pool.minSize) counts['active+degraded'] += 1;
     else counts.inactive += 1;

@@ -6,7 +6,7 @@ import { ClassicLevel } from 'classic-level';
 import { pack, unpack } from 'msgpackr';
 import { assert } from '../util/assert';
 import { CisternError } from '../util/errors';
-import { ClusterState, emptyState } from './state';
+import { ClusterState, emptyState, markNewMembersStale } from './state';
 import { ClusterStore } from './store';
 
 const STATE_KEY = 'state';
@@ -47,6 +47,7 @@ export class EmbeddedClusterStore implements ClusterStore {
     }
     const state = unpack(raw) as ClusterState;
     state.hostAddresses ??= {}; // written before multi-host support
+    state.staleMembers ??= {};
     assert(
       state && state.map && Array.isArray(state.volumes),
       `cluster state at ${path} is malformed`,
@@ -63,6 +64,7 @@ export class EmbeddedClusterStore implements ClusterStore {
       if (this.closed) throw new CisternError('CLOSED', 'cluster store is closed');
       const next = structuredClone(this.state);
       const result = mutate(next);
+      markNewMembersStale(this.state, next);
       next.map.epoch = this.state.map.epoch + 1;
       await this.db.put(STATE_KEY, pack(next), { sync: true });
       this.state = next;

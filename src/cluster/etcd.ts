@@ -22,7 +22,7 @@ import { pack, unpack } from 'msgpackr';
 import { assert, AssertionError } from '../util/assert';
 import { CisternError } from '../util/errors';
 import type { Log } from '../daemon/log';
-import { ClusterState, addHost } from './state';
+import { ClusterState, addHost, markNewMembersStale } from './state';
 import { ClusterStore } from './store';
 import { Monitor, MonitorOptions } from './monitor';
 
@@ -161,6 +161,7 @@ function decodeState(raw: Buffer, where: string): ClusterState {
     throw new CisternError('CORRUPT', `the cluster state at ${where} is malformed`);
   }
   state.hostAddresses ??= {};
+  state.staleMembers ??= {};
   return state;
 }
 
@@ -299,6 +300,7 @@ export class EtcdClusterStore implements ClusterStore {
         }
         throw error;
       }
+      markNewMembersStale(base, next);
       next.map.epoch = base.map.epoch + 1;
       const encoded = encodeState(next);
       let txn = this.client.if(this.stateKey, 'Mod', '==', baseRevision);

@@ -4,7 +4,7 @@
 // subscribers called in epoch order), without durability.
 
 import { CisternError } from '../util/errors';
-import { ClusterState, emptyState } from './state';
+import { ClusterState, emptyState, markNewMembersStale } from './state';
 import { ClusterStore } from './store';
 
 export class MemoryClusterStore implements ClusterStore {
@@ -24,6 +24,7 @@ export class MemoryClusterStore implements ClusterStore {
     if (this.closed) throw new CisternError('CLOSED', 'cluster store is closed');
     const next = structuredClone(this.state);
     const result = mutate(next);
+    markNewMembersStale(this.state, next);
     next.map.epoch = this.state.map.epoch + 1;
     this.state = next;
     for (const listener of this.listeners) listener(next);

@@ -6,6 +6,7 @@ import { assert } from '../util/assert';
 import { CisternError } from '../util/errors';
 import { ClusterMap, FailureDomain, PoolSpec, validatePool } from '../placement/map';
 import { pgCountFor } from '../placement/build';
+import { PlacementTable, computeTable, pgRow } from '../placement/straw2';
 import { POOL_NAME_PATTERN, VOLUME_NAME_PATTERN } from '../volume/admin';
 
 export interface VolumeSpec {
@@ -41,6 +42,11 @@ export interface ClusterState {
   hostAddresses: Record<string, HostLocation>;
   /** A fingerprint of the cluster secret, so a daemon with the wrong one is refused at start. */
   secretFingerprint?: string;
+  /**
+   * Per PG (`pool:pg`), members that may lack data since they joined the set or came
+   * back up: they take writes but serve no reads (see markNewMembersStale).
+   */
+  staleMembers: Record<string, number[]>;
   nextVolumeId: number;
   nextPoolId: number;
   nextDiskId: number;
@@ -58,6 +64,7 @@ export function emptyState(): ClusterState {
     volumes: [],
     disks: {},
     hostAddresses: {},
+    staleMembers: {},
     nextVolumeId: 1,
     nextPoolId: 1,
     nextDiskId: 0,
@@ -206,4 +213,61 @@ export function removeVolume(state: ClusterState, name: string): VolumeSpec {
   const volume = findVolume(state, name);
   state.volumes = state.volumes.filter((v) => v.id !== volume.id);
   return volume;
+}
+
+/** Key of a PG in `staleMembers`. */
+export function pgKey(pool: number, pg: number): string {
+  return `${pool}:${pg}`;
+}
+
+/** What decides placement: which disks are drawable, with what weight, in which domain. */
+function placementInputs(state: ClusterState): string {
+  const disks = state.map.disks.map(
+    (d) => `${d.id}@${d.host}:${d.weight}:${d.in ? 1 : 0}:${d.up ? 1 : 0}`,
+  );
+  const hosts = state.map.hosts.map((h) => `${h.id}@${h.rack}`);
+  const pools = state.map.pools.map(
+    (p) => `${p.id}:${p.size}:${p.pgCount}:${p.failureDomain}:${p.upmap.length}`,
+  );
+  return `${disks.join(',')}|${hosts.join(',')}|${pools.join(',')}`;
+}
+
+/**
+ * Marks, per PG, the members that may lack data: a disk that joined the PG's set in
+ * this change (re-placement after a disk went out, a host was added, a weight changed)
+ * and a disk that came back up after being down (it missed the writes made meanwhile).
+ * A stale member takes new writes but serves no reads and does not count towards
+ * min-size, so data it lacks can never be read back; recovery (copying what it missed)
+ * is what clears it. Members that left a PG's set are forgotten. Called by every
+ * cluster store on every update, after the mutation.
+ */
+export function markNewMembersStale(before: ClusterState, after: ClusterState): void {
+  after.staleMembers ??= {};
+  if (placementInputs(before) === placementInputs(after)) return;
+  const wasUp = new Map(before.map.disks.map((d) => [d.id, d.up]));
+  for (const pool of after.map.pools) {
+    const old = before.map.pools.find((p) => p.id === pool.id);
+    if (!old || old.pgCount !== pool.pgCount) continue; // a new pool has no data yet
+    let previous: PlacementTable;
+    let next: PlacementTable;
+    try {
+      previous = computeTable(before.map, pool.id);
+      next = computeTable(after.map, pool.id);
+    } catch {
+      continue; // unplaceable on one side: nothing is served from it there
+    }
+    for (let pg = 0; pg < pool.pgCount; pg += 1) {
+      const was = pgRow(previous, pg);
+      const now = pgRow(next, pg);
+      const key = pgKey(pool.id, pg);
+      const stale = new Set((after.staleMembers[key] ?? []).filter((d) => now.includes(d)));
+      for (const disk of now) {
+        const returned =
+          wasUp.get(disk) === false && next.topology.disksById.get(disk)?.up === true;
+        if (!was.includes(disk) || returned) stale.add(disk);
+      }
+      if (stale.size > 0) after.staleMembers[key] = [...stale].sort((a, b) => a - b);
+      else delete after.staleMembers[key];
+    }
+  }
 }

@@ -7,7 +7,7 @@
 import { CisternError, isCisternError } from '../util/errors';
 import { ObjectKey } from '../store/key';
 import { Extent } from '../volume/backend';
-import { ClusterState } from '../cluster/state';
+import { ClusterState, pgKey } from '../cluster/state';
 import { PlacementTable, objectToPg, pgRow } from '../placement/straw2';
 import { ObjectIo, PeerTransport, ownedLease } from './endpoint';
 import { BufferLease } from '../store/buffer-cache';
@@ -53,10 +53,18 @@ export class Gateway implements ObjectIo {
     const state = this.options.state();
     const table = this.options.table(key.pool);
     const row = pgRow(table, objectToPg(table.pool, key.volume, key.object));
+    // The first up member that may serve reads (not stale); failing that, the first up
+    // one, which will refuse with a clear error.
+    const stale =
+      state.staleMembers[pgKey(key.pool, objectToPg(table.pool, key.volume, key.object))] ?? [];
+    let fallback: { id: number; host: string } | undefined;
     for (const id of row) {
       const disk = table.topology.disksById.get(id);
-      if (disk?.up) return { id, host: disk.host };
+      if (!disk?.up) continue;
+      if (!stale.includes(id)) return { id, host: disk.host };
+      fallback ??= { id, host: disk.host };
     }
+    if (fallback) return fallback;
     throw new CisternError(
       'UNAVAILABLE',
       `object ${key.pool}/${key.volume}/${key.object}: no member of its PG is up (epoch ${state.map.epoch}; see cistern status)`,

@@ -20,6 +20,8 @@ export interface ReplicaSet {
   table(poolId: number): PlacementTable;
   /** An up disk's objects — local store or remote disk — or undefined when it is down. */
   store(diskId: number): ObjectEndpoint | undefined;
+  /** Members of a PG that may lack data (joined or came back): written, never read. */
+  staleMembers(poolId: number, pg: number): readonly number[];
   /** Takes a failed disk out of service; resolves once the map says so. */
   onDiskFailure(diskId: number, error: CisternError): Promise<void>;
 }
@@ -36,17 +38,24 @@ export class LocalReplication implements ObjectIo {
 
   constructor(private readonly replicas: ReplicaSet) {}
 
+  /**
+   * The up members of the object's PG in placement order, each marked whether it may
+   * serve reads (a stale member — one that may have missed writes — may not, and does
+   * not count towards min-size).
+   */
   private members(key: ObjectKey): {
-    up: Array<[number, ObjectEndpoint]>;
+    up: Array<[number, ObjectEndpoint, boolean]>;
     minSize: number;
     size: number;
   } {
     const table = this.replicas.table(key.pool);
-    const row = pgRow(table, objectToPg(table.pool, key.volume, key.object));
-    const up: Array<[number, ObjectEndpoint]> = [];
+    const pg = objectToPg(table.pool, key.volume, key.object);
+    const row = pgRow(table, pg);
+    const stale = this.replicas.staleMembers(key.pool, pg);
+    const up: Array<[number, ObjectEndpoint, boolean]> = [];
     for (const disk of row) {
       const store = this.replicas.store(disk);
-      if (store) up.push([disk, store]);
+      if (store) up.push([disk, store, !stale.includes(disk)]);
     }
     return { up, minSize: table.pool.minSize, size: table.pool.size };
   }
@@ -54,7 +63,7 @@ export class LocalReplication implements ObjectIo {
   private unavailable(key: ObjectKey, up: number, minSize: number): CisternError {
     return new CisternError(
       'UNAVAILABLE',
-      `object ${key.pool}/${key.volume}/${key.object}: ${up} replica disk(s) up, pool needs ${minSize} ` +
+      `object ${key.pool}/${key.volume}/${key.object}: ${up} up-to-date replica disk(s) up, pool needs ${minSize} ` +
         '(see: cistern status)',
     );
   }
@@ -84,7 +93,7 @@ export class LocalReplication implements ObjectIo {
     // Bounded: each failure takes one disk out, so at most `size` attempts.
     for (let attempt = 0; attempt < 64; attempt += 1) {
       const { up, minSize } = this.members(key);
-      const first = up[0];
+      const first = up.find(([, , readable]) => readable);
       if (!first) throw this.unavailable(key, 0, minSize);
       try {
         return await operation(first[1]);
@@ -136,15 +145,16 @@ export class LocalReplication implements ObjectIo {
     const name = `${key.pool}/${key.volume}/${key.object}`;
     return this.ordering.run(name, offset, offset + length, async () => {
       const { up, minSize } = this.members(key);
-      if (up.length < minSize) throw this.unavailable(key, up.length, minSize);
+      const readable = up.filter(([, , ok]) => ok).length;
+      if (readable < minSize) throw this.unavailable(key, readable, minSize);
       const results = await Promise.allSettled(up.map(([, store]) => operation(store)));
       let succeeded = 0;
       let requestError: unknown;
       for (let i = 0; i < results.length; i += 1) {
         const result = results[i] as PromiseSettledResult<void>;
-        const [disk] = up[i] as [number, ObjectEndpoint];
+        const [disk, , counts] = up[i] as [number, ObjectEndpoint, boolean];
         if (result.status === 'fulfilled') {
-          succeeded += 1;
+          if (counts) succeeded += 1;
           if (!fua) this.dirty.add(disk);
         } else if (isDeviceFailure(result.reason)) {
           await this.replicas.onDiskFailure(disk, result.reason as CisternError);

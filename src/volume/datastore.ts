@@ -11,9 +11,11 @@ import { formatSize } from '../util/units';
 import { EmbeddedClusterStore } from '../cluster/embedded';
 import { ClusterStore } from '../cluster/store';
 import * as state from '../cluster/state';
+import { pgKey } from '../cluster/state';
+import { pgStates } from '../cluster/cluster-admin';
 import { pgCountFor } from '../placement/build';
 import { FailureDomain } from '../placement/map';
-import { PlacementTable, computeTable, locateObject, pgRow } from '../placement/straw2';
+import { PlacementTable, computeTable, locateObject } from '../placement/straw2';
 import { openDevice } from '../engine';
 import { BlockDevice } from '../store/device';
 import { ObjectStore } from '../store/object-store';
@@ -108,6 +110,7 @@ export class Datastore implements DatastoreAdmin, ExportProvider {
     this.replication = new LocalReplication({
       table: (poolId) => this.table(poolId),
       store: (diskId) => this.endpoint(diskId),
+      staleMembers: (poolId, pg) => this.cluster.current().staleMembers[pgKey(poolId, pg)] ?? [],
       onDiskFailure: (diskId, error) => this.diskFailed(diskId, error),
     });
     const multi = options.cluster;
@@ -512,16 +515,8 @@ export class Datastore implements DatastoreAdmin, ExportProvider {
   }
 
   private pgHealth(poolId: number): { degraded: number; unavailable: number } {
-    const table = this.table(poolId);
-    let degraded = 0;
-    let unavailable = 0;
-    for (let pg = 0; pg < table.pgCount; pg += 1) {
-      let up = 0;
-      for (const disk of pgRow(table, pg)) if (table.topology.disksById.get(disk)?.up) up += 1;
-      if (up < table.pool.size) degraded += 1;
-      if (up < table.pool.minSize) unavailable += 1;
-    }
-    return { degraded, unavailable };
+    const counts = pgStates(this.cluster.current(), poolId);
+    return { degraded: counts['active+degraded'], unavailable: counts.inactive };
   }
 
   async createVolume(request: CreateVolumeRequest): Promise<VolumeInfo> {
@@ -685,7 +680,8 @@ export class Datastore implements DatastoreAdmin, ExportProvider {
       } else if (pool.pgsDegraded > 0) {
         messages.push(
           `pool ${pool.name} is degraded: ${pool.pgsDegraded} of ${pool.pgCount} PGs have fewer than ` +
-            `${pool.size} replicas up; writes continue on the rest.`,
+            `${pool.size} up-to-date replicas (a disk is down, or back but missing writes made ` +
+            'while it was away, which it takes but does not serve until recovery); writes continue.',
         );
       }
     }

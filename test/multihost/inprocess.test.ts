@@ -146,3 +146,51 @@ test('objects of a volume removed from the map are collected on every host', asy
     await cluster.close();
   }
 });
+
+test('a host that comes back never serves data it missed while it was away', async () => {
+  const cluster = await inProcessCluster(4);
+  try {
+    const h1 = cluster.hosts.get('h1')!;
+    await h1.createPool({ name: 'rep', size: 3, minSize: 2, failureDomain: 'host' });
+    await h1.createVolume({ name: 'v', sizeBytes: 64 * MiB, pool: 'rep' });
+    const writer = await h1.open('v', { readOnly: false });
+    await writer.write(0, pattern(64 * MiB, 10));
+    await writer.flush();
+    // h4 goes away; everything is rewritten while it is gone.
+    cluster.network.cut('h4');
+    await writer.write(0, pattern(64 * MiB, 11));
+    await writer.flush();
+    cluster.network.heal('h4');
+    // What the monitor does when h4's lease is back: its disks come up again.
+    await cluster.store.update((s) => {
+      for (const disk of s.map.disks) if (disk.host === 'h4') disk.up = true;
+    });
+    const stale = Object.values(cluster.store.current().staleMembers).flat();
+    const h4Disks = cluster.store
+      .current()
+      .map.disks.filter((d) => d.host === 'h4')
+      .map((d) => d.id);
+    assert.ok(
+      stale.length > 0 && stale.every((d) => h4Disks.includes(d)),
+      'h4 is stale where it is a member',
+    );
+    for (const host of ['h2', 'h3', 'h4']) {
+      const reader = await cluster.hosts.get(host)!.open('v', { readOnly: true });
+      assert.deepEqual(
+        Buffer.from(await reader.read(0, 64 * MiB)),
+        pattern(64 * MiB, 11),
+        `through ${host}`,
+      );
+      await reader.close();
+    }
+    const status = await h1.status();
+    assert.ok(
+      status.pools.find((p) => p.name === 'rep')!.pgsDegraded > 0,
+      'stale members count as degraded',
+    );
+    await writer.close();
+  } finally {
+    cluster.network.heal('h4');
+    await cluster.close();
+  }
+});

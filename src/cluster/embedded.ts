@@ -48,6 +48,8 @@ export class EmbeddedClusterStore implements ClusterStore {
     const state = unpack(raw) as ClusterState;
     state.hostAddresses ??= {}; // written before multi-host support
     state.staleMembers ??= {};
+    state.staleSince ??= {};
+  state.staleSince ??= {};
     assert(
       state && state.map && Array.isArray(state.volumes),
       `cluster state at ${path} is malformed`,

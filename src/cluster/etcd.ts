@@ -162,6 +162,7 @@ function decodeState(raw: Buffer, where: string): ClusterState {
   }
   state.hostAddresses ??= {};
   state.staleMembers ??= {};
+  state.staleSince ??= {};
   return state;
 }
 

@@ -47,6 +47,12 @@ export interface ClusterState {
    * back up: they take writes but serve no reads (see markNewMembersStale).
    */
   staleMembers: Record<string, number[]>;
+  /**
+   * Per stale member (`pool:pg:disk`), the epoch that (re)marked it. Recovery clears a
+   * mark only if it is still the one it started from: a disk that went away and came
+   * back during recovery is marked again and must be recovered again.
+   */
+  staleSince: Record<string, number>;
   nextVolumeId: number;
   nextPoolId: number;
   nextDiskId: number;
@@ -65,6 +71,7 @@ export function emptyState(): ClusterState {
     disks: {},
     hostAddresses: {},
     staleMembers: {},
+    staleSince: {},
     nextVolumeId: 1,
     nextPoolId: 1,
     nextDiskId: 0,
@@ -215,6 +222,26 @@ export function removeVolume(state: ClusterState, name: string): VolumeSpec {
   return volume;
 }
 
+/** Key of one stale member in `staleSince`. */
+export function staleKey(pool: number, pg: number, disk: number): string {
+  return `${pool}:${pg}:${disk}`;
+}
+
+/**
+ * Recovery has copied everything `disk` missed in this PG since the mark of epoch
+ * `since`: clear the mark, unless the disk was marked again meanwhile. Returns
+ * whether it was cleared.
+ */
+export function clearStale(state: ClusterState, pool: number, pg: number, disk: number, since: number): boolean {
+  const key = pgKey(pool, pg);
+  if (state.staleSince[staleKey(pool, pg, disk)] !== since) return false;
+  delete state.staleSince[staleKey(pool, pg, disk)];
+  const rest = (state.staleMembers[key] ?? []).filter((d) => d !== disk);
+  if (rest.length > 0) state.staleMembers[key] = rest;
+  else delete state.staleMembers[key];
+  return true;
+}
+
 /** Key of a PG in `staleMembers`. */
 export function pgKey(pool: number, pg: number): string {
   return `${pool}:${pg}`;
@@ -243,6 +270,8 @@ function placementInputs(state: ClusterState): string {
  */
 export function markNewMembersStale(before: ClusterState, after: ClusterState): void {
   after.staleMembers ??= {};
+  after.staleSince ??= {};
+  const epoch = before.map.epoch + 1; // the epoch this update will carry
   if (placementInputs(before) === placementInputs(after)) return;
   const wasUp = new Map(before.map.disks.map((d) => [d.id, d.up]));
   for (const pool of after.map.pools) {
@@ -260,11 +289,18 @@ export function markNewMembersStale(before: ClusterState, after: ClusterState): 
       const was = pgRow(previous, pg);
       const now = pgRow(next, pg);
       const key = pgKey(pool.id, pg);
-      const stale = new Set((after.staleMembers[key] ?? []).filter((d) => now.includes(d)));
+      const stale = new Set<number>();
+      for (const disk of after.staleMembers[key] ?? []) {
+        if (now.includes(disk)) stale.add(disk);
+        else delete after.staleSince[staleKey(pool.id, pg, disk)];
+      }
       for (const disk of now) {
         const returned =
           wasUp.get(disk) === false && next.topology.disksById.get(disk)?.up === true;
-        if (!was.includes(disk) || returned) stale.add(disk);
+        if (!was.includes(disk) || returned) {
+          stale.add(disk);
+          after.staleSince[staleKey(pool.id, pg, disk)] = epoch;
+        }
       }
       if (stale.size > 0) after.staleMembers[key] = [...stale].sort((a, b) => a - b);
       else delete after.staleMembers[key];

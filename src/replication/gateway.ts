@@ -50,15 +50,20 @@ export class Gateway implements ObjectIo {
   }
 
   private primaryDisk(key: ObjectKey): { id: number; host: string } {
-    const state = this.options.state();
     const table = this.options.table(key.pool);
-    const row = pgRow(table, objectToPg(table.pool, key.volume, key.object));
-    // The first up member that may serve reads (not stale); failing that, the first up
-    // one, which will refuse with a clear error.
-    const stale =
-      state.staleMembers[pgKey(key.pool, objectToPg(table.pool, key.volume, key.object))] ?? [];
+    return this.primaryOfPg(key.pool, objectToPg(table.pool, key.volume, key.object));
+  }
+
+  /**
+   * A PG's primary: its first up member that may serve reads (not stale); failing
+   * that, the first up one, which will refuse with a clear error.
+   */
+  primaryOfPg(poolId: number, pg: number): { id: number; host: string } {
+    const state = this.options.state();
+    const table = this.options.table(poolId);
+    const stale = state.staleMembers[pgKey(poolId, pg)] ?? [];
     let fallback: { id: number; host: string } | undefined;
-    for (const id of row) {
+    for (const id of pgRow(table, pg)) {
       const disk = table.topology.disksById.get(id);
       if (!disk?.up) continue;
       if (!stale.includes(id)) return { id, host: disk.host };
@@ -67,7 +72,7 @@ export class Gateway implements ObjectIo {
     if (fallback) return fallback;
     throw new CisternError(
       'UNAVAILABLE',
-      `object ${key.pool}/${key.volume}/${key.object}: no member of its PG is up (epoch ${state.map.epoch}; see cistern status)`,
+      `pg ${poolId}.${pg}: no member is up (epoch ${state.map.epoch}; see cistern status)`,
     );
   }
 

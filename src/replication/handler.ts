@@ -5,7 +5,7 @@
 
 import { CisternError } from '../util/errors';
 import { ObjectStore } from '../store/object-store';
-import { ObjectKey } from '../store/key';
+import { ObjectKey, encodeObjectKey } from '../store/key';
 import { ObjectIo } from './endpoint';
 import { MessageType, parseDiskRequest, parseListObjects, parseObjectRequest } from './messages';
 
@@ -140,14 +140,25 @@ export function makeHandler(
       }
       case MessageType.ListObjects: {
         const r = parseListObjects(request.metadata);
+        const stores = r.disk === undefined ? context.localStores() : [disk(r.disk)];
+        const after = r.after ? encodeObjectKey(r.after) : undefined;
         const keys: ObjectKey[] = [];
-        for (const store of context.localStores()) {
-          for await (const key of store.listObjects(r)) {
-            if (keys.length >= LIST_OBJECTS_MAX) break;
+        let truncated = false;
+        const filter = {
+          ...(r.pool !== undefined ? { pool: r.pool } : {}),
+          ...(r.volume !== undefined ? { volume: r.volume } : {}),
+        };
+        for (const store of stores) {
+          for await (const key of store.listObjects(filter)) {
+            if (after && Buffer.compare(encodeObjectKey(key), after) <= 0) continue;
+            if (keys.length >= LIST_OBJECTS_MAX) {
+              truncated = true;
+              break;
+            }
             keys.push(key);
           }
         }
-        return { metadata: { keys, truncated: keys.length >= LIST_OBJECTS_MAX } };
+        return { metadata: { keys, truncated } };
       }
       default:
         throw new CisternError('BAD_REQUEST', `unknown message type ${request.type}`);

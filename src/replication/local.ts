@@ -168,6 +168,51 @@ export class LocalReplication implements ObjectIo {
   }
 
   /**
+   * Brings one object on `target` — a stale member of its PG — up to date with the
+   * first readable member, ordered against client writes (a write to the object waits
+   * for the copy, then reaches the target itself like any member). Data extents are
+   * copied, holes zeroed; an object the source does not hold is deleted on the target.
+   * Returns the bytes copied. The target is flushed by the caller, once per PG.
+   */
+  recoverObject(key: ObjectKey, target: number, objectSizeBytes: number): Promise<number> {
+    const name = `${key.pool}/${key.volume}/${key.object}`;
+    return this.ordering.run(name, 0, objectSizeBytes, async () => {
+      const { up } = this.members(key);
+      const source = up.find(([disk, , readable]) => readable && disk !== target);
+      const destination = up.find(([disk]) => disk === target);
+      if (!source) throw this.unavailable(key, 0, 1);
+      if (!destination) {
+        throw new CisternError('UNAVAILABLE', `disk ${target} is not an up member of ${name}'s PG`);
+      }
+      const extents = await source[1].blockStatus(key, 0, objectSizeBytes);
+      if (extents.every((extent) => extent.hole)) {
+        await destination[1].deleteObject(key);
+        return 0;
+      }
+      let offset = 0;
+      let copied = 0;
+      for (const extent of extents) {
+        if (extent.hole || extent.zero) {
+          await destination[1].zero(key, offset, extent.length);
+        } else {
+          const data = await source[1].read(key, offset, extent.length);
+          await destination[1].write(key, offset, data);
+          copied += extent.length;
+        }
+        offset += extent.length;
+      }
+      return copied;
+    });
+  }
+
+  /** Flushes one member disk (recovery, before it clears a stale mark). */
+  async flushDisk(disk: number): Promise<void> {
+    const store = this.replicas.store(disk);
+    if (!store) throw new CisternError('UNAVAILABLE', `disk ${disk} is not up`);
+    await store.flush();
+  }
+
+  /**
    * Makes every write acknowledged before the call durable on every disk that took
    * it. A disk that fails to flush is taken out; the others still hold the writes.
    */

@@ -47,6 +47,10 @@ export interface DiskRequest extends ObjectRequest {
 export interface ListObjectsRequest {
   pool?: number;
   volume?: number;
+  /** Only this disk of the receiving host (recovery lists one replica). */
+  disk?: number;
+  /** Keys after this one (pagination: a reply holds at most LIST_OBJECTS_MAX keys). */
+  after?: ObjectKey;
 }
 
 function invalid(message: string): CisternError {
@@ -105,5 +109,8 @@ export function parseListObjects(metadata: unknown): ListObjectsRequest {
   if (metadata['pool'] !== undefined) request.pool = integer(metadata['pool'], 'pool', 0xffffffff);
   if (metadata['volume'] !== undefined)
     request.volume = integer(metadata['volume'], 'volume', 0xffffffff);
+  if (metadata['disk'] !== undefined) request.disk = integer(metadata['disk'], 'disk', 0x7fffffff);
+  if (metadata['after'] !== undefined)
+    request.after = parseObjectRequest({ key: metadata['after'] }).key;
   return request;
 }

@@ -22,6 +22,7 @@ import { ObjectStore } from '../store/object-store';
 import { LocalReplication } from '../replication/local';
 import { ObjectEndpoint, ObjectIo, PeerTransport } from '../replication/endpoint';
 import { Gateway } from '../replication/gateway';
+import { RecoveryWorker } from '../replication/recovery';
 import { RemoteDisk } from '../replication/remote-disk';
 import { HandlerReply, HandlerRequest, makeHandler } from '../replication/handler';
 import { ExportInfo, ExportProvider, VolumeHandle } from './backend';
@@ -100,6 +101,8 @@ export class Datastore implements DatastoreAdmin, ExportProvider {
   private readonly remoteDisks = new Map<number, RemoteDisk>();
   private closed = false;
   private unsubscribe: (() => void) | undefined;
+  /** Backfills stale members of the PGs this host is primary of (multi-host mode). */
+  recovery: RecoveryWorker | undefined;
   /** Background garbage collection of removed volumes' objects (multi-host mode). */
   private collecting: Promise<void> = Promise.resolve();
 
@@ -141,7 +144,10 @@ export class Datastore implements DatastoreAdmin, ExportProvider {
     try {
       await datastore.attachDisks();
       if (!options.cluster) await datastore.ensureDefaultPool();
-      else datastore.watchVolumes();
+      else {
+        datastore.watchVolumes();
+        datastore.startRecovery();
+      }
     } catch (error) {
       await datastore.close();
       throw error;
@@ -191,6 +197,22 @@ export class Datastore implements DatastoreAdmin, ExportProvider {
           error: error instanceof Error ? error.message : String(error),
         });
       });
+  }
+
+  private startRecovery(): void {
+    const gateway = this.gateway;
+    assert(gateway, 'recovery runs in multi-host mode');
+    this.recovery = new RecoveryWorker({
+      hostId: this.hostId,
+      cluster: this.cluster,
+      table: (poolId) => this.table(poolId),
+      primaryOfPg: (poolId, pg) => gateway.primaryOfPg(poolId, pg),
+      primary: this.replication,
+      localStore: (disk) => this.upStore(disk),
+      transport: this.options.cluster?.transport,
+      log: this.log,
+    });
+    this.recovery.start();
   }
 
   /** Serves peer requests (object operations as primary, disk operations as replica). */
@@ -708,6 +730,7 @@ export class Datastore implements DatastoreAdmin, ExportProvider {
     if (this.closed) return;
     this.closed = true;
     this.unsubscribe?.();
+    await this.recovery?.close();
     await this.collecting;
     try {
       await this.io.flush().catch((error: unknown) => {

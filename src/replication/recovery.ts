@@ -1,0 +1,215 @@
+// Recovery (backfill) of stale members: a disk that joined a PG's set or came back up
+// missed writes; the PG's primary copies every object of the PG from itself to that
+// disk, deletes what the disk holds but the primary does not, flushes the disk, and
+// then clears the mark in the cluster map — only if the mark is still the one it
+// started from (a disk that left and came back meanwhile is recovered again). Runs in
+// the background on every daemon for the PGs it is primary of, one PG at a time, with
+// a bandwidth bound so that client I/O keeps its service.
+
+import { CisternError, isCisternError } from '../util/errors';
+import { ObjectKey } from '../store/key';
+import { ObjectStore } from '../store/object-store';
+import { ClusterState, clearStale, staleKey } from '../cluster/state';
+import { ClusterStore } from '../cluster/store';
+import { PlacementTable, objectToPg } from '../placement/straw2';
+import { PeerTransport } from './endpoint';
+import { LocalReplication } from './local';
+import { MessageType } from './messages';
+
+/** Default bound on recovery traffic from one daemon. */
+export const RECOVERY_BYTES_PER_SECOND_DEFAULT = 128 * 2 ** 20;
+/** Retry period for PGs whose recovery failed (a member unreachable, say). */
+export const RECOVERY_RETRY_MS = 2000;
+/** Pages of a remote listing (each at most LIST_OBJECTS_MAX keys) before giving up. */
+const LIST_PAGES_MAX = 100_000;
+
+export interface RecoveryContext {
+  hostId: string;
+  cluster: ClusterStore;
+  table(poolId: number): PlacementTable;
+  primaryOfPg(poolId: number, pg: number): { id: number; host: string };
+  primary: LocalReplication;
+  /** This host's up disk, or undefined. */
+  localStore(disk: number): ObjectStore | undefined;
+  transport: PeerTransport | undefined;
+  log: (event: string, fields?: Record<string, unknown>) => void;
+  bytesPerSecondMax?: number;
+  /** Injectable for tests. */
+  sleep?: (ms: number) => Promise<void>;
+}
+
+interface Work {
+  pool: number;
+  pg: number;
+  disk: number;
+  since: number;
+}
+
+export class RecoveryWorker {
+  private running: Promise<void> | undefined;
+  private again = false;
+  private closed = false;
+  private timer: NodeJS.Timeout | undefined;
+  private unsubscribe: (() => void) | undefined;
+  /** Recovered PG members, for status and tests. */
+  recoveredTotal = 0;
+
+  constructor(private readonly context: RecoveryContext) {}
+
+  start(): void {
+    this.unsubscribe = this.context.cluster.subscribe(() => this.kick());
+    this.timer = setInterval(() => this.kick(), RECOVERY_RETRY_MS);
+    this.timer.unref();
+    this.kick();
+  }
+
+  /** Runs a pass now, or right after the one in progress. */
+  kick(): void {
+    if (this.closed) return;
+    if (this.running) {
+      this.again = true;
+      return;
+    }
+    this.running = this.pass().finally(() => {
+      this.running = undefined;
+      if (this.again) {
+        this.again = false;
+        this.kick();
+      }
+    });
+  }
+
+  /** Resolves when no pass is running (tests wait on it). */
+  async idle(): Promise<void> {
+    while (this.running) await this.running;
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    this.unsubscribe?.();
+    if (this.timer) clearInterval(this.timer);
+    await this.idle();
+  }
+
+  /** The stale members of PGs this host is primary of, right now. */
+  private work(state: ClusterState): Work[] {
+    const work: Work[] = [];
+    for (const [key, disks] of Object.entries(state.staleMembers)) {
+      const [pool, pg] = key.split(':').map(Number) as [number, number];
+      let primary: { id: number; host: string };
+      try {
+        primary = this.context.primaryOfPg(pool, pg);
+      } catch {
+        continue;
+      }
+      if (primary.host !== this.context.hostId || disks.includes(primary.id)) continue;
+      for (const disk of disks) {
+        const since = state.staleSince[staleKey(pool, pg, disk)];
+        if (since !== undefined) work.push({ pool, pg, disk, since });
+      }
+    }
+    return work;
+  }
+
+  private async pass(): Promise<void> {
+    for (const item of this.work(this.context.cluster.current())) {
+      if (this.closed) return;
+      try {
+        await this.recover(item);
+      } catch (error) {
+        const message = error instanceof Error ? error.message : String(error);
+        this.context.log('recovery.failed', {
+          pool: item.pool,
+          pg: item.pg,
+          disk: item.disk,
+          error: message,
+        });
+        if (!isCisternError(error)) throw error;
+      }
+    }
+  }
+
+  private async recover(item: Work): Promise<void> {
+    const started = Date.now();
+    const state = this.context.cluster.current();
+    const sourceKeys = await this.listPg(
+      this.context.primaryOfPg(item.pool, item.pg),
+      item.pool,
+      item.pg,
+    );
+    const targetHost = state.map.disks.find((d) => d.id === item.disk)?.host;
+    if (!targetHost) return;
+    const targetKeys = await this.listPg({ id: item.disk, host: targetHost }, item.pool, item.pg);
+    const wanted = new Map(sourceKeys.map((key) => [`${key.volume}/${key.object}`, key]));
+    for (const key of targetKeys) {
+      if (!wanted.has(`${key.volume}/${key.object}`))
+        wanted.set(`${key.volume}/${key.object}`, key);
+    }
+    let bytes = 0;
+    let objects = 0;
+    const budget = this.context.bytesPerSecondMax ?? RECOVERY_BYTES_PER_SECOND_DEFAULT;
+    for (const key of wanted.values()) {
+      if (this.closed) return;
+      const volume = this.context.cluster.current().volumes.find((v) => v.id === key.volume);
+      if (!volume) continue; // removed: garbage collection deletes its objects
+      bytes += await this.context.primary.recoverObject(key, item.disk, volume.objectSizeBytes);
+      objects += 1;
+      // Bandwidth bound: never run ahead of the budget since this PG started.
+      const aheadMs = (bytes / budget) * 1000 - (Date.now() - started);
+      if (aheadMs > 0) await (this.context.sleep ?? sleep)(aheadMs);
+    }
+    await this.context.primary.flushDisk(item.disk);
+    const cleared = await this.context.cluster.update((s) =>
+      clearStale(s, item.pool, item.pg, item.disk, item.since),
+    );
+    if (cleared) this.recoveredTotal += 1;
+    this.context.log(cleared ? 'recovery.pg-done' : 'recovery.pg-superseded', {
+      pool: item.pool,
+      pg: item.pg,
+      disk: item.disk,
+      objects,
+      bytes,
+      ms: Date.now() - started,
+    });
+  }
+
+  /** Every object of one PG on one disk (local store, or a remote host's disk). */
+  private async listPg(
+    disk: { id: number; host: string },
+    pool: number,
+    pg: number,
+  ): Promise<ObjectKey[]> {
+    const table = this.context.table(pool);
+    const inPg = (key: ObjectKey): boolean => objectToPg(table.pool, key.volume, key.object) === pg;
+    const keys: ObjectKey[] = [];
+    if (disk.host === this.context.hostId) {
+      const store = this.context.localStore(disk.id);
+      if (!store) throw new CisternError('UNAVAILABLE', `disk ${disk.id} is not up here`);
+      for await (const key of store.listObjects({ pool })) if (inPg(key)) keys.push(key);
+      return keys;
+    }
+    const transport = this.context.transport;
+    if (!transport) throw new CisternError('UNAVAILABLE', `disk ${disk.id} is on another host`);
+    let after: ObjectKey | undefined;
+    for (let page = 0; page < LIST_PAGES_MAX; page += 1) {
+      const reply = await transport.request(
+        disk.host,
+        MessageType.ListObjects,
+        this.context.cluster.current().map.epoch,
+        { pool, disk: disk.id, ...(after ? { after } : {}) },
+      );
+      const { keys: batch, truncated } = reply.metadata as {
+        keys: ObjectKey[];
+        truncated: boolean;
+      };
+      for (const key of batch) if (inPg(key)) keys.push(key);
+      if (!truncated || batch.length === 0) return keys;
+      after = batch[batch.length - 1];
+    }
+    throw new CisternError('EIO', `listing disk ${disk.id} on ${disk.host} did not end`);
+  }
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}

@@ -29,6 +29,8 @@ const EPOCH_ATTEMPTS_MAX = 20;
 const BLOCK_BYTES = 4096;
 /** A volume id no cluster in these tests reaches: the control write's object is stray. */
 const STRAY_VOLUME = 0x7fff_fff0;
+/** Hostile connections open at once: enough to overlap, few enough to stay a burst. */
+const GARBAGE_CONCURRENCY = 8;
 
 interface Common {
   address: string;
@@ -290,10 +292,9 @@ async function garbage(probe: Extract<Probe, { mode: 'garbage' }>): Promise<unkn
       socket.destroy();
     }
   };
-  const CONCURRENCY = 8;
   let next = 0;
   await Promise.all(
-    Array.from({ length: CONCURRENCY }, async () => {
+    Array.from({ length: GARBAGE_CONCURRENCY }, async () => {
       while (next < probe.connections) await one(next++);
     }),
   );

@@ -34,6 +34,7 @@ import {
   ExecResult,
   Host,
   NBD_PORT,
+  sleep,
   startDaemon,
   startEtcd,
   TestNetwork,
@@ -106,7 +107,7 @@ describe('a four-host cluster in network namespaces', () => {
       ...['pool', 'create', 'rep', '--size', '3', '--min-size', '2'],
       ...['--failure-domain', 'host'],
     ]);
-    for (const volume of ['copy', 'patterns', 'fio', 'blank']) {
+    for (const volume of ['copy', 'patterns', 'fio', 'blank', 'fence']) {
       await admin(['volume', 'create', volume, '--size', `${VOLUME_BYTES}`, '--pool', 'rep']);
     }
   });
@@ -313,6 +314,78 @@ describe('a four-host cluster in network namespaces', () => {
     written.set('patterns', [0, 1, 5, 6, 7]);
   });
 
+  test('a daemon cut off from etcd lags behind: its writes are not accepted, nothing diverges', async (t) => {
+    const [h0, h1, h3] = [network.host(0), network.host(1), network.host(3)];
+    const fence = (host: Host): string => uri(host, 'fence');
+    await network.exec(h0, qemuIo(fence(h0), ['write -P 0x11 0 16M', 'flush']));
+    const ownEpoch = async (host: Host): Promise<number> =>
+      (
+        JSON.parse(
+          (
+            await cistern(network, host, [
+              ...['status', '--json', '--data-dir', dataDirs.get(host.name) as string],
+            ])
+          ).stdout,
+        ) as { epoch: number }
+      ).epoch;
+
+    // h3 keeps its peers and clients but loses etcd: its lease lapses, the monitor marks
+    // it down in a newer map, and h3 cannot learn of it.
+    network.cutBetween(h3, network.etcdHost);
+    let clusterEpoch: number;
+    try {
+      clusterEpoch = await waitFor(async () => {
+        const status = await json<{ epoch: number; hostsDown: string[] }>(['status']);
+        return status.hostsDown.includes(h3.name) ? status.epoch : undefined;
+      }, 30_000);
+      const lagging = await ownEpoch(h3);
+      assert.ok(lagging < clusterEpoch, `h3 is not behind (${lagging} ≥ ${clusterEpoch})`);
+
+      const write = network.spawn(h3, qemuIo(fence(h3), ['write -P 0x99 0 16M', 'flush']));
+      await sleep(3000);
+      const early = write.exit();
+      assert.ok(early === undefined || early.code !== 0, `acknowledged: ${write.stdout()}`);
+      for (const host of [h0, h1]) {
+        const read = await network.exec(host, qemuIo(fence(host), ['read -P 0x11 0 16M']), {
+          check: false,
+        });
+        assert.doesNotMatch(read.stdout + read.stderr, /Pattern verification failed/, host.name);
+        assert.equal(read.code, 0, read.stderr);
+      }
+      network.restoreBetween(h3, network.etcdHost);
+      // Back on the current map, the pending write may go through (a new write now) or
+      // have failed; either way every block is one of the two patterns, on every host.
+      const late = await write.exited;
+      t.diagnostic(
+        `h3 on epoch ${lagging}, the cluster on ${clusterEpoch}; after 3 s the write was ` +
+          `${early === undefined ? 'pending' : 'refused'}; after the restore it ` +
+          `${late.code === 0 ? 'went through' : 'failed'}`,
+      );
+    } finally {
+      network.restoreBetween(h3, network.etcdHost);
+    }
+    await waitFor(async () => {
+      const status = await json<{ health: string; epoch: number }>(['status']);
+      return status.health === 'ok' && (await ownEpoch(h3)) >= status.epoch ? true : undefined;
+    }, 30_000);
+    const images = await Promise.all(
+      [h0, h3].map(async (host) => {
+        const file = path.join(network.workDir, `fence-${host.name}.bin`);
+        await network.exec(host, ['nbdcopy', fence(host), file]);
+        return fs.readFileSync(file).subarray(0, 16 * MiB);
+      }),
+    );
+    assert.ok(images[0]?.equals(images[1] as Buffer), 'h0 and h3 serve different data');
+    for (let offset = 0; offset < 16 * MiB; offset += 4096) {
+      const block = (images[0] as Buffer).subarray(offset, offset + 4096);
+      assert.ok(
+        block.equals(Buffer.alloc(4096, 0x11)) || block.equals(Buffer.alloc(4096, 0x99)),
+        `block at ${offset} is neither pattern`,
+      );
+    }
+    written.set('fence', [0, 1, 2, 3]);
+  });
+
   test('after a clean stop, every written object is on exactly three hosts', async () => {
     const status = await json<{ disks: DiskStatus[] }>(['status']);
     const pools = await json<Array<{ id: number; name: string }>>(['pool', 'ls']);
@@ -321,7 +394,7 @@ describe('a four-host cluster in network namespaces', () => {
     for (const name of written.keys()) {
       volumeIds.set(name, (await json<{ id: number }>(['volume', 'info', name])).id);
     }
-    assert.deepEqual([...written.keys()].sort(), ['copy', 'fio', 'patterns']);
+    assert.deepEqual([...written.keys()].sort(), ['copy', 'fence', 'fio', 'patterns']);
 
     const exits = await Promise.all(daemons.map((daemon) => daemon.stop('SIGTERM')));
     assert.deepEqual(
@@ -373,6 +446,17 @@ describe('a four-host cluster in network namespaces', () => {
     }
   });
 });
+
+/** Polls `probe` until it returns a value (not undefined); fails after timeoutMs. */
+async function waitFor<T>(probe: () => Promise<T | undefined>, timeoutMs: number): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await probe();
+    if (value !== undefined) return value;
+    if (Date.now() > deadline) throw new Error(`condition not met within ${timeoutMs} ms`);
+    await sleep(250);
+  }
+}
 
 function qemuIo(uri: string, commands: string[]): string[] {
   return ['qemu-io', '-f', 'raw', ...commands.flatMap((c) => ['-c', c]), uri];

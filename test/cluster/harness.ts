@@ -158,6 +158,11 @@ function ip(args: readonly string[]): string {
   return result.stdout;
 }
 
+/** One name for the path between two hosts, whichever way round they are given. */
+function pathKey(a: Host, b: Host): string {
+  return [a.name, b.name].sort().join('<->');
+}
+
 export function listNamespaces(): string[] {
   const text = ip(['-j', 'netns', 'list']).trim();
   if (text === '') return [];
@@ -245,6 +250,8 @@ export class TestNetwork {
   private readonly processes = new Set<TrackedProcess>();
   private readonly daemons = new Map<string, Set<Daemon>>();
   private readonly cut = new Set<string>();
+  /** Host pairs cut from each other by cutBetween(), as pathKey()s. */
+  private readonly cutPaths = new Set<string>();
   private readonly destroyHooks: Array<() => Promise<void> | void> = [];
   private namespaces: string[] = [];
   private destroyed = false;
@@ -396,6 +403,30 @@ export class TestNetwork {
 
   isCut(host: Host): boolean {
     return this.cut.has(host.name);
+  }
+
+  /**
+   * Cuts the path between two hosts only, both ways, leaving each reachable by everyone
+   * else: e.g. a daemon cut off from etcd that still talks to its peers and clients.
+   * Each side gets a blackhole route to the other's address, so packets are dropped and
+   * connections hang as with cutHost(). Both directions, since a one-way cut would still
+   * let, say, etcd's watch events in. restoreBetween() undoes it.
+   */
+  cutBetween(a: Host, b: Host): void {
+    assert.notEqual(a, b, 'a host cannot be cut from itself');
+    const key = pathKey(a, b);
+    assert.ok(!this.cutPaths.has(key), `${key} is cut already`);
+    ip(['-n', a.namespace, 'route', 'add', 'blackhole', `${b.address}/32`]);
+    this.cutPaths.add(key);
+    ip(['-n', b.namespace, 'route', 'add', 'blackhole', `${a.address}/32`]);
+  }
+
+  restoreBetween(a: Host, b: Host): void {
+    const key = pathKey(a, b);
+    if (!this.cutPaths.has(key)) return;
+    ip(['-n', a.namespace, 'route', 'del', 'blackhole', `${b.address}/32`]);
+    ip(['-n', b.namespace, 'route', 'del', 'blackhole', `${a.address}/32`]);
+    this.cutPaths.delete(key);
   }
 
   /**

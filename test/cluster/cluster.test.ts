@@ -83,7 +83,11 @@ describe('a four-host cluster in network namespaces', () => {
     ];
   };
 
-  const probe = async (host: Host, request: Record<string, unknown>): Promise<any> => {
+  /** Runs the peer probe in the host's namespace; its one JSON line, as a record. */
+  const probe = async (
+    host: Host,
+    request: Record<string, unknown>,
+  ): Promise<Record<string, unknown>> => {
     const result = await network.exec(host, [process.execPath, PROBE, JSON.stringify(request)]);
     return JSON.parse(result.stdout.trim().split('\n').pop() as string);
   };
@@ -296,7 +300,7 @@ describe('a four-host cluster in network namespaces', () => {
     });
     await io;
     assert.equal(burst.sent, 200, JSON.stringify(burst));
-    assert.ok(burst.authenticated >= 40, JSON.stringify(burst));
+    assert.ok(Number(burst.authenticated) >= 40, JSON.stringify(burst));
     assert.ok(victim.running(), 'the daemon died');
     const lines = victim.log().slice(logFrom);
     assert.deepEqual(

@@ -6,6 +6,7 @@
 // h0's namespace on h0's address, serves NBD to real clients (nbdinfo, qemu-io, nbdcopy)
 // run in host h1's namespace; kill -9 of a host and restart of its daemon keep flushed
 // data; cutting a host makes it unreachable and restoring it makes it reachable again;
+// cutting the path between two hosts (both ways) leaves each reachable by the others;
 // destroy() leaves no namespace, process or temp dir behind; and the namespaces of a run
 // killed with SIGKILL are found and removed by the next run. Tools are required: a
 // missing one fails its test.
@@ -173,6 +174,23 @@ describe('multi-host harness', () => {
       assert.equal(await canReach(network, h2, h1.address, port, 500), false);
     } finally {
       network.restoreHost(h2);
+    }
+    assert.ok(await canReach(network, h1, h2.address, port, 3000));
+    assert.ok(await canReach(network, h2, h1.address, port, 3000));
+  });
+
+  test('cutBetween cuts only the path between two hosts, both ways, until restored', async () => {
+    const [h0, h1, h2] = [network.host(0), network.host(1), network.host(2)];
+    const port = ECHO_PORT + 2;
+    await Promise.all([h0, h1, h2].map((host) => startEchoServer(network, host, port)));
+    network.cutBetween(h1, h2);
+    try {
+      assert.equal(await canReach(network, h1, h2.address, port, 500), false);
+      assert.equal(await canReach(network, h2, h1.address, port, 500), false);
+      assert.ok(await canReach(network, h0, h1.address, port));
+      assert.ok(await canReach(network, h2, h0.address, port));
+    } finally {
+      network.restoreBetween(h2, h1);
     }
     assert.ok(await canReach(network, h1, h2.address, port, 3000));
     assert.ok(await canReach(network, h2, h1.address, port, 3000));

@@ -76,3 +76,16 @@ test('with every host alive nothing changes', () => {
   assert.deepEqual(applyLiveness(s, new Set(['h1', 'h2']), new Map(), 5, DOWN_OUT_MS), []);
   assert.deepEqual(s, before);
 });
+
+test('a disk its peers could not reach comes back with its host; a failed device does not', () => {
+  const s = cluster();
+  // A primary could not reach h1 (before the monitor noticed the lease lapse).
+  state.markDiskDown(s, 0, `${state.UNREACHABLE_PREFIX}disk 0 on host h1 unreachable: reset`);
+  state.markDiskDown(s, 1, 'EIO: write failed');
+  const changes = applyLiveness(s, new Set(['h1', 'h2']), new Map(), 0, DOWN_OUT_MS);
+  assert.deepEqual(changes, [{ host: 'h1', change: 'up', disks: [0] }]);
+  assert.deepEqual(
+    s.map.disks.slice(0, 2).map((d) => d.up),
+    [true, false],
+  );
+});

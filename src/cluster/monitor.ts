@@ -12,7 +12,7 @@ import type { Campaign, Watcher } from 'etcd3';
 import { assert } from '../util/assert';
 import { isCisternError } from '../util/errors';
 import type { Log } from '../daemon/log';
-import type { ClusterState } from './state';
+import { type ClusterState, downBecauseHostAway } from './state';
 import type { EtcdClusterStore } from './etcd';
 
 /** Down → out after this long by default (Ceph's mon_osd_down_out_interval is 600 s too). */
@@ -75,7 +75,7 @@ export function applyLiveness(
     if (alive.has(host.id)) {
       // Re-admitting a host whose data may be stale (writes went to the other replicas
       // while it was away) needs peering and recovery before it serves reads: issue 5.
-      const back = disks.filter((d) => location(d.id).error === reason);
+      const back = disks.filter((d) => !d.up && downBecauseHostAway(location(d.id).error, reason));
       for (const disk of back) {
         disk.up = true;
         disk.in = true;
@@ -92,7 +92,9 @@ export function applyLiveness(
     if (down.length > 0) changes.push({ host: host.id, change: 'down', disks: ids(down) });
     const since = downSinceMs.get(host.id);
     if (since === undefined || nowMs - since < downOutMs) continue;
-    const out = disks.filter((d) => d.in && !d.up && location(d.id).error === reason);
+    const out = disks.filter(
+      (d) => d.in && !d.up && downBecauseHostAway(location(d.id).error, reason),
+    );
     for (const disk of out) disk.in = false;
     if (out.length > 0) changes.push({ host: host.id, change: 'out', disks: ids(out) });
   }

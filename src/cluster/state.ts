@@ -119,6 +119,22 @@ export function addDisk(state: ClusterState, host: string, location: DiskLocatio
   return id;
 }
 
+/** What a disk's `error` says when it went down because its host could not be reached. */
+export const UNREACHABLE_PREFIX = 'UNREACHABLE: ';
+
+/**
+ * Whether a down disk's recorded reason is its host being away (lease lapsed, or
+ * peers could not reach it) rather than its own device failing: such a disk comes
+ * back when its host does.
+ */
+export function downBecauseHostAway(error: string | undefined, monitorReason?: string): boolean {
+  if (error === undefined) return false;
+  if (error.startsWith(UNREACHABLE_PREFIX)) return true;
+  return monitorReason !== undefined
+    ? error === monitorReason
+    : / is down: its daemon stopped renewing /.test(error);
+}
+
 export function markDiskDown(state: ClusterState, diskId: number, error: string): boolean {
   const disk = state.map.disks.find((d) => d.id === diskId);
   assert(disk, `unknown disk ${diskId}`);
@@ -232,7 +248,13 @@ export function staleKey(pool: number, pg: number, disk: number): string {
  * `since`: clear the mark, unless the disk was marked again meanwhile. Returns
  * whether it was cleared.
  */
-export function clearStale(state: ClusterState, pool: number, pg: number, disk: number, since: number): boolean {
+export function clearStale(
+  state: ClusterState,
+  pool: number,
+  pg: number,
+  disk: number,
+  since: number,
+): boolean {
   const key = pgKey(pool, pg);
   if (state.staleSince[staleKey(pool, pg, disk)] !== since) return false;
   delete state.staleSince[staleKey(pool, pg, disk)];

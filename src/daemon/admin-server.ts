@@ -54,6 +54,7 @@ export function httpStatusForCode(code: CisternErrorCode): number {
     case 'ENOTSUP':
       return 501;
     case 'UNAVAILABLE':
+    case 'UNREACHABLE':
     case 'CLOSED':
       return 503;
     case 'EIO':

@@ -28,7 +28,11 @@ export interface ReplicaSet {
 
 /** Errors that mean the disk itself is failing, not that the request was bad. */
 export function isDeviceFailure(error: unknown): boolean {
-  return isCisternError(error, 'EIO') || isCisternError(error, 'CORRUPT');
+  return (
+    isCisternError(error, 'EIO') ||
+    isCisternError(error, 'CORRUPT') ||
+    isCisternError(error, 'UNREACHABLE')
+  );
 }
 
 export class LocalReplication implements ObjectIo {

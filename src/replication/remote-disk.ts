@@ -36,7 +36,7 @@ export class RemoteDisk implements ObjectEndpoint {
     } catch (error) {
       if (isCisternError(error, 'UNAVAILABLE') || isCisternError(error, 'CLOSED')) {
         throw new CisternError(
-          'EIO',
+          'UNREACHABLE',
           `disk ${this.disk} on host ${this.hostId} unreachable: ${error.message}`,
           error,
         );

@@ -304,6 +304,7 @@ export function checkHeader(header: FrameHeader, limits: FrameLimits): HeaderVer
 /** Every code, so a code read off the wire can be checked (the compiler keeps it complete). */
 const knownCodes: Record<CisternErrorCode, true> = {
   EIO: true,
+  UNREACHABLE: true,
   ENOSPC: true,
   EINVAL: true,
   ENOENT: true,

@@ -17,7 +17,9 @@ export type CisternErrorCode =
   | 'PLACEMENT_IMPOSSIBLE'
   | 'BAD_REQUEST'
   | 'UNAVAILABLE'
-  | 'CLOSED';
+  | 'CLOSED'
+  /** A peer host could not be reached: its disks leave the acting set until it is back. */
+  | 'UNREACHABLE';
 
 export class CisternError extends Error {
   override name = 'CisternError';

@@ -126,7 +126,10 @@ export class Datastore implements DatastoreAdmin, ExportProvider {
           local: this.replication,
           waitForEpoch: multi.waitForEpoch,
           onPrimaryUnreachable: (diskId, error) =>
-            this.diskFailed(diskId, new CisternError('EIO', `host unreachable: ${error.message}`)),
+            this.diskFailed(
+              diskId,
+              new CisternError('UNREACHABLE', `host unreachable: ${error.message}`),
+            ),
           flushLocalDisks: async () => {
             await Promise.all([...this.disks.keys()].map((id) => this.upStore(id)?.flush()));
           },
@@ -281,7 +284,10 @@ export class Datastore implements DatastoreAdmin, ExportProvider {
     const location = current.disks[String(id)];
     const spec = current.map.disks.find((d) => d.id === id);
     assert(location && spec, `disk ${id} half-known`);
-    if (!spec.up) {
+    // A disk down only because this host was away is opened: the monitor brings it
+    // back up (stale, then recovered) once this daemon's lease is seen again. A disk
+    // whose own device failed stays closed.
+    if (!spec.up && !(this.options.cluster && state.downBecauseHostAway(location.error))) {
       this.log('disk.stays-down', {
         disk: id,
         path: location.path,

@@ -194,6 +194,7 @@ export const MAX_U32 = 0xffffffff;
 
 const errnoByCode: Record<CisternErrorCode, number> = {
   EIO: NBD_EIO,
+  UNREACHABLE: NBD_EIO,
   ENOSPC: NBD_ENOSPC,
   EINVAL: NBD_EINVAL,
   BAD_REQUEST: NBD_EINVAL,

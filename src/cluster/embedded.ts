@@ -49,7 +49,6 @@ export class EmbeddedClusterStore implements ClusterStore {
     state.hostAddresses ??= {}; // written before multi-host support
     state.staleMembers ??= {};
     state.staleSince ??= {};
-    state.staleSince ??= {};
     assert(
       state && state.map && Array.isArray(state.volumes),
       `cluster state at ${path} is malformed`,

@@ -196,6 +196,8 @@ describe('a four-host cluster in network namespaces', () => {
       `--size=${VOLUME_BYTES}`,
       '--verify=crc32c',
       '--verify_fatal=1',
+      // A failed verify (the control below) would leave a state file in the cwd.
+      '--verify_state_save=0',
       '--output-format=json',
       ...extra,
     ];

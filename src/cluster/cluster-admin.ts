@@ -7,7 +7,7 @@ import { assert } from '../util/assert';
 import { CisternError } from '../util/errors';
 import type { Log } from '../daemon/log';
 import { FailureDomain } from '../placement/map';
-import { computeTable, pgRow } from '../placement/straw2';
+import { computeTable } from '../placement/straw2';
 import {
   CreatePoolRequest,
   CreateVolumeRequest,
@@ -298,13 +298,13 @@ export function pgStates(current: state.ClusterState, poolId: number): Record<Pg
     counts.inactive = pool.pgCount;
     return counts;
   }
-  const up = new Set(current.map.disks.filter((d) => d.up).map((d) => d.id));
   for (let pg = 0; pg < table.pgCount; pg += 1) {
-    // A member counts when it is up and not stale (it may have missed writes).
-    const stale = current.staleMembers[state.pgKey(pool.id, pg)] ?? [];
-    let members = 0;
-    for (const disk of pgRow(table, pg)) if (up.has(disk) && !stale.includes(disk)) members += 1;
-    if (members >= pool.size) counts['active+clean'] += 1;
+    // A member counts when it is up and not stale (it may have missed writes); a PG
+    // with members still to recover is not clean, however many good ones it keeps.
+    const acting = state.actingMembers(current, table, pg);
+    const members = acting.filter((m) => !m.stale).length;
+    const recovering = acting.some((m) => m.stale);
+    if (members >= pool.size && !recovering) counts['active+clean'] += 1;
     else if (members >= pool.minSize) counts['active+degraded'] += 1;
     else counts.inactive += 1;
   }

@@ -49,6 +49,7 @@ export class EmbeddedClusterStore implements ClusterStore {
     state.hostAddresses ??= {}; // written before multi-host support
     state.staleMembers ??= {};
     state.staleSince ??= {};
+    state.retainedMembers ??= {};
     assert(
       state && state.map && Array.isArray(state.volumes),
       `cluster state at ${path} is malformed`,

@@ -53,6 +53,12 @@ export interface ClusterState {
    * back during recovery is marked again and must be recovered again.
    */
   staleSince: Record<string, number>;
+  /**
+   * Per PG, disks that left its set in a placement change while holding good data
+   * (up, not stale): they stay acting members — written, read, counted — until the
+   * PG's new members are recovered, so a drain or rebalance never lowers redundancy.
+   */
+  retainedMembers: Record<string, number[]>;
   nextVolumeId: number;
   nextPoolId: number;
   nextDiskId: number;
@@ -72,6 +78,7 @@ export function emptyState(): ClusterState {
     hostAddresses: {},
     staleMembers: {},
     staleSince: {},
+    retainedMembers: {},
     nextVolumeId: 1,
     nextPoolId: 1,
     nextDiskId: 0,
@@ -260,7 +267,10 @@ export function clearStale(
   delete state.staleSince[staleKey(pool, pg, disk)];
   const rest = (state.staleMembers[key] ?? []).filter((d) => d !== disk);
   if (rest.length > 0) state.staleMembers[key] = rest;
-  else delete state.staleMembers[key];
+  else {
+    delete state.staleMembers[key];
+    delete state.retainedMembers[key]; // the new set holds everything: the old members go
+  }
   return true;
 }
 
@@ -293,9 +303,11 @@ function placementInputs(state: ClusterState): string {
 export function markNewMembersStale(before: ClusterState, after: ClusterState): void {
   after.staleMembers ??= {};
   after.staleSince ??= {};
+  after.retainedMembers ??= {};
   const epoch = before.map.epoch + 1; // the epoch this update will carry
   if (placementInputs(before) === placementInputs(after)) return;
   const wasUp = new Map(before.map.disks.map((d) => [d.id, d.up]));
+  const upAfter = new Map(after.map.disks.map((d) => [d.id, d.up]));
   for (const pool of after.map.pools) {
     const old = before.map.pools.find((p) => p.id === pool.id);
     if (!old || old.pgCount !== pool.pgCount) continue; // a new pool has no data yet
@@ -308,24 +320,66 @@ export function markNewMembersStale(before: ClusterState, after: ClusterState): 
       continue; // unplaceable on one side: nothing is served from it there
     }
     for (let pg = 0; pg < pool.pgCount; pg += 1) {
+      const key = pgKey(pool.id, pg);
       const was = pgRow(previous, pg);
       const now = pgRow(next, pg);
-      const key = pgKey(pool.id, pg);
+      const staleBefore = before.staleMembers?.[key] ?? [];
+      const retainedBefore = before.retainedMembers?.[key] ?? [];
+      // Members that held good data before this change: up, not stale, in the set or retained.
+      const good = [...was, ...retainedBefore].filter(
+        (d) => wasUp.get(d) === true && !staleBefore.includes(d),
+      );
+
       const stale = new Set<number>();
       for (const disk of after.staleMembers[key] ?? []) {
         if (now.includes(disk)) stale.add(disk);
         else delete after.staleSince[staleKey(pool.id, pg, disk)];
       }
       for (const disk of now) {
-        const returned =
-          wasUp.get(disk) === false && next.topology.disksById.get(disk)?.up === true;
-        if (!was.includes(disk) || returned) {
+        const returned = wasUp.get(disk) === false && upAfter.get(disk) === true;
+        const joined = !was.includes(disk) && !retainedBefore.includes(disk);
+        if (joined || returned) {
           stale.add(disk);
           after.staleSince[staleKey(pool.id, pg, disk)] = epoch;
         }
       }
       if (stale.size > 0) after.staleMembers[key] = [...stale].sort((a, b) => a - b);
       else delete after.staleMembers[key];
+
+      // Keep good members that left the set while the set has members to recover.
+      const retained =
+        stale.size === 0 ? [] : good.filter((d) => !now.includes(d) && upAfter.get(d) === true);
+      if (retained.length > 0)
+        after.retainedMembers[key] = [...new Set(retained)].sort((a, b) => a - b);
+      else delete after.retainedMembers[key];
     }
   }
+}
+
+export interface ActingMember {
+  disk: number;
+  /** May lack writes: written to, never read, not counted towards min-size. */
+  stale: boolean;
+}
+
+/**
+ * The members a PG's I/O goes to: its placement row, then the retained members, up
+ * ones only, each marked stale or not. Reads come from the first non-stale one.
+ */
+export function actingMembers(
+  state: ClusterState,
+  table: PlacementTable,
+  pg: number,
+): ActingMember[] {
+  const key = pgKey(table.pool.id, pg);
+  const stale = state.staleMembers[key] ?? [];
+  const members: ActingMember[] = [];
+  // The table's topology is of the same epoch as the state (tables are cached per epoch).
+  const up = (disk: number): boolean => table.topology.disksById.get(disk)?.up === true;
+  for (const disk of pgRow(table, pg))
+    if (up(disk)) members.push({ disk, stale: stale.includes(disk) });
+  for (const disk of state.retainedMembers[key] ?? []) {
+    if (up(disk) && !members.some((m) => m.disk === disk)) members.push({ disk, stale: false });
+  }
+  return members;
 }

@@ -7,8 +7,8 @@
 import { CisternError, isCisternError } from '../util/errors';
 import { ObjectKey } from '../store/key';
 import { Extent } from '../volume/backend';
-import { ClusterState, pgKey } from '../cluster/state';
-import { PlacementTable, objectToPg, pgRow } from '../placement/straw2';
+import { ClusterState, actingMembers } from '../cluster/state';
+import { PlacementTable, objectToPg } from '../placement/straw2';
 import { ObjectIo, PeerTransport, ownedLease } from './endpoint';
 import { BufferLease } from '../store/buffer-cache';
 import { MessageType } from './messages';
@@ -61,15 +61,12 @@ export class Gateway implements ObjectIo {
   primaryOfPg(poolId: number, pg: number): { id: number; host: string } {
     const state = this.options.state();
     const table = this.options.table(poolId);
-    const stale = state.staleMembers[pgKey(poolId, pg)] ?? [];
-    let fallback: { id: number; host: string } | undefined;
-    for (const id of pgRow(table, pg)) {
-      const disk = table.topology.disksById.get(id);
-      if (!disk?.up) continue;
-      if (!stale.includes(id)) return { id, host: disk.host };
-      fallback ??= { id, host: disk.host };
+    const members = actingMembers(state, table, pg);
+    const chosen = members.find((m) => !m.stale) ?? members[0];
+    if (chosen) {
+      const disk = table.topology.disksById.get(chosen.disk);
+      if (disk) return { id: chosen.disk, host: disk.host };
     }
-    if (fallback) return fallback;
     throw new CisternError(
       'UNAVAILABLE',
       `pg ${poolId}.${pg}: no member is up (epoch ${state.map.epoch}; see cistern status)`,

@@ -11,8 +11,9 @@ import { CisternError, isCisternError } from '../util/errors';
 import { Extent } from '../volume/backend';
 import { ObjectKey } from '../store/key';
 import type { BufferLease } from '../store/buffer-cache';
-import { PlacementTable, objectToPg, pgRow } from '../placement/straw2';
+import { PlacementTable, objectToPg } from '../placement/straw2';
 import { RangeOrdering } from './ordering';
+import { ActingMember } from '../cluster/state';
 import { ObjectEndpoint, ObjectIo, ownedLease } from './endpoint';
 
 export interface ReplicaSet {
@@ -20,8 +21,8 @@ export interface ReplicaSet {
   table(poolId: number): PlacementTable;
   /** An up disk's objects — local store or remote disk — or undefined when it is down. */
   store(diskId: number): ObjectEndpoint | undefined;
-  /** Members of a PG that may lack data (joined or came back): written, never read. */
-  staleMembers(poolId: number, pg: number): readonly number[];
+  /** A PG's acting members (row, then retained), each marked stale or not. */
+  acting(table: PlacementTable, pg: number): readonly ActingMember[];
   /** Takes a failed disk out of service; resolves once the map says so. */
   onDiskFailure(diskId: number, error: CisternError): Promise<void>;
 }
@@ -54,12 +55,10 @@ export class LocalReplication implements ObjectIo {
   } {
     const table = this.replicas.table(key.pool);
     const pg = objectToPg(table.pool, key.volume, key.object);
-    const row = pgRow(table, pg);
-    const stale = this.replicas.staleMembers(key.pool, pg);
     const up: Array<[number, ObjectEndpoint, boolean]> = [];
-    for (const disk of row) {
-      const store = this.replicas.store(disk);
-      if (store) up.push([disk, store, !stale.includes(disk)]);
+    for (const member of this.replicas.acting(table, pg)) {
+      const store = this.replicas.store(member.disk);
+      if (store) up.push([member.disk, store, !member.stale]);
     }
     return { up, minSize: table.pool.minSize, size: table.pool.size };
   }

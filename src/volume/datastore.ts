@@ -11,7 +11,6 @@ import { formatSize } from '../util/units';
 import { EmbeddedClusterStore } from '../cluster/embedded';
 import { ClusterStore } from '../cluster/store';
 import * as state from '../cluster/state';
-import { pgKey } from '../cluster/state';
 import { pgStates } from '../cluster/cluster-admin';
 import { pgCountFor } from '../placement/build';
 import { FailureDomain } from '../placement/map';
@@ -113,7 +112,7 @@ export class Datastore implements DatastoreAdmin, ExportProvider {
     this.replication = new LocalReplication({
       table: (poolId) => this.table(poolId),
       store: (diskId) => this.endpoint(diskId),
-      staleMembers: (poolId, pg) => this.cluster.current().staleMembers[pgKey(poolId, pg)] ?? [],
+      acting: (table, pg) => state.actingMembers(this.cluster.current(), table, pg),
       onDiskFailure: (diskId, error) => this.diskFailed(diskId, error),
     });
     const multi = options.cluster;

@@ -9,6 +9,9 @@ import { scratchDir } from '../datastore/helpers';
 import fs from 'node:fs';
 
 export interface InProcessCluster {
+  dir: string;
+  /** Starts one more host (a new datastore) in the running cluster. */
+  addHost(hostId: string, rack?: string): Promise<Datastore>;
   store: MemoryClusterStore;
   network: LoopbackNetwork;
   hosts: Map<string, Datastore>;
@@ -25,8 +28,7 @@ export async function inProcessCluster(
   const network = new LoopbackNetwork();
   const hosts = new Map<string, Datastore>();
   const events: InProcessCluster['events'] = [];
-  for (let h = 1; h <= hostCount; h += 1) {
-    const hostId = `h${h}`;
+  const addHost = async (hostId: string, rack = `rack-${hostId}`): Promise<Datastore> => {
     const datastore = await Datastore.open({
       dataDir: path.join(dir, hostId),
       disks: Array.from({ length: disksPerHost }, (_, d) => ({
@@ -34,7 +36,7 @@ export async function inProcessCluster(
         sizeBytes: 256 * 2 ** 20,
       })),
       hostId,
-      rack: `rack-${h}`,
+      rack,
       log: (event, fields = {}) => events.push({ host: hostId, event, fields }),
       cluster: {
         store,
@@ -44,8 +46,12 @@ export async function inProcessCluster(
     });
     network.register(hostId, datastore.peerHandler(), () => store.current().map.epoch);
     hosts.set(hostId, datastore);
-  }
+    return datastore;
+  };
+  for (let h = 1; h <= hostCount; h += 1) await addHost(`h${h}`, `rack-${h}`);
   return {
+    dir,
+    addHost,
     store,
     network,
     hosts,

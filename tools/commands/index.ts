@@ -3,6 +3,8 @@
 import { Command } from '../command';
 import { clusterInit } from './cluster-init';
 import { hostLs } from './host-ls';
+import { hostDrain } from './host-drain';
+import { hostRm } from './host-rm';
 import { daemon } from './daemon';
 import { placementSimulate } from './placement-simulate';
 import { poolCreate } from './pool-create';
@@ -25,6 +27,8 @@ export const commands: Command[] = [
   poolCreate,
   poolLs,
   hostLs,
+  hostDrain,
+  hostRm,
   clusterInit,
   placementSimulate,
 ];

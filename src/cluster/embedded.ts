@@ -49,6 +49,7 @@ export class EmbeddedClusterStore implements ClusterStore {
     state.hostAddresses ??= {}; // written before multi-host support
     state.staleMembers ??= {};
     state.staleSince ??= {};
+    state.scrubRequests ??= [];
     state.retainedMembers ??= {};
     assert(
       state && state.map && Array.isArray(state.volumes),

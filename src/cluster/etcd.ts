@@ -163,6 +163,7 @@ function decodeState(raw: Buffer, where: string): ClusterState {
   state.hostAddresses ??= {};
   state.staleMembers ??= {};
   state.staleSince ??= {};
+  state.scrubRequests ??= [];
   state.retainedMembers ??= {};
   return state;
 }

@@ -8,6 +8,7 @@ import { ClusterMap, FailureDomain, PoolSpec, validatePool } from '../placement/
 import { pgCountFor } from '../placement/build';
 import { PlacementTable, computeTable, pgRow } from '../placement/straw2';
 import { POOL_NAME_PATTERN, VOLUME_NAME_PATTERN } from '../volume/admin';
+import type { ScrubRequest } from './scrub-state';
 
 export interface VolumeSpec {
   id: number;
@@ -59,6 +60,8 @@ export interface ClusterState {
    * PG's new members are recovered, so a drain or rebalance never lowers redundancy.
    */
   retainedMembers: Record<string, number[]>;
+  /** Recent scrub requests and the hosts' reports (scrub-state.ts). */
+  scrubRequests: ScrubRequest[];
   nextVolumeId: number;
   nextPoolId: number;
   nextDiskId: number;
@@ -79,6 +82,7 @@ export function emptyState(): ClusterState {
     staleMembers: {},
     staleSince: {},
     retainedMembers: {},
+    scrubRequests: [],
     nextVolumeId: 1,
     nextPoolId: 1,
     nextDiskId: 0,

@@ -27,6 +27,16 @@ export function formatStatus(report: StatusReport): string[] {
     const states = Object.entries(cluster.pgStates).map(([state, count]) => `${count} ${state}`);
     lines.push(`pgs: ${states.join(', ')}`);
   }
+  const recovery = report.recovery;
+  if (recovery && recovery.staleMembers > 0) {
+    const about = recovery.upperBound ? '≤' : '~';
+    lines.push(
+      `recovery: ${recovery.staleMembers} PG members stale in ${plural(recovery.pgsRecovering, 'PG')}, ` +
+        `${about}${formatSize(recovery.bytesToCopy)} to copy (${about}${recovery.objectsToCopy} ` +
+        `objects misplaced), ${about}${formatDuration(recovery.seconds)} at ` +
+        `${formatSize(recovery.bytesPerSecond)}/s`,
+    );
+  }
   lines.push('', 'disks:');
   const diskRows = report.disks.map((d) => [
     String(d.id),
@@ -55,6 +65,12 @@ export function formatStatus(report: StatusReport): string[] {
       `(${percent(report.usedBytes, report.capacityBytes)})`,
   );
   return lines;
+}
+
+function formatDuration(seconds: number): string {
+  if (seconds < 120) return `${seconds} s`;
+  if (seconds < 7200) return `${Math.round(seconds / 60)} min`;
+  return `${(seconds / 3600).toFixed(1)} h`;
 }
 
 function plural(count: number, noun: string): string {

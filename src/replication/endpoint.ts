@@ -23,6 +23,14 @@ export interface ObjectEndpoint {
   blockStatus(key: ObjectKey, offset: number, length: number): Promise<Extent[]>;
   deleteObject(key: ObjectKey): Promise<boolean>;
   flush(): Promise<void>;
+  /**
+   * Scrub: the object's content checksum (checksum.ts) where the disk is; a local store
+   * has none and is checksummed in place.
+   */
+  checksum?(
+    key: ObjectKey,
+    objectSizeBytes: number,
+  ): Promise<{ digest: string; bytesRead: number }>;
 }
 
 export interface ObjectIo {

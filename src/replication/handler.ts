@@ -7,6 +7,7 @@ import { CisternError } from '../util/errors';
 import { ObjectStore } from '../store/object-store';
 import { ObjectKey, encodeObjectKey } from '../store/key';
 import { ObjectIo } from './endpoint';
+import { checksumObject, checksumSizeValid } from './checksum';
 import { MessageType, parseDiskRequest, parseListObjects, parseObjectRequest } from './messages';
 
 export interface HandlerContext {
@@ -137,6 +138,12 @@ export function makeHandler(
         const r = parseDiskRequest(request.metadata);
         await disk(r.disk).flush();
         return ok;
+      }
+      case MessageType.DiskChecksum: {
+        const r = parseDiskRequest(request.metadata);
+        if (!checksumSizeValid(r.length))
+          throw new CisternError('BAD_REQUEST', `no checksum over ${r.length} bytes`);
+        return { metadata: await checksumObject(disk(r.disk), r.key, r.length) };
       }
       case MessageType.ListObjects: {
         const r = parseListObjects(request.metadata);

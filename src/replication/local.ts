@@ -15,6 +15,7 @@ import { PlacementTable, objectToPg } from '../placement/straw2';
 import { RangeOrdering } from './ordering';
 import { ActingMember } from '../cluster/state';
 import { ObjectEndpoint, ObjectIo, ownedLease } from './endpoint';
+import { checksumObject } from './checksum';
 
 export interface ReplicaSet {
   /** Placement of the object's pool for the current map. */
@@ -205,6 +206,35 @@ export class LocalReplication implements ObjectIo {
         offset += extent.length;
       }
       return copied;
+    });
+  }
+
+  /**
+   * Scrub: the content checksum (checksum.ts) of one object on each readable member, in
+   * placement order (the first is the primary's copy), taken under the object's write
+   * ordering — a write in flight finishes everywhere first and a later one waits — so a
+   * difference is never a write half-applied. A member that cannot answer has `error`.
+   */
+  scrubObject(
+    key: ObjectKey,
+    objectSizeBytes: number,
+  ): Promise<Array<{ disk: number; digest?: string; bytesRead: number; error?: string }>> {
+    const name = `${key.pool}/${key.volume}/${key.object}`;
+    return this.ordering.run(name, 0, objectSizeBytes, async () => {
+      const readable = this.members(key).up.filter(([, , ok]) => ok);
+      return Promise.all(
+        readable.map(async ([disk, store]) => {
+          try {
+            const sum = store.checksum
+              ? await store.checksum(key, objectSizeBytes)
+              : await checksumObject(store, key, objectSizeBytes);
+            return { disk, digest: sum.digest, bytesRead: sum.bytesRead };
+          } catch (error) {
+            if (!isCisternError(error)) throw error;
+            return { disk, bytesRead: 0, error: error.message };
+          }
+        }),
+      );
     });
   }
 

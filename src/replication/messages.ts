@@ -27,6 +27,8 @@ export const enum MessageType {
   DiskBlockStatus = 24,
   DiskDelete = 25,
   DiskFlush = 26,
+  /** Scrub: the content checksum of one object on one disk (length = object size). */
+  DiskChecksum = 27,
 
   ListObjects = 40,
 }

@@ -8,6 +8,7 @@ import { ObjectKey } from '../store/key';
 import { Extent } from '../volume/backend';
 import { ObjectEndpoint, PeerTransport } from './endpoint';
 import { MessageType } from './messages';
+import { ObjectChecksum } from './checksum';
 
 export class RemoteDisk implements ObjectEndpoint {
   constructor(
@@ -89,6 +90,19 @@ export class RemoteDisk implements ObjectEndpoint {
   async deleteObject(key: ObjectKey): Promise<boolean> {
     const reply = await this.call(MessageType.DiskDelete, key, 0, 0);
     return (reply.metadata as { existed?: unknown } | undefined)?.existed === true;
+  }
+
+  /** Scrub: the object's content checksum, computed by the disk's host. */
+  async checksum(key: ObjectKey, objectSizeBytes: number): Promise<ObjectChecksum> {
+    const reply = await this.call(MessageType.DiskChecksum, key, 0, objectSizeBytes);
+    const { digest, bytesRead } = (reply.metadata ?? {}) as Partial<ObjectChecksum>;
+    if (typeof digest !== 'string' || typeof bytesRead !== 'number') {
+      throw new CisternError(
+        'EIO',
+        `disk ${this.disk} on ${this.hostId} sent a malformed checksum`,
+      );
+    }
+    return { digest, bytesRead };
   }
 
   async flush(): Promise<void> {

@@ -3,6 +3,8 @@
 // implement it, so the CLI never knows which one it talks to.
 
 import { FailureDomain } from '../placement/map';
+import type { RecoveryStatus } from '../cluster/recovery-status';
+import type { ScrubStatus } from '../cluster/scrub-state';
 
 export interface PoolInfo {
   id: number;
@@ -58,6 +60,10 @@ export interface StatusReport {
   capacityBytes: number;
   usedBytes: number;
   nbd?: string;
+  /** PGs of all pools by state (active+clean, active+degraded, inactive). */
+  pgStates?: Record<string, number>;
+  /** Stale PG members awaiting recovery, and an estimate of what is left. */
+  recovery?: RecoveryStatus;
 }
 
 export interface CreatePoolRequest {
@@ -90,6 +96,13 @@ export interface DatastoreAdmin {
   /** Refuses (EBUSY-like 'EPERM') while connections have it open unless force. */
   removeVolume(name: string, options: { force?: boolean }): Promise<void>;
   status(): Promise<StatusReport>;
+  /**
+   * Scrub (optional: a store without replicas has nothing to compare). Records a scrub
+   * request for every daemon (all pools, or `pool`) and returns how it stands.
+   */
+  requestScrub?(pool: string | undefined): Promise<ScrubStatus>;
+  /** How scrub request `id` stands: which hosts reported what. ENOENT if unknown. */
+  scrubStatus?(id: number): Promise<ScrubStatus>;
 }
 
 /** Volume names become NBD export names and iSCSI target names: keep them plain. */

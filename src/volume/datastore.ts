@@ -21,7 +21,10 @@ import { ObjectStore } from '../store/object-store';
 import { LocalReplication } from '../replication/local';
 import { ObjectEndpoint, ObjectIo, PeerTransport } from '../replication/endpoint';
 import { Gateway } from '../replication/gateway';
-import { RecoveryWorker } from '../replication/recovery';
+import { RECOVERY_BYTES_PER_SECOND_DEFAULT, RecoveryWorker } from '../replication/recovery';
+import { ScrubWorker } from '../replication/scrub';
+import { ScrubStatus, requestScrub, scrubStatusOf } from '../cluster/scrub-state';
+import { recoveryStatus } from '../cluster/recovery-status';
 import { RemoteDisk } from '../replication/remote-disk';
 import { HandlerReply, HandlerRequest, makeHandler } from '../replication/handler';
 import { ExportInfo, ExportProvider, VolumeHandle } from './backend';
@@ -102,6 +105,8 @@ export class Datastore implements DatastoreAdmin, ExportProvider {
   private unsubscribe: (() => void) | undefined;
   /** Backfills stale members of the PGs this host is primary of (multi-host mode). */
   recovery: RecoveryWorker | undefined;
+  /** Acts on scrub requests in the cluster state for the PGs this host is primary of. */
+  scrubber: ScrubWorker | undefined;
   /** Background garbage collection of removed volumes' objects (multi-host mode). */
   private collecting: Promise<void> = Promise.resolve();
 
@@ -150,6 +155,7 @@ export class Datastore implements DatastoreAdmin, ExportProvider {
         datastore.watchVolumes();
         datastore.startRecovery();
       }
+      datastore.startScrub();
     } catch (error) {
       await datastore.close();
       throw error;
@@ -215,6 +221,23 @@ export class Datastore implements DatastoreAdmin, ExportProvider {
       log: this.log,
     });
     this.recovery.start();
+  }
+
+  private startScrub(): void {
+    const gateway = this.gateway;
+    this.scrubber = new ScrubWorker({
+      hostId: this.hostId,
+      cluster: this.cluster,
+      table: (poolId) => this.table(poolId),
+      // One host: every PG's members are here, so this host is every PG's primary.
+      primaryHostOfPg: (poolId, pg) =>
+        gateway ? gateway.primaryOfPg(poolId, pg).host : this.hostId,
+      replication: this.replication,
+      localStore: (disk) => this.upStore(disk),
+      transport: this.options.cluster?.transport,
+      log: this.log,
+    });
+    this.scrubber.start();
   }
 
   /** Serves peer requests (object operations as primary, disk operations as replica). */
@@ -712,6 +735,28 @@ export class Datastore implements DatastoreAdmin, ExportProvider {
         );
       }
     }
+    const pgTotals: Record<string, number> = {};
+    for (const pool of current.map.pools) {
+      for (const [name, count] of Object.entries(pgStates(current, pool.id)))
+        pgTotals[name] = (pgTotals[name] ?? 0) + count;
+    }
+    // One host measures what a PG copy holds; a cluster member sees only its own disks,
+    // so it gives the provisioned upper bound instead.
+    const measured = !this.options.cluster;
+    const recovery = recoveryStatus(
+      current,
+      (poolId) => {
+        const pool = pools.find((p) => p.id === poolId);
+        const copies = Math.max(1, (pool?.size ?? 1) * (pool?.pgCount ?? 1));
+        const bytes =
+          (measured
+            ? (pool?.storedBytes ?? 0)
+            : (pool?.provisionedBytes ?? 0) * (pool?.size ?? 1)) / copies;
+        return { objects: bytes / state.OBJECT_SIZE_DEFAULT_BYTES, bytes };
+      },
+      !measured,
+      RECOVERY_BYTES_PER_SECOND_DEFAULT,
+    );
     const health = pools.some((p) => p.pgsUnavailable > 0)
       ? 'unavailable'
       : messages.length > 0
@@ -727,7 +772,25 @@ export class Datastore implements DatastoreAdmin, ExportProvider {
       volumes: current.volumes.length,
       capacityBytes: disks.filter((d) => d.up).reduce((sum, d) => sum + d.sizeBytes, 0),
       usedBytes: disks.reduce((sum, d) => sum + d.usedBytes, 0),
+      pgStates: pgTotals,
+      recovery,
     };
+  }
+
+  // ---- Scrub (DatastoreAdmin) ----
+
+  async requestScrub(pool: string | undefined): Promise<ScrubStatus> {
+    const request = await this.cluster.update((s) => requestScrub(s, pool, new Date()));
+    this.log('scrub.requested', { id: request.id, pool: pool ?? '*' });
+    return this.scrubStatus(request.id);
+  }
+
+  async scrubStatus(id: number): Promise<ScrubStatus> {
+    const current = this.cluster.current();
+    // Liveness is etcd's to know; from here, a host with an up disk is taken as live.
+    const live = new Set(current.map.disks.filter((d) => d.up).map((d) => d.host));
+    if (!this.options.cluster) live.add(this.hostId);
+    return scrubStatusOf(current, id, [...live]);
   }
 
   /** Flushes everything, closes every store and device, then the cluster store. */
@@ -736,6 +799,7 @@ export class Datastore implements DatastoreAdmin, ExportProvider {
     this.closed = true;
     this.unsubscribe?.();
     await this.recovery?.close();
+    await this.scrubber?.close();
     await this.collecting;
     try {
       await this.io.flush().catch((error: unknown) => {

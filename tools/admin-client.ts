@@ -13,6 +13,7 @@ import { DEFAULT_DATA_DIR } from '../src/daemon/daemon';
 import { ClusterAdmin } from '../src/cluster/cluster-admin';
 import { ETCD_PREFIX_DEFAULT, parseEndpoints } from '../src/cluster/etcd';
 import { CisternError, CisternErrorCode } from '../src/util/errors';
+import type { ScrubStatus } from '../src/cluster/scrub-state';
 import {
   CreatePoolRequest,
   CreateVolumeRequest,
@@ -170,6 +171,12 @@ export class AdminClient implements CliAdmin {
       sizeBytes,
       allowShrink: options.allowShrink ?? false,
     });
+  }
+  requestScrub(pool: string | undefined): Promise<ScrubStatus> {
+    return this.call('POST', '/v1/scrub', pool === undefined ? {} : { pool });
+  }
+  scrubStatus(id: number): Promise<ScrubStatus> {
+    return this.call('GET', `/v1/scrub/${id}`);
   }
   async removeVolume(name: string, options: { force?: boolean }): Promise<void> {
     const query = options.force ? '?force=true' : '';

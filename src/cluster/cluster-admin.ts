@@ -20,6 +20,9 @@ import {
 import * as state from './state';
 import { ClusterStore } from './store';
 import { EtcdClusterStore, EtcdStoreOptions } from './etcd';
+import { ScrubStatus, requestScrub, scrubStatusOf } from './scrub-state';
+import { recoveryStatus } from './recovery-status';
+import { RECOVERY_BYTES_PER_SECOND_DEFAULT } from '../replication/recovery';
 
 /** The pool `volume create` uses when none is named and there is more than one. */
 export const DEFAULT_POOL_NAME = 'default';
@@ -258,10 +261,37 @@ export class ClusterAdmin implements DatastoreAdmin {
       disks,
       pools,
       pgStates: totals,
+      // The map does not know what the objects hold: provisioned sizes give an upper bound.
+      recovery: recoveryStatus(
+        current,
+        (poolId) => {
+          const pool = pools.find((p) => p.id === poolId);
+          const bytes = pool ? pool.provisionedBytes / Math.max(1, pool.pgCount) : 0;
+          return { objects: bytes / state.OBJECT_SIZE_DEFAULT_BYTES, bytes };
+        },
+        true,
+        RECOVERY_BYTES_PER_SECOND_DEFAULT,
+      ),
       volumes: current.volumes.length,
       capacityBytes: disks.filter((d) => d.up && d.in).reduce((sum, d) => sum + d.sizeBytes, 0),
       usedBytes: 0,
     };
+  }
+
+  // ---- scrub ----
+
+  /** Records a scrub request; every daemon scrubs the PGs it is primary of and reports. */
+  async requestScrub(pool: string | undefined): Promise<ScrubStatus> {
+    const request = await this.store.update((s) => requestScrub(s, pool, new Date()));
+    this.log('scrub.requested', { id: request.id, pool: pool ?? '*' });
+    return this.scrubStatus(request.id);
+  }
+
+  /** Which live hosts have reported on scrub `id`, and what. */
+  async scrubStatus(id: number): Promise<ScrubStatus> {
+    const current = await this.fresh();
+    const alive = await this.aliveSet(current);
+    return scrubStatusOf(current, id, [...alive]);
   }
 
   /** The store's state, re-read first when the store can (etcd without a watch). */

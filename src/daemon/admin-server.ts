@@ -194,6 +194,17 @@ export class AdminServer {
           return ok(info);
         },
       },
+      // Scrub: a request recorded for every daemon, then polled until all have reported.
+      {
+        method: 'POST',
+        pattern: /^\/v1\/scrub$/,
+        handler: async ({ body }) => created(await scrubAdmin(admin).requestScrub(scrubPool(body))),
+      },
+      {
+        method: 'GET',
+        pattern: /^\/v1\/scrub\/([0-9]{1,15})$/,
+        handler: async ({ params }) => ok(await scrubAdmin(admin).scrubStatus(Number(params[0]))),
+      },
     ];
   }
 
@@ -415,6 +426,22 @@ function createVolumeRequest(body: unknown): CreateVolumeRequest {
     sizeBytes: positiveInteger(fields['sizeBytes'], 'sizeBytes'),
     pool: pool === undefined ? undefined : name(pool, 'pool', POOL_NAME_PATTERN),
   };
+}
+
+function scrubPool(body: unknown): string | undefined {
+  if (body === undefined) return undefined;
+  const pool = objectBody(body)['pool'];
+  return pool === undefined ? undefined : name(pool, 'pool', POOL_NAME_PATTERN);
+}
+
+/** The scrub calls of a store that has them; ENOTSUP from one without replicas. */
+function scrubAdmin(
+  admin: DatastoreAdmin,
+): Required<Pick<DatastoreAdmin, 'requestScrub' | 'scrubStatus'>> {
+  const { requestScrub, scrubStatus } = admin;
+  if (!requestScrub || !scrubStatus)
+    throw new CisternError('ENOTSUP', 'this datastore has no scrub');
+  return { requestScrub: requestScrub.bind(admin), scrubStatus: scrubStatus.bind(admin) };
 }
 
 function resizeRequest(body: unknown): { sizeBytes: number; allowShrink: boolean } {

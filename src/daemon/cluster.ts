@@ -12,6 +12,7 @@ import { PeerPool, PeerServer } from '../replication/peer';
 import { HandlerReply, HandlerRequest } from '../replication/handler';
 import { MessageType } from '../replication/messages';
 import { Datastore } from '../volume/datastore';
+import type { ScrubStatus } from '../cluster/scrub-state';
 import { ExportInfo, VolumeHandle } from '../volume/backend';
 import {
   CreatePoolRequest,
@@ -179,6 +180,12 @@ export class ClusterMember implements DaemonStore {
   }
   removeVolume(name: string, options: { force?: boolean }): Promise<void> {
     return this.datastore.removeVolume(name, options);
+  }
+  requestScrub(pool: string | undefined): Promise<ScrubStatus> {
+    return this.datastore.requestScrub(pool);
+  }
+  scrubStatus(id: number): Promise<ScrubStatus> {
+    return this.datastore.scrubStatus(id);
   }
   status(): Promise<StatusReport> {
     return this.datastore.status();

@@ -9,6 +9,7 @@ import { daemon } from './daemon';
 import { placementSimulate } from './placement-simulate';
 import { poolCreate } from './pool-create';
 import { poolLs } from './pool-ls';
+import { scrub } from './scrub';
 import { status } from './status';
 import { volumeCreate } from './volume-create';
 import { volumeInfo } from './volume-info';
@@ -27,6 +28,7 @@ export const commands: Command[] = [
   poolCreate,
   poolLs,
   hostLs,
+  scrub,
   hostDrain,
   hostRm,
   clusterInit,

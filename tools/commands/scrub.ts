@@ -81,6 +81,13 @@ Exits 1 if a disagreement could not be repaired or an object could not be compar
       throw new CisternError('ENOTSUP', 'this datastore has no scrub');
     let status: ScrubStatus = await client.requestScrub(pool);
     const id = status.id;
+    if (status.hosts.length === 0) {
+      // Nobody would scrub: "clean" would be a lie.
+      throw new CisternError(
+        'UNAVAILABLE',
+        `scrub ${id}: no live host to scrub (see: cistern status)`,
+      );
+    }
     if (!json) {
       output.out(
         `scrub ${id} requested${pool ? ` for pool ${pool}` : ''}; waiting for ` +

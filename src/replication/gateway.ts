@@ -13,6 +13,7 @@ import { ObjectIo, PeerTransport, ownedLease } from './endpoint';
 import { BufferLease } from '../store/buffer-cache';
 import { MessageType } from './messages';
 import { parseExtents } from './remote-disk';
+import { PeerRemoteError } from './peer';
 
 /** Attempts of one operation across map changes before giving up. */
 export const GATEWAY_ATTEMPTS_MAX = 8;
@@ -90,8 +91,12 @@ export class Gateway implements ObjectIo {
         if (mutates) this.written.add(host);
         return await remote(host, epoch);
       } catch (error) {
+        // Only a primary we could not reach leaves the acting set. A refusal it sent
+        // itself (UNAVAILABLE: too few up-to-date replicas while its PG recovers) comes
+        // from a live host: taking its disk down would make the PG worse, not better.
         if (
           host !== this.options.hostId &&
+          !(error instanceof PeerRemoteError) &&
           (isCisternError(error, 'UNAVAILABLE') || isCisternError(error, 'CLOSED'))
         ) {
           lastError = error;

@@ -244,16 +244,20 @@ export class Gateway implements ObjectIo {
   async flush(): Promise<void> {
     const hosts = [...this.written];
     this.written.clear();
-    const epoch = this.options.state().map.epoch;
     const lost: string[] = [];
     try {
       await Promise.all([
-        this.options.local.flush(),
+        this.untilEpochSettles(() => this.options.local.flush()),
         ...hosts.map(async (host) => {
           try {
-            await this.request(host, epoch, MessageType.PrimaryFlush, {});
+            await this.untilEpochSettles(async (epoch) => {
+              await this.request(host, epoch, MessageType.PrimaryFlush, {});
+            });
           } catch (error) {
-            if (!isCisternError(error, 'UNAVAILABLE') && !isCisternError(error, 'CLOSED'))
+            if (
+              error instanceof PeerRemoteError ||
+              (!isCisternError(error, 'UNAVAILABLE') && !isCisternError(error, 'CLOSED'))
+            )
               throw error;
             lost.push(host);
             for (const disk of this.options.state().map.disks) {
@@ -267,6 +271,26 @@ export class Gateway implements ObjectIo {
     } catch (error) {
       for (const host of hosts) this.written.add(host); // not known durable: flush them again next time
       throw error;
+    }
+  }
+
+  /**
+   * Runs one part of a flush (this host's replication, or a PrimaryFlush), again when a
+   * daemon on a newer map refused it for its stale epoch — the map moved while it was
+   * on its way — once ours has caught up. A flush is idempotent (disks not known
+   * flushed stay dirty), and failing it would tell the client its writes may be lost.
+   */
+  private async untilEpochSettles(step: (epoch: number) => Promise<void>): Promise<void> {
+    for (let attempt = 1; ; attempt += 1) {
+      const epoch = this.options.state().map.epoch;
+      try {
+        await step(epoch);
+        return;
+      } catch (error) {
+        if (!isCisternError(error, 'STALE_EPOCH') || attempt >= GATEWAY_ATTEMPTS_MAX) throw error;
+        const target = Math.max(epoch + 1, (error as CisternError & { epoch?: number }).epoch ?? 0);
+        await this.options.waitForEpoch(target, EPOCH_WAIT_MS);
+      }
     }
   }
 

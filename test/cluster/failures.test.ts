@@ -1,0 +1,532 @@
+// Proves that a real cluster keeps every acknowledged write, never serves wrong data and
+// heals itself through host failures, while a client writes and reads continuously.
+// A real etcd and four `cistern daemon --etcd` processes, each in its own network
+// namespace (harness.ts), a pool of size 3, min-size 2, failure domain host. In every
+// step a verified workload (workload.ts, run in a client namespace over our NBD client)
+// writes self-describing 4 KiB blocks at random offsets of its own volume through one
+// host's export, FLUSHes every few writes and checks random reads against its model
+// (read-your-writes; never another block's data, never garbage). During it:
+// - kill -9 of a host that is replica, not primary, of most of the volume's objects,
+//   then of the host that is primary of most of them, each restarted after the monitor
+//   saw it down; then kill -9 of the workload's own gateway host (the client reconnects
+//   through another host's export);
+// - a host's network cut (its daemon keeps running) and restored;
+// - a fifth host added.
+// After each: the workload saw no mismatch, every failed request was retried to success,
+// the cluster returned to all PGs clean (`cistern status --json`, bounded), and the
+// whole volume reads back as the model says through another host's export (through the
+// added host, every volume of the file). At the end, after a clean stop, each host's
+// store is opened read-only: every written object is on all three of its placement
+// members, byte-identical, and the added host holds some.
+// Left out for now (known bugs and gaps, see the notes at the two narrowed tests): a
+// network cut with client I/O in flight, and copies left on former PG members.
+// A missing tool or a failing client fails the test; nothing is skipped.
+
+import { strict as assert } from 'node:assert';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { after, before, describe, test, type TestContext } from 'node:test';
+import { unpack } from 'msgpackr';
+import { openDevice } from '../../src/engine';
+import { ObjectStore } from '../../src/store/object-store';
+import type { ClusterState } from '../../src/cluster/state';
+import { computeTable, objectToPg, pgRow } from '../../src/placement/straw2';
+import {
+  cistern,
+  createNetwork,
+  Daemon,
+  Etcd,
+  etcdctl,
+  ExecResult,
+  Host,
+  NBD_PORT,
+  NetnsProcess,
+  sleep,
+  startDaemon,
+  startEtcd,
+  TestNetwork,
+} from './harness';
+import type { RunConfig, RunSummary, Target, VerifyConfig, VerifySummary } from './workload';
+
+const MiB = 1024 * 1024;
+const OBJECT_BYTES = 4 * MiB;
+const CLUSTER_HOSTS = 4;
+const PEER_PORT = 10811;
+const VOLUME_BYTES = 64 * MiB;
+const WORKLOAD = path.join(__dirname, 'workload.js');
+/** Writes the workload must make before a fault, and again after it, to show it goes on. */
+const WRITES_BEFORE_FAULT = 300;
+const WRITES_AFTER_FAULT = 300;
+/** A killed host's lease (10 s) lapses and the monitor (1 s ticks) marks it down. */
+const HOST_DOWN_TIMEOUT_MS = 25_000;
+/** All PGs clean again after a host is back: backfill of 64 MiB volumes takes seconds. */
+const CLEAN_TIMEOUT_MS = 60_000;
+/** Progress under a fault: a cut host's peer requests hang until their 30 s timeout. */
+const PROGRESS_TIMEOUT_MS = 60_000;
+/** One request is retried this long: longer than a peer request timeout plus reconnects. */
+const RETRY_MS_MAX = 50_000;
+const WORKLOAD_DURATION_MS_MAX = 240_000;
+
+interface Status {
+  health: string;
+  epoch: number;
+  hostsUp: string[];
+  hostsDown: string[];
+  disks: Array<{ id: number; host: string; path: string; up: boolean; in: boolean }>;
+  pgStates: Record<'active+clean' | 'active+degraded' | 'inactive', number>;
+}
+
+interface Workload {
+  volume: string;
+  process: NetnsProcess;
+  /** Resolves once the workload has made `count` more writes than it had at the call. */
+  writes(count: number): Promise<void>;
+  /** Stops starting requests; resolves once none is in flight. */
+  pause(): Promise<void>;
+  resume(): void;
+  stop(): Promise<RunSummary>;
+}
+
+describe('host failures under a verified write workload', () => {
+  let network: TestNetwork;
+  let etcd: Etcd;
+  let secretFile: string;
+  /** The daemon running on each host now. */
+  const daemons = new Map<string, Daemon>();
+  /** h4: the host added in the last step. */
+  let spare: Host;
+  /** h5: runs no daemon; the workload and the checks run here. */
+  let client: Host;
+  /** Volumes written so far, each with its workload's model file. */
+  const models = new Map<string, string>();
+
+  const admin = (args: string[]): Promise<ExecResult> =>
+    cistern(network, client, ['--etcd', etcd.url, ...args]);
+  const status = async (): Promise<Status> =>
+    JSON.parse((await admin(['status', '--json'])).stdout) as Status;
+  const target = (host: Host): Target => ({ host: host.address, port: NBD_PORT });
+
+  const daemonArgs = (host: Host): string[] => {
+    const dataDir = path.join(network.workDir, `data-${host.name}`);
+    return [
+      ...['--etcd', etcd.url, '--host-id', host.name],
+      ...['--listen', `${host.address}:${PEER_PORT}`, '--secret-file', secretFile],
+      ...['--disk', `${dataDir}/disk0.img:1G`, '--data-dir', dataDir],
+      ...['--nbd', `${host.address}:${NBD_PORT}`, '--admin', '127.0.0.1:0'],
+    ];
+  };
+
+  /** The whole cluster state, straight from etcd (as every daemon sees it). */
+  const readState = async (): Promise<ClusterState> => {
+    const result = await etcdctl(network, client, etcd, ['get', '/cistern/state', '-w', 'json']);
+    const reply = JSON.parse(result.stdout) as { kvs?: Array<{ value: string }> };
+    const value = reply.kvs?.[0]?.value;
+    assert.ok(value, 'no cluster state in etcd');
+    return unpack(Buffer.from(value, 'base64')) as ClusterState;
+  };
+
+  /** Per host, how many of the volume's objects it is primary of and holds a replica of. */
+  const roles = async (
+    volume: string,
+  ): Promise<Map<string, { primary: number; replica: number }>> => {
+    const state = await readState();
+    const spec = state.volumes.find((v) => v.name === volume);
+    assert.ok(spec, `no volume ${volume}`);
+    const table = computeTable(state.map, spec.pool);
+    const hostOf = new Map(state.map.disks.map((d) => [d.id, d.host]));
+    const counts = new Map<string, { primary: number; replica: number }>();
+    for (const disk of state.map.disks) counts.set(disk.host, { primary: 0, replica: 0 });
+    for (let object = 0; object < spec.sizeBytes / OBJECT_BYTES; object += 1) {
+      const row = [...pgRow(table, objectToPg(table.pool, spec.id, object))];
+      row.forEach((disk, index) => {
+        const entry = counts.get(hostOf.get(disk) as string);
+        assert.ok(entry, `disk ${disk} on no known host`);
+        if (index === 0) entry.primary += 1;
+        else entry.replica += 1;
+      });
+    }
+    return counts;
+  };
+
+  const waitForStatus = async (
+    what: string,
+    done: (s: Status) => boolean,
+    timeoutMs: number,
+  ): Promise<Status> => {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const now = await status();
+      if (done(now)) return now;
+      if (Date.now() > deadline) {
+        assert.fail(`${what}: not within ${timeoutMs} ms; status:\n${JSON.stringify(now)}`);
+      }
+      await sleep(500);
+    }
+  };
+
+  /** Every host alive, every disk up and in, every PG active+clean (no stale member). */
+  const waitForClean = (t: TestContext): Promise<Status> => {
+    const started = Date.now();
+    return waitForStatus(
+      'cluster clean',
+      (s) =>
+        s.health === 'ok' &&
+        s.hostsDown.length === 0 &&
+        s.disks.every((d) => d.up && d.in) &&
+        s.pgStates['active+degraded'] === 0 &&
+        s.pgStates.inactive === 0,
+      CLEAN_TIMEOUT_MS,
+    ).then((s) => {
+      t.diagnostic(`clean after ${Date.now() - started} ms (epoch ${s.epoch})`);
+      return s;
+    });
+  };
+
+  const startWorkload = async (
+    volume: string,
+    gateways: Host[],
+    seed: number,
+  ): Promise<Workload> => {
+    await admin(['volume', 'create', volume, '--size', `${VOLUME_BYTES}`, '--pool', 'rep']);
+    const state = await readState();
+    const spec = state.volumes.find((v) => v.name === volume);
+    assert.ok(spec);
+    const modelFile = path.join(network.workDir, `model-${volume}.json`);
+    const stopFile = path.join(network.workDir, `stop-${volume}`);
+    const pauseFile = path.join(network.workDir, `pause-${volume}`);
+    const config: RunConfig = {
+      mode: 'run',
+      targets: gateways.map(target),
+      exportName: volume,
+      volumeTag: spec.id,
+      sizeBytes: VOLUME_BYTES,
+      modelFile,
+      stopFile,
+      pauseFile,
+      durationMsMax: WORKLOAD_DURATION_MS_MAX,
+      flushEvery: 32,
+      queueDepth: 8,
+      readPercent: 40,
+      seed,
+      progressMs: 200,
+      retryMsMax: RETRY_MS_MAX,
+    };
+    const child = network.spawn(client, [process.execPath, WORKLOAD, JSON.stringify(config)]);
+    type Progress = { writes: number; paused: boolean; inFlight: number };
+    const progress = (): Progress | undefined => {
+      const lines = child.lines();
+      for (let i = lines.length - 1; i >= 0; i -= 1) {
+        if ((lines[i] as string).startsWith('{"progress"')) {
+          return (JSON.parse(lines[i] as string) as { progress: Progress }).progress;
+        }
+      }
+      return undefined;
+    };
+    const writesNow = (): number => progress()?.writes ?? 0;
+    return {
+      volume,
+      process: child,
+      async writes(count: number): Promise<void> {
+        const goal = writesNow() + count;
+        const deadline = Date.now() + PROGRESS_TIMEOUT_MS;
+        while (writesNow() < goal) {
+          const exit = child.exit();
+          assert.ok(exit === undefined, `workload exited: ${child.stderr()}`);
+          assert.ok(
+            Date.now() < deadline,
+            `the workload made fewer than ${count} writes in ${PROGRESS_TIMEOUT_MS} ms:\n` +
+              child.lines().slice(-5).join('\n'),
+          );
+          await sleep(100);
+        }
+      },
+      async pause(): Promise<void> {
+        fs.writeFileSync(pauseFile, '');
+        const deadline = Date.now() + PROGRESS_TIMEOUT_MS;
+        for (;;) {
+          // A line printed after this call, so that it reflects the pause.
+          const from = child.lines().length;
+          await child.waitForLine(/^\{"progress"/, 5000, from);
+          const now = progress();
+          if (now?.paused && now.inFlight === 0) return;
+          assert.ok(Date.now() < deadline, `the workload did not go idle: ${JSON.stringify(now)}`);
+        }
+      },
+      resume(): void {
+        fs.rmSync(pauseFile);
+      },
+      async stop(): Promise<RunSummary> {
+        fs.writeFileSync(stopFile, '');
+        const exit = await child.exited;
+        assert.deepEqual(exit, { code: 0, signal: null }, child.stderr());
+        const last = child.stdout().trim().split('\n').pop() as string;
+        models.set(volume, modelFile);
+        return (JSON.parse(last) as { summary: RunSummary }).summary;
+      },
+    };
+  };
+
+  /** Checks the workload's summary: nothing wrong seen, every failure retried to success. */
+  const judge = (t: TestContext, summary: RunSummary): void => {
+    const { mismatchDetails, errorDetails, ...counts } = summary;
+    t.diagnostic(`workload: ${JSON.stringify(counts)}`);
+    if (errorDetails.length > 0) t.diagnostic(`first errors: ${JSON.stringify(errorDetails)}`);
+    assert.equal(summary.mismatches, 0, `mismatches: ${JSON.stringify(mismatchDetails)}`);
+    assert.equal(summary.unresolved, 0, `writes never acknowledged: ${JSON.stringify(summary)}`);
+    assert.ok(summary.writes >= WRITES_BEFORE_FAULT + WRITES_AFTER_FAULT, 'too few writes');
+    assert.ok(summary.reads > 0, 'no reads were verified');
+    assert.ok(summary.flushes > 0, 'no flushes');
+  };
+
+  /** Reads the whole volume through `host`'s export and checks it against the model. */
+  const verifyThrough = async (
+    host: Host,
+    volume: string,
+    modelOf = volume,
+  ): Promise<VerifySummary> => {
+    const modelFile = models.get(modelOf);
+    assert.ok(modelFile, `no model for ${volume}`);
+    const config: VerifyConfig = {
+      mode: 'verify',
+      targets: [target(host)],
+      exportName: volume,
+      modelFile,
+    };
+    const result = await network.exec(client, [process.execPath, WORKLOAD, JSON.stringify(config)]);
+    const verified = (
+      JSON.parse(result.stdout.trim().split('\n').pop() as string) as {
+        verify: VerifySummary;
+      }
+    ).verify;
+    assert.equal(verified.blocks, VOLUME_BYTES / 4096);
+    assert.ok(verified.blocksWritten > 0);
+    if (modelOf !== volume) return verified;
+    assert.equal(
+      verified.mismatches,
+      0,
+      `${volume} through ${host.name}: ${JSON.stringify(verified.mismatchDetails)}`,
+    );
+    return verified;
+  };
+
+  /** kill -9 of every process on `victim`; once the monitor has seen it down, restart. */
+  const killAndRestart = async (t: TestContext, victim: Host, workload: Workload) => {
+    const killed = await network.killHost(victim);
+    assert.equal(killed.length, 1, `${victim.name} ran no daemon`);
+    await workload.writes(WRITES_AFTER_FAULT);
+    const down = await waitForStatus(
+      `${victim.name} seen down`,
+      (s) => s.hostsDown.includes(victim.name),
+      HOST_DOWN_TIMEOUT_MS,
+    );
+    t.diagnostic(`${victim.name} down at epoch ${down.epoch}: ${JSON.stringify(down.pgStates)}`);
+    assert.equal(down.pgStates.inactive, 0, 'a PG went inactive with one host down');
+    daemons.set(victim.name, await (killed[0] as Daemon).restart());
+  };
+
+  before(async () => {
+    // h0..h3 run the cluster, h4 is added later, h5 is the client.
+    network = createNetwork({ hosts: CLUSTER_HOSTS + 2 });
+    spare = network.host(CLUSTER_HOSTS);
+    client = network.host(CLUSTER_HOSTS + 1);
+    etcd = await startEtcd(network);
+    secretFile = path.join(network.workDir, 'cluster.secret');
+    await cistern(network, client, [
+      ...['cluster', 'init', '--etcd', etcd.url, '--secret-file', secretFile],
+    ]);
+    const hosts = network.hosts.slice(0, CLUSTER_HOSTS);
+    const started = await Promise.all(
+      hosts.map((host) => startDaemon(network, host, daemonArgs(host))),
+    );
+    for (const daemon of started) daemons.set(daemon.host.name, daemon);
+    await admin([
+      ...['pool', 'create', 'rep', '--size', '3', '--min-size', '2'],
+      ...['--failure-domain', 'host'],
+    ]);
+  });
+
+  after(async () => {
+    // Keeps every daemon's log for a post-mortem when asked to (the work dir is removed).
+    const keep = process.env.CISTERN_TEST_LOG_DIR;
+    if (keep !== undefined && network !== undefined) {
+      fs.mkdirSync(keep, { recursive: true });
+      for (const process of network.running()) {
+        const name = `${process.host.name}-${process.pid}.log`;
+        fs.writeFileSync(path.join(keep, name), process.lines().join('\n'));
+      }
+    }
+    await network?.destroy();
+  });
+
+  test('kill -9 of a replica host, then of a primary host: no acknowledged write lost, clean again', async (t) => {
+    const gateway = network.host(0);
+    const others = network.hosts.slice(1, CLUSTER_HOSTS);
+    const workload = await startWorkload('kills', [gateway, ...others], 1);
+    const role = await roles('kills');
+    t.diagnostic(`roles for kills: ${JSON.stringify([...role])}`);
+    const byPrimaries = others
+      .map((host) => ({ host, ...(role.get(host.name) as { primary: number; replica: number }) }))
+      .sort((a, b) => a.primary - b.primary || b.replica - a.replica);
+    const replicaHost = (byPrimaries[0] as { host: Host }).host;
+    const primaryHost = (byPrimaries[byPrimaries.length - 1] as { host: Host }).host;
+    assert.notEqual(replicaHost, primaryHost);
+
+    await workload.writes(WRITES_BEFORE_FAULT);
+    await killAndRestart(t, replicaHost, workload);
+    await waitForClean(t);
+    await workload.writes(WRITES_BEFORE_FAULT);
+    await killAndRestart(t, primaryHost, workload);
+    await waitForClean(t);
+    await workload.writes(WRITES_AFTER_FAULT);
+    judge(t, await workload.stop());
+    await verifyThrough(primaryHost, 'kills');
+    await verifyThrough(replicaHost, 'kills');
+  });
+
+  test('kill -9 of the workload’s gateway host: the client reconnects elsewhere, nothing lost', async (t) => {
+    const gateway = network.host(1);
+    const fallback = network.host(2);
+    const workload = await startWorkload('gateway', [gateway, fallback], 2);
+    await workload.writes(WRITES_BEFORE_FAULT);
+    await killAndRestart(t, gateway, workload);
+    await waitForClean(t);
+    await workload.writes(WRITES_AFTER_FAULT);
+    const summary = await workload.stop();
+    judge(t, summary);
+    assert.ok(summary.reconnects >= 1, 'the client never reconnected');
+    assert.ok(summary.gateways.includes(`${fallback.address}:${NBD_PORT}`), 'no failover');
+    // Through the host that died and came back: it serves what was written without it.
+    await verifyThrough(gateway, 'gateway');
+    // The check can fail: this volume against the other volume's model does.
+    const control = await verifyThrough(gateway, 'gateway', 'kills');
+    assert.ok(control.mismatches > 0, 'a volume verified against another volume’s model');
+    assert.ok(
+      control.mismatchDetails.some((m) => m.found.kind === 'written' && m.found.block === m.block),
+      JSON.stringify(control.mismatchDetails.slice(0, 3)),
+    );
+  });
+
+  // Narrowed: the cut happens while no client request is in flight. With requests in
+  // flight, primaries wait on the cut replica for the 30 s peer timeout, the gateway's
+  // own requests to those primaries time out at the same moment, and the gateway takes
+  // the healthy primaries down; back as stale members, PGs whose third member is the
+  // cut host have no up-to-date member left and stay inactive. Left out until fixed.
+  test('a host’s network cut and restored: writes go on, it rejoins, is recovered, clean', async (t) => {
+    const gateway = network.host(0);
+    const victim = network.host(3);
+    const workload = await startWorkload('cut', [gateway, network.host(1)], 3);
+    await workload.writes(WRITES_BEFORE_FAULT);
+    await workload.pause();
+    network.cutHost(victim);
+    try {
+      const down = await waitForStatus(
+        `${victim.name} seen down`,
+        (s) => s.hostsDown.includes(victim.name),
+        HOST_DOWN_TIMEOUT_MS,
+      );
+      t.diagnostic(`${victim.name} down at epoch ${down.epoch}: ${JSON.stringify(down.pgStates)}`);
+      workload.resume();
+      await workload.writes(WRITES_AFTER_FAULT);
+    } finally {
+      network.restoreHost(victim);
+    }
+    assert.ok(daemons.get(victim.name)?.running(), 'the cut daemon died');
+    await waitForClean(t);
+    await workload.writes(WRITES_AFTER_FAULT);
+    judge(t, await workload.stop());
+    await verifyThrough(victim, 'cut');
+  });
+
+  test('a fifth host added under the workload: the cluster gets clean with data on it', async (t) => {
+    const workload = await startWorkload('grow', [network.host(0), network.host(1)], 4);
+    await workload.writes(WRITES_BEFORE_FAULT);
+    daemons.set(spare.name, await startDaemon(network, spare, daemonArgs(spare)));
+    await waitForStatus('h4 joined', (s) => s.hostsUp.includes(spare.name), 10_000);
+    await workload.writes(WRITES_AFTER_FAULT);
+    await waitForClean(t);
+    judge(t, await workload.stop());
+    const role = await roles('grow');
+    t.diagnostic(`roles for grow: ${JSON.stringify([...role])}`);
+    const placed = role.get(spare.name);
+    assert.ok(placed && placed.primary + placed.replica > 0, 'no object placed on the new host');
+    // Every volume written in this file reads back as its model says through the new host.
+    for (const volume of models.keys()) await verifyThrough(spare, volume);
+  });
+
+  // Narrowed: a disk that left a PG's set (when h4 joined) keeps its old copies, since
+  // nothing removes a PG's objects from former members yet; they are counted, not
+  // asserted absent.
+  test('after a clean stop: every object on all three placement members, byte-identical', async (t) => {
+    const state = await readState();
+    const pool = state.map.pools.find((p) => p.name === 'rep');
+    assert.ok(pool);
+    const table = computeTable(state.map, pool.id);
+    const disks = new Map(state.map.disks.map((d) => [d.id, d]));
+    const volumes = state.volumes.filter((v) => models.has(v.name));
+    assert.deepEqual(volumes.map((v) => v.name).sort(), [...models.keys()].sort());
+
+    const exits = await Promise.all([...daemons.values()].map((d) => d.stop('SIGTERM')));
+    assert.deepEqual(
+      exits,
+      [...daemons.values()].map(() => ({ code: 0, signal: null })),
+    );
+
+    // "volume/object" → disk id → SHA-256 of the whole object as that disk holds it
+    const copies = new Map<string, Map<number, string>>();
+    for (const disk of state.map.disks) {
+      const location = state.disks[String(disk.id)];
+      assert.ok(location, `disk ${disk.id} has no location`);
+      const dataDir = path.join(network.workDir, `data-${disk.host}`);
+      const device = await openDevice(location.path, { readOnly: true });
+      try {
+        const store = await ObjectStore.open({
+          device,
+          indexPath: path.join(dataDir, 'index', `disk-${disk.id}`),
+        });
+        try {
+          for (const volume of volumes) {
+            for await (const key of store.listObjects({ pool: pool.id, volume: volume.id })) {
+              const data = await store.read(key, 0, volume.objectSizeBytes);
+              const digest = crypto.createHash('sha256').update(data).digest('hex');
+              const name = `${volume.name}/${key.object}`;
+              const held = copies.get(name) ?? new Map<number, string>();
+              held.set(disk.id, digest);
+              copies.set(name, held);
+            }
+          }
+        } finally {
+          await store.close();
+        }
+      } finally {
+        await device.close();
+      }
+    }
+    let onSpare = 0;
+    let leftOver = 0;
+    for (const volume of volumes) {
+      for (let object = 0; object < volume.sizeBytes / OBJECT_BYTES; object += 1) {
+        const name = `${volume.name}/${object}`;
+        const members: number[] = [...pgRow(table, objectToPg(pool, volume.id, object))];
+        const held = copies.get(name) ?? new Map<number, string>();
+        const where = (ids: number[]): string =>
+          ids.map((id) => `${id}@${disks.get(id)?.host}`).join(', ');
+        const missing = members.filter((id) => !held.has(id));
+        assert.deepEqual(
+          missing,
+          [],
+          `${name}: held by ${where([...held.keys()])}, placed on ${where(members)}`,
+        );
+        const digests = new Set(members.map((id) => held.get(id)));
+        assert.equal(digests.size, 1, `${name}: replicas on ${where(members)} differ`);
+        leftOver += held.size - members.length;
+        if (members.some((id) => disks.get(id)?.host === spare.name)) onSpare += 1;
+      }
+    }
+    t.diagnostic(
+      `${copies.size} objects checked; ${onSpare} on ${spare.name}; ` +
+        `${leftOver} copies left on disks that are no longer members`,
+    );
+    assert.ok(onSpare > 0, `no object on ${spare.name}`);
+  });
+});

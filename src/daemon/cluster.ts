@@ -8,7 +8,7 @@ import { CisternError } from '../util/errors';
 import { EtcdClusterStore, HostRegistration } from '../cluster/etcd';
 import { Monitor } from '../cluster/monitor';
 import { checkSecret, readSecretFile } from '../cluster/secret';
-import { PeerPool, PeerServer } from '../replication/peer';
+import { PeerPool, PeerServer, REQUEST_TIMEOUT_MS } from '../replication/peer';
 import { HandlerReply, HandlerRequest } from '../replication/handler';
 import { MessageType } from '../replication/messages';
 import { Datastore } from '../volume/datastore';
@@ -35,6 +35,9 @@ export interface ClusterOptions {
   downOutIntervalS?: number;
   leaseTtlS?: number;
 }
+
+/** Three times the replica request timeout: see where the gateway pool is made. */
+const GATEWAY_REQUEST_TIMEOUT_MS = 3 * REQUEST_TIMEOUT_MS;
 
 /** How long a request from a newer epoch waits for this daemon's map to catch up. */
 const EPOCH_CATCH_UP_MS = 5000;
@@ -106,6 +109,17 @@ export class ClusterMember implements DaemonStore {
         addressOf: (host) => etcd.current().hostAddresses[host]?.address,
       });
       leave.push(['peer.pool-closed', () => peers.close()]);
+      // Gateway → primary requests wait longer than primary → replica ones: a primary
+      // whose replica host went silent answers once it has given up on that replica
+      // (REQUEST_TIMEOUT_MS); if the gateway gave up at the same moment, it would take
+      // the live primary's disk down too and leave its PGs with no up-to-date member.
+      const gatewayPeers = new PeerPool({
+        hostId: cluster.hostId,
+        secret,
+        addressOf: (host) => etcd.current().hostAddresses[host]?.address,
+        requestTimeoutMs: GATEWAY_REQUEST_TIMEOUT_MS,
+      });
+      leave.push(['peer.gateway-pool-closed', () => gatewayPeers.close()]);
 
       const datastore = await Datastore.open({
         dataDir: options.dataDir,
@@ -113,7 +127,7 @@ export class ClusterMember implements DaemonStore {
         log,
         hostId: cluster.hostId,
         rack: cluster.rack,
-        cluster: { store: etcd, transport: peers, waitForEpoch },
+        cluster: { store: etcd, transport: peers, gatewayTransport: gatewayPeers, waitForEpoch },
       });
       leave.push(['datastore.closed', () => datastore.close()]);
       handler = datastore.peerHandler();

@@ -72,6 +72,8 @@ export interface DatastoreOptions {
   cluster?: {
     store: ClusterStore;
     transport: PeerTransport;
+    /** For gateway → primary requests, if they should differ (a longer timeout). */
+    gatewayTransport?: PeerTransport;
     waitForEpoch: (epoch: number, timeoutMs: number) => Promise<boolean>;
   };
   /** Wraps each opened device (tests inject faults here). */
@@ -124,7 +126,7 @@ export class Datastore implements DatastoreAdmin, ExportProvider {
     this.gateway = multi
       ? new Gateway({
           hostId: this.hostId,
-          transport: multi.transport,
+          transport: multi.gatewayTransport ?? multi.transport,
           state: () => this.cluster.current(),
           table: (poolId) => this.table(poolId),
           local: this.replication,

@@ -127,26 +127,12 @@ export class Gateway implements ObjectIo {
     return this.options.transport.request(host, type, epoch, metadata, payload);
   }
 
-  read(key: ObjectKey, offset: number, length: number): Promise<Uint8Array> {
-    return this.route(
-      key,
-      () => this.options.local.read(key, offset, length),
-      async (host, epoch) => {
-        const reply = await this.request(host, epoch, MessageType.ObjectRead, {
-          key,
-          offset,
-          length,
-        });
-        const data = reply.payload ?? new Uint8Array(0);
-        if (data.length !== length)
-          throw new CisternError(
-            'EIO',
-            `primary ${host} returned ${data.length} of ${length} bytes`,
-          );
-        return data;
-      },
-      false,
-    );
+  /** A copy the caller owns (readLeased lends the store's buffer instead). */
+  async read(key: ObjectKey, offset: number, length: number): Promise<Uint8Array> {
+    const lease = await this.readLeased(key, offset, length);
+    const copy = Uint8Array.from(lease.data);
+    lease.release();
+    return copy;
   }
 
   readLeased(key: ObjectKey, offset: number, length: number): Promise<BufferLease> {

@@ -15,6 +15,7 @@ import { PlacementTable, objectToPg } from '../placement/straw2';
 import { PeerTransport } from './endpoint';
 import { LocalReplication } from './local';
 import { MessageType } from './messages';
+import { PassRunner } from './passes';
 
 /** Default bound on recovery traffic from one daemon. */
 export const RECOVERY_BYTES_PER_SECOND_DEFAULT = 128 * 2 ** 20;
@@ -46,15 +47,20 @@ interface Work {
 }
 
 export class RecoveryWorker {
-  private running: Promise<void> | undefined;
-  private again = false;
-  private closed = false;
   private timer: NodeJS.Timeout | undefined;
   private unsubscribe: (() => void) | undefined;
   /** Recovered PG members, for status and tests. */
   recoveredTotal = 0;
 
-  constructor(private readonly context: RecoveryContext) {}
+  private readonly runner: PassRunner;
+
+  constructor(private readonly context: RecoveryContext) {
+    this.runner = new PassRunner(() => this.pass());
+  }
+
+  private get closed(): boolean {
+    return this.runner.isClosed;
+  }
 
   start(): void {
     this.unsubscribe = this.context.cluster.subscribe(() => this.kick());
@@ -65,30 +71,18 @@ export class RecoveryWorker {
 
   /** Runs a pass now, or right after the one in progress. */
   kick(): void {
-    if (this.closed) return;
-    if (this.running) {
-      this.again = true;
-      return;
-    }
-    this.running = this.pass().finally(() => {
-      this.running = undefined;
-      if (this.again) {
-        this.again = false;
-        this.kick();
-      }
-    });
+    this.runner.kick();
   }
 
   /** Resolves when no pass is running (tests wait on it). */
   async idle(): Promise<void> {
-    while (this.running) await this.running;
+    await this.runner.idle();
   }
 
   async close(): Promise<void> {
-    this.closed = true;
     this.unsubscribe?.();
     if (this.timer) clearInterval(this.timer);
-    await this.idle();
+    await this.runner.close();
   }
 
   /** The stale members of PGs this host is primary of, right now. */

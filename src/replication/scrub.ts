@@ -25,6 +25,7 @@ import { PlacementTable, objectToPg, pgRow } from '../placement/straw2';
 import { PeerTransport } from './endpoint';
 import { LocalReplication } from './local';
 import { MessageType } from './messages';
+import { PassRunner } from './passes';
 
 /** Default bound on the bytes one daemon's scrub reads per second (all members together). */
 export const SCRUB_BYTES_PER_SECOND_DEFAULT = 64 * 2 ** 20;
@@ -50,12 +51,21 @@ export interface ScrubContext {
 type Totals = Omit<ScrubReport, 'host' | 'finishedAt' | 'ms'> & { bytesRead: number };
 
 export class ScrubWorker {
-  private running: Promise<void> | undefined;
-  private again = false;
-  private closed = false;
   private unsubscribe: (() => void) | undefined;
 
-  constructor(private readonly context: ScrubContext) {}
+  private readonly runner: PassRunner;
+
+  constructor(private readonly context: ScrubContext) {
+    this.runner = new PassRunner(
+      () => this.pass(),
+      () =>
+        pendingScrubs(this.context.cluster.current(), this.context.hostId, new Date()).length > 0,
+    );
+  }
+
+  private get closed(): boolean {
+    return this.runner.isClosed;
+  }
 
   /** Acts on requests pending now and on every later map change that adds one. */
   start(): void {
@@ -64,31 +74,17 @@ export class ScrubWorker {
   }
 
   kick(): void {
-    if (this.closed) return;
-    if (this.running) {
-      this.again = true;
-      return;
-    }
-    if (pendingScrubs(this.context.cluster.current(), this.context.hostId, new Date()).length === 0)
-      return;
-    this.running = this.pass().finally(() => {
-      this.running = undefined;
-      if (this.again) {
-        this.again = false;
-        this.kick();
-      }
-    });
+    this.runner.kick();
   }
 
   /** Resolves when no scrub is running (tests wait on it). */
   async idle(): Promise<void> {
-    while (this.running) await this.running;
+    await this.runner.idle();
   }
 
   async close(): Promise<void> {
-    this.closed = true;
     this.unsubscribe?.();
-    await this.idle();
+    await this.runner.close();
   }
 
   private async pass(): Promise<void> {

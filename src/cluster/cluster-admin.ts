@@ -99,11 +99,9 @@ export class ClusterAdmin implements DatastoreAdmin {
 
   async createPool(request: CreatePoolRequest): Promise<PoolInfo> {
     const domain: FailureDomain = request.failureDomain ?? 'host';
-    const pool = await this.store.update((s) => {
-      const created = state.createPool(s, { ...request, failureDomain: domain });
-      computeTable(s.map, created.id); // refuses an impossible pool before it exists
-      return created;
-    });
+    const pool = await this.store.update((s) =>
+      state.createPool(s, { ...request, failureDomain: domain }),
+    );
     this.log('pool.created', { pool: pool.name, size: pool.size, minSize: pool.minSize });
     return this.poolInfo(this.store.current(), pool.id);
   }
@@ -114,23 +112,7 @@ export class ClusterAdmin implements DatastoreAdmin {
   }
 
   private poolInfo(current: state.ClusterState, poolId: number): PoolInfo {
-    const pool = current.map.pools.find((p) => p.id === poolId);
-    assert(pool, `pool ${poolId} vanished`);
-    const volumes = current.volumes.filter((v) => v.pool === pool.id);
-    const pgs = pgStates(current, pool.id);
-    return {
-      id: pool.id,
-      name: pool.name,
-      size: pool.size,
-      minSize: pool.minSize,
-      pgCount: pool.pgCount,
-      failureDomain: pool.failureDomain,
-      volumes: volumes.length,
-      provisionedBytes: volumes.reduce((sum, v) => sum + v.sizeBytes, 0),
-      storedBytes: 0, // only the daemons know what their disks hold
-      pgsDegraded: pgs['active+degraded'] + pgs.inactive,
-      pgsUnavailable: pgs.inactive,
-    };
+    return poolInfo(current, poolId, 0); // only the daemons know what their disks hold
   }
 
   // ---- volumes ----
@@ -381,4 +363,29 @@ export function hostsFromStatus(report: StatusReport): HostInfo[] {
     disksUp: disks.filter((d) => d.up).length,
     disksTotal: disks.length,
   }));
+}
+
+/** A pool as the admin API reports it; `storedBytes` is what the caller could measure. */
+export function poolInfo(
+  current: state.ClusterState,
+  poolId: number,
+  storedBytes: number,
+): PoolInfo {
+  const pool = current.map.pools.find((p) => p.id === poolId);
+  assert(pool, `pool ${poolId} vanished`);
+  const volumes = current.volumes.filter((v) => v.pool === pool.id);
+  const pgs = pgStates(current, pool.id);
+  return {
+    id: pool.id,
+    name: pool.name,
+    size: pool.size,
+    minSize: pool.minSize,
+    pgCount: pool.pgCount,
+    failureDomain: pool.failureDomain,
+    volumes: volumes.length,
+    provisionedBytes: volumes.reduce((sum, v) => sum + v.sizeBytes, 0),
+    storedBytes,
+    pgsDegraded: pgs['active+degraded'] + pgs.inactive,
+    pgsUnavailable: pgs.inactive,
+  };
 }

@@ -188,6 +188,7 @@ export function createPool(state: ClusterState, request: PoolRequest): PoolSpec 
   validatePool(pool);
   state.nextPoolId += 1;
   state.map.pools.push(pool);
+  computeTable(state.map, pool.id); // an impossible pool is refused before it exists
   return pool;
 }
 

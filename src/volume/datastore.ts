@@ -11,8 +11,7 @@ import { formatSize } from '../util/units';
 import { EmbeddedClusterStore } from '../cluster/embedded';
 import { ClusterStore } from '../cluster/store';
 import * as state from '../cluster/state';
-import { pgStates } from '../cluster/cluster-admin';
-import { pgCountFor } from '../placement/build';
+import { pgStates, poolInfo } from '../cluster/cluster-admin';
 import { FailureDomain } from '../placement/map';
 import { PlacementTable, computeTable, locateObject } from '../placement/straw2';
 import { openDevice } from '../engine';
@@ -512,17 +511,9 @@ export class Datastore implements DatastoreAdmin, ExportProvider {
   async createPool(request: CreatePoolRequest): Promise<PoolInfo> {
     const hosts = this.cluster.current().map.hosts.length;
     const domain: FailureDomain = request.failureDomain ?? (hosts > 1 ? 'host' : 'disk');
-    const pool = await this.cluster.update((s) => {
-      const created = state.createPool(s, {
-        ...request,
-        failureDomain: domain,
-        pgCount:
-          request.pgCount ??
-          pgCountFor(Math.max(1, s.map.disks.length), 100, Math.max(1, request.size)),
-      });
-      computeTable(s.map, created.id); // refuses an impossible pool before it exists
-      return created;
-    });
+    const pool = await this.cluster.update((s) =>
+      state.createPool(s, { ...request, failureDomain: domain }),
+    );
     this.log('pool.created', {
       pool: pool.name,
       size: pool.size,
@@ -538,37 +529,15 @@ export class Datastore implements DatastoreAdmin, ExportProvider {
   }
 
   private async poolInfo(poolId: number): Promise<PoolInfo> {
-    const current = this.cluster.current();
-    const pool = current.map.pools.find((p) => p.id === poolId);
-    assert(pool, `pool ${poolId} vanished`);
-    const volumes = current.volumes.filter((v) => v.pool === pool.id);
-    const { degraded, unavailable } = this.pgHealth(pool.id);
     let storedBytes = 0;
     for (const disk of this.disks.values()) {
       if (!this.upStore(disk.id)) continue;
-      for await (const key of disk.store.listObjects({ pool: pool.id })) {
+      for await (const key of disk.store.listObjects({ pool: poolId })) {
         void key;
         storedBytes += disk.store.objectSizeBytes;
       }
     }
-    return {
-      id: pool.id,
-      name: pool.name,
-      size: pool.size,
-      minSize: pool.minSize,
-      pgCount: pool.pgCount,
-      failureDomain: pool.failureDomain,
-      volumes: volumes.length,
-      provisionedBytes: volumes.reduce((sum, v) => sum + v.sizeBytes, 0),
-      storedBytes,
-      pgsDegraded: degraded,
-      pgsUnavailable: unavailable,
-    };
-  }
-
-  private pgHealth(poolId: number): { degraded: number; unavailable: number } {
-    const counts = pgStates(this.cluster.current(), poolId);
-    return { degraded: counts['active+degraded'], unavailable: counts.inactive };
+    return poolInfo(this.cluster.current(), poolId, storedBytes);
   }
 
   async createVolume(request: CreateVolumeRequest): Promise<VolumeInfo> {

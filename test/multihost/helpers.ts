@@ -63,3 +63,17 @@ export async function inProcessCluster(
     },
   };
 }
+
+/**
+ * The common set-up: pool `rep` (size 3, min-size 2, failure domain host) and a 64 MiB
+ * volume `v` in it, created through h1, with a writable handle on h1.
+ */
+export async function replicatedVolume(cluster: InProcessCluster) {
+  const h1 = cluster.hosts.get('h1');
+  if (!h1) throw new Error('cluster has no h1');
+  await h1.createPool({ name: 'rep', size: 3, minSize: 2, failureDomain: 'host' });
+  const info = await h1.createVolume({ name: 'v', sizeBytes: 64 * 2 ** 20, pool: 'rep' });
+  const writer = await h1.open('v', { readOnly: false });
+  const poolId = cluster.store.current().map.pools.find((p) => p.name === 'rep')?.id ?? -1;
+  return { h1, info, writer, poolId };
+}

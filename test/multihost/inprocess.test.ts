@@ -12,7 +12,7 @@ import { isCisternError } from '../../src/util/errors';
 import { MessageType } from '../../src/replication/messages';
 import { ObjectKey } from '../../src/store/key';
 import { pattern } from '../datastore/helpers';
-import { inProcessCluster } from './helpers';
+import { inProcessCluster, replicatedVolume } from './helpers';
 import { removeVolume } from '../../src/cluster/state';
 import { computeTable, locateObject } from '../../src/placement/straw2';
 
@@ -41,10 +41,7 @@ async function replicaHosts(
 test('written through one host, read through every other; three replicas on three hosts', async () => {
   const cluster = await inProcessCluster(4);
   try {
-    const h1 = cluster.hosts.get('h1')!;
-    await h1.createPool({ name: 'rep', size: 3, minSize: 2, failureDomain: 'host' });
-    const info = await h1.createVolume({ name: 'v', sizeBytes: 64 * MiB, pool: 'rep' });
-    const writer = await h1.open('v', { readOnly: false });
+    const { writer, info } = await replicatedVolume(cluster);
     const data = pattern(40 * MiB + 4096 * 3 + 17, 1);
     await writer.write(123, data);
     await writer.flush();
@@ -71,10 +68,7 @@ test('written through one host, read through every other; three replicas on thre
 test('an unreachable host leaves the acting set; writes carry on and read back', async () => {
   const cluster = await inProcessCluster(4);
   try {
-    const h1 = cluster.hosts.get('h1')!;
-    await h1.createPool({ name: 'rep', size: 3, minSize: 2, failureDomain: 'host' });
-    await h1.createVolume({ name: 'v', sizeBytes: 64 * MiB, pool: 'rep' });
-    const writer = await h1.open('v', { readOnly: false });
+    const { writer } = await replicatedVolume(cluster);
     await writer.write(0, pattern(32 * MiB, 2));
     cluster.network.cut('h4');
     const later = pattern(32 * MiB, 3);
@@ -151,10 +145,7 @@ test('objects of a volume removed from the map are collected on every host', asy
 test('a host that comes back never serves data it missed while it was away', async () => {
   const cluster = await inProcessCluster(4);
   try {
-    const h1 = cluster.hosts.get('h1')!;
-    await h1.createPool({ name: 'rep', size: 3, minSize: 2, failureDomain: 'host' });
-    await h1.createVolume({ name: 'v', sizeBytes: 64 * MiB, pool: 'rep' });
-    const writer = await h1.open('v', { readOnly: false });
+    const { writer } = await replicatedVolume(cluster);
     await writer.write(0, pattern(64 * MiB, 10));
     await writer.flush();
     // h4 goes away; everything is rewritten while it is gone.
@@ -198,10 +189,7 @@ test('a host that comes back never serves data it missed while it was away', asy
 test('recovery backfills a host that comes back: its PGs become clean and replicas identical', async () => {
   const cluster = await inProcessCluster(4);
   try {
-    const h1 = cluster.hosts.get('h1')!;
-    await h1.createPool({ name: 'rep', size: 3, minSize: 2, failureDomain: 'host' });
-    const info = await h1.createVolume({ name: 'v', sizeBytes: 64 * MiB, pool: 'rep' });
-    const writer = await h1.open('v', { readOnly: false });
+    const { h1, writer, info } = await replicatedVolume(cluster);
     await writer.write(0, pattern(64 * MiB, 20));
     await writer.flush();
     cluster.network.cut('h4');

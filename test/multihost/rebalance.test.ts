@@ -9,7 +9,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { computeTable, pgRow } from '../../src/placement/straw2';
 import { pattern } from '../datastore/helpers';
-import { InProcessCluster, inProcessCluster } from './helpers';
+import { InProcessCluster, inProcessCluster, replicatedVolume } from './helpers';
 
 const MiB = 2 ** 20;
 
@@ -38,10 +38,7 @@ async function readEverywhere(cluster: InProcessCluster, expected: Buffer): Prom
 test('a host added to a running cluster is backfilled; the members it replaces serve until then', async () => {
   const cluster = await inProcessCluster(4);
   try {
-    const h1 = cluster.hosts.get('h1')!;
-    await h1.createPool({ name: 'rep', size: 3, minSize: 2, failureDomain: 'host' });
-    await h1.createVolume({ name: 'v', sizeBytes: 64 * MiB, pool: 'rep' });
-    const writer = await h1.open('v', { readOnly: false });
+    const { h1, writer } = await replicatedVolume(cluster);
     const data = pattern(64 * MiB, 30);
     await writer.write(0, data);
     await writer.flush();
@@ -73,10 +70,7 @@ test('a host added to a running cluster is backfilled; the members it replaces s
 test('a drained host keeps serving until its PGs are copied, then holds none', async () => {
   const cluster = await inProcessCluster(5);
   try {
-    const h1 = cluster.hosts.get('h1')!;
-    await h1.createPool({ name: 'rep', size: 3, minSize: 2, failureDomain: 'host' });
-    await h1.createVolume({ name: 'v', sizeBytes: 64 * MiB, pool: 'rep' });
-    const writer = await h1.open('v', { readOnly: false });
+    const { writer } = await replicatedVolume(cluster);
     const data = pattern(64 * MiB, 31);
     await writer.write(0, data);
     await writer.flush();

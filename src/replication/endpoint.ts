@@ -4,7 +4,7 @@
 // - ObjectIo: replicated object I/O, what the volume layer calls; LocalReplication
 //   (this host is the primary) and Gateway (route to the primary's host) implement it.
 
-import { ObjectKey } from '../store/key';
+import { ObjectKey, ObjectKeyFilter } from '../store/key';
 import { Extent } from '../volume/backend';
 import { BufferLease } from '../store/buffer-cache';
 
@@ -31,6 +31,15 @@ export interface ObjectEndpoint {
     key: ObjectKey,
     objectSizeBytes: number,
   ): Promise<{ digest: string; bytesRead: number }>;
+}
+
+/**
+ * One of this host's own disks: an ObjectEndpoint that also lists what it holds (for
+ * recovery, scrub and ListObjects). ObjectStore implements it; so does the simulator's
+ * disk (test/sim/), which is why the replication layer names this and not ObjectStore.
+ */
+export interface LocalDisk extends ObjectEndpoint {
+  listObjects(filter?: ObjectKeyFilter): AsyncIterable<ObjectKey>;
 }
 
 export interface ObjectIo {

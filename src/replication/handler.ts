@@ -4,9 +4,8 @@
 // operations arrive from primaries and are served by one of this host's up disks.
 
 import { CisternError } from '../util/errors';
-import { ObjectStore } from '../store/object-store';
 import { ObjectKey, encodeObjectKey } from '../store/key';
-import { ObjectIo } from './endpoint';
+import { LocalDisk, ObjectIo } from './endpoint';
 import { checksumObject, checksumSizeValid } from './checksum';
 import { MessageType, parseDiskRequest, parseListObjects, parseObjectRequest } from './messages';
 
@@ -17,9 +16,9 @@ export interface HandlerContext {
   /** The host of the object's current primary. */
   primaryOf(key: ObjectKey): string;
   /** An up disk of this host, or undefined. */
-  localStore(disk: number): ObjectStore | undefined;
+  localStore(disk: number): LocalDisk | undefined;
   /** Every up disk of this host. */
-  localStores(): ObjectStore[];
+  localStores(): LocalDisk[];
 }
 
 export interface HandlerRequest {
@@ -55,7 +54,7 @@ export function makeHandler(
     return context.primary;
   };
 
-  const disk = (id: number): ObjectStore => {
+  const disk = (id: number): LocalDisk => {
     const store = context.localStore(id);
     if (!store)
       throw new CisternError('EIO', `disk ${id} is not an up disk of host ${context.hostId}`);

@@ -8,11 +8,11 @@
 
 import { CisternError, isCisternError } from '../util/errors';
 import { ObjectKey } from '../store/key';
-import { ObjectStore } from '../store/object-store';
 import { ClusterState, clearStale, staleKey } from '../cluster/state';
 import { ClusterStore } from '../cluster/store';
 import { PlacementTable, objectToPg } from '../placement/straw2';
-import { PeerTransport } from './endpoint';
+import { LocalDisk, PeerTransport } from './endpoint';
+import { Clock, Timer, systemClock } from '../util/clock';
 import { LocalReplication } from './local';
 import { MessageType } from './messages';
 import { PassRunner } from './passes';
@@ -31,12 +31,14 @@ export interface RecoveryContext {
   primaryOfPg(poolId: number, pg: number): { id: number; host: string };
   primary: LocalReplication;
   /** This host's up disk, or undefined. */
-  localStore(disk: number): ObjectStore | undefined;
+  localStore(disk: number): LocalDisk | undefined;
   transport: PeerTransport | undefined;
   log: (event: string, fields?: Record<string, unknown>) => void;
   bytesPerSecondMax?: number;
   /** Injectable for tests. */
   sleep?: (ms: number) => Promise<void>;
+  /** Virtual time in the simulator; the system clock by default. */
+  clock?: Clock;
 }
 
 interface Work {
@@ -47,15 +49,17 @@ interface Work {
 }
 
 export class RecoveryWorker {
-  private timer: NodeJS.Timeout | undefined;
+  private timer: Timer | undefined;
   private unsubscribe: (() => void) | undefined;
   /** Recovered PG members, for status and tests. */
   recoveredTotal = 0;
 
   private readonly runner: PassRunner;
+  private readonly clock: Clock;
 
   constructor(private readonly context: RecoveryContext) {
     this.runner = new PassRunner(() => this.pass());
+    this.clock = context.clock ?? systemClock;
   }
 
   private get closed(): boolean {
@@ -64,9 +68,17 @@ export class RecoveryWorker {
 
   start(): void {
     this.unsubscribe = this.context.cluster.subscribe(() => this.kick());
-    this.timer = setInterval(() => this.kick(), RECOVERY_RETRY_MS);
-    this.timer.unref();
+    this.retryLater();
     this.kick();
+  }
+
+  /** A pass every RECOVERY_RETRY_MS, for PGs whose recovery failed (one-shot timers chained). */
+  private retryLater(): void {
+    this.timer = this.clock.setTimer(RECOVERY_RETRY_MS, () => {
+      if (this.closed) return;
+      this.kick();
+      this.retryLater();
+    });
   }
 
   /** Runs a pass now, or right after the one in progress. */
@@ -81,7 +93,7 @@ export class RecoveryWorker {
 
   async close(): Promise<void> {
     this.unsubscribe?.();
-    if (this.timer) clearInterval(this.timer);
+    this.timer?.cancel();
     await this.runner.close();
   }
 
@@ -124,7 +136,7 @@ export class RecoveryWorker {
   }
 
   private async recover(item: Work): Promise<void> {
-    const started = Date.now();
+    const started = this.clock.now();
     const state = this.context.cluster.current();
     const sourceKeys = await this.listPg(
       this.context.primaryOfPg(item.pool, item.pg),
@@ -149,8 +161,9 @@ export class RecoveryWorker {
       bytes += await this.context.primary.recoverObject(key, item.disk, volume.objectSizeBytes);
       objects += 1;
       // Bandwidth bound: never run ahead of the budget since this PG started.
-      const aheadMs = (bytes / budget) * 1000 - (Date.now() - started);
-      if (aheadMs > 0) await (this.context.sleep ?? sleep)(aheadMs);
+      const aheadMs = (bytes / budget) * 1000 - (this.clock.now() - started);
+      if (aheadMs > 0)
+        await (this.context.sleep ?? ((ms: number) => this.clock.sleep(ms)))(aheadMs);
     }
     await this.context.primary.flushDisk(item.disk);
     const cleared = await this.context.cluster.update((s) =>
@@ -163,7 +176,7 @@ export class RecoveryWorker {
       disk: item.disk,
       objects,
       bytes,
-      ms: Date.now() - started,
+      ms: this.clock.now() - started,
     });
   }
 
@@ -202,8 +215,4 @@ export class RecoveryWorker {
     }
     throw new CisternError('EIO', `listing disk ${disk.id} on ${disk.host} did not end`);
   }
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
 }

@@ -10,7 +10,6 @@
 
 import { CisternError, isCisternError } from '../util/errors';
 import { ObjectKey } from '../store/key';
-import { ObjectStore } from '../store/object-store';
 import { ClusterStore } from '../cluster/store';
 import { pgKey } from '../cluster/state';
 import {
@@ -22,7 +21,8 @@ import {
   recordScrubReport,
 } from '../cluster/scrub-state';
 import { PlacementTable, objectToPg, pgRow } from '../placement/straw2';
-import { PeerTransport } from './endpoint';
+import { LocalDisk, PeerTransport } from './endpoint';
+import { Clock, systemClock } from '../util/clock';
 import { LocalReplication } from './local';
 import { MessageType } from './messages';
 import { PassRunner } from './passes';
@@ -40,12 +40,14 @@ export interface ScrubContext {
   primaryHostOfPg(poolId: number, pg: number): string;
   replication: LocalReplication;
   /** This host's up disk, or undefined. */
-  localStore(disk: number): ObjectStore | undefined;
+  localStore(disk: number): LocalDisk | undefined;
   transport: PeerTransport | undefined;
   log: (event: string, fields?: Record<string, unknown>) => void;
   bytesPerSecondMax?: number;
   /** Injectable for tests. */
   sleep?: (ms: number) => Promise<void>;
+  /** Virtual time in the simulator; the system clock by default. */
+  clock?: Clock;
 }
 
 type Totals = Omit<ScrubReport, 'host' | 'finishedAt' | 'ms'> & { bytesRead: number };
@@ -54,12 +56,18 @@ export class ScrubWorker {
   private unsubscribe: (() => void) | undefined;
 
   private readonly runner: PassRunner;
+  private readonly clock: Clock;
 
   constructor(private readonly context: ScrubContext) {
+    this.clock = context.clock ?? systemClock;
     this.runner = new PassRunner(
       () => this.pass(),
       () =>
-        pendingScrubs(this.context.cluster.current(), this.context.hostId, new Date()).length > 0,
+        pendingScrubs(
+          this.context.cluster.current(),
+          this.context.hostId,
+          new Date(this.clock.now()),
+        ).length > 0,
     );
   }
 
@@ -88,10 +96,14 @@ export class ScrubWorker {
   }
 
   private async pass(): Promise<void> {
-    const pending = pendingScrubs(this.context.cluster.current(), this.context.hostId, new Date());
+    const pending = pendingScrubs(
+      this.context.cluster.current(),
+      this.context.hostId,
+      new Date(this.clock.now()),
+    );
     for (const request of pending) {
       if (this.closed) return;
-      const started = Date.now();
+      const started = this.clock.now();
       let report: ScrubReport;
       try {
         report = await this.scrub(request);
@@ -100,8 +112,8 @@ export class ScrubWorker {
         // Reported, so the CLI learns of it rather than waiting for its timeout.
         report = {
           host: this.context.hostId,
-          finishedAt: new Date().toISOString(),
-          ms: Date.now() - started,
+          finishedAt: new Date(this.clock.now()).toISOString(),
+          ms: this.clock.now() - started,
           pgs: 0,
           objects: 0,
           disagreements: 0,
@@ -127,7 +139,7 @@ export class ScrubWorker {
 
   /** Scrubs every PG of the request's pools that this host is primary of. */
   async scrub(request: ScrubRequest): Promise<ScrubReport> {
-    const started = Date.now();
+    const started = this.clock.now();
     const totals: Totals = {
       pgs: 0,
       objects: 0,
@@ -149,8 +161,8 @@ export class ScrubWorker {
     void bytesRead;
     return {
       host: this.context.hostId,
-      finishedAt: new Date().toISOString(),
-      ms: Date.now() - started,
+      finishedAt: new Date(this.clock.now()).toISOString(),
+      ms: this.clock.now() - started,
       ...counts,
     };
   }
@@ -207,8 +219,9 @@ export class ScrubWorker {
         if (this.closed) return;
         await this.scrubObject(key, totals);
         // Bandwidth bound: never run ahead of the budget since the scrub started.
-        const aheadMs = (totals.bytesRead / budget) * 1000 - (Date.now() - started);
-        if (aheadMs > 0) await (this.context.sleep ?? sleep)(aheadMs);
+        const aheadMs = (totals.bytesRead / budget) * 1000 - (this.clock.now() - started);
+        if (aheadMs > 0)
+          await (this.context.sleep ?? ((ms: number) => this.clock.sleep(ms)))(aheadMs);
       }
     }
   }
@@ -288,8 +301,4 @@ export class ScrubWorker {
 /** Keeps the first few disagreements and errors as examples (bounded). */
 function noteExample(totals: Totals, text: string): void {
   if (totals.examples.length < SCRUB_EXAMPLES_MAX) totals.examples.push(boundedText(text));
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
 }

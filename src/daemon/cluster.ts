@@ -125,6 +125,7 @@ export class ClusterMember implements DaemonStore {
         dataDir: options.dataDir,
         disks: options.disks,
         log,
+        ...(options.bandwidth ? { bandwidth: options.bandwidth } : {}),
         hostId: cluster.hostId,
         rack: cluster.rack,
         cluster: { store: etcd, transport: peers, gatewayTransport: gatewayPeers, waitForEpoch },

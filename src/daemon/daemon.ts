@@ -32,10 +32,17 @@ export interface DaemonStore extends DatastoreAdmin, ExportProvider {
   close(): Promise<void>;
 }
 
+/** Bounds on background traffic (bytes per second); absent: the workers' defaults. */
+export interface BackgroundBandwidth {
+  recoveryBytesPerSecond?: number;
+  scrubBytesPerSecond?: number;
+}
+
 export interface StoreOptions {
   dataDir: string;
   disks: Array<{ path: string; sizeBytes?: number }>;
   log: Log;
+  bandwidth?: BackgroundBandwidth;
 }
 
 export interface DaemonOptions {
@@ -48,6 +55,7 @@ export interface DaemonOptions {
   openStore?: (options: StoreOptions) => Promise<DaemonStore>;
   /** Join a multi-host cluster (etcd, peers) instead of serving one host's datastore. */
   cluster?: ClusterOptions;
+  bandwidth?: BackgroundBandwidth;
 }
 
 export interface RunningDaemon {
@@ -91,7 +99,12 @@ export async function startDaemon(options: DaemonOptions): Promise<RunningDaemon
     // A previous daemon that died without cleaning up left an admin.json that lies.
     removeAdminFile(options.dataDir);
 
-    const store = await openStore({ dataDir: options.dataDir, disks: options.disks, log });
+    const store = await openStore({
+      dataDir: options.dataDir,
+      disks: options.disks,
+      log,
+      ...(options.bandwidth ? { bandwidth: options.bandwidth } : {}),
+    });
     cleanups.push(() => store.close());
     log('datastore.open', { dataDir: options.dataDir });
 

@@ -21,7 +21,7 @@ import { LocalReplication } from '../replication/local';
 import { ObjectEndpoint, ObjectIo, PeerTransport } from '../replication/endpoint';
 import { Gateway } from '../replication/gateway';
 import { RECOVERY_BYTES_PER_SECOND_DEFAULT, RecoveryWorker } from '../replication/recovery';
-import { ScrubWorker } from '../replication/scrub';
+import { SCRUB_BYTES_PER_SECOND_DEFAULT, ScrubWorker } from '../replication/scrub';
 import { ScrubStatus, requestScrub, scrubStatusOf } from '../cluster/scrub-state';
 import { recoveryStatus } from '../cluster/recovery-status';
 import { RemoteDisk } from '../replication/remote-disk';
@@ -75,6 +75,8 @@ export interface DatastoreOptions {
     gatewayTransport?: PeerTransport;
     waitForEpoch: (epoch: number, timeoutMs: number) => Promise<boolean>;
   };
+  /** Bounds on recovery and scrub traffic; absent: their defaults. */
+  bandwidth?: { recoveryBytesPerSecond?: number; scrubBytesPerSecond?: number };
   /** Wraps each opened device (tests inject faults here). */
   wrapDevice?: (diskId: number, device: BlockDevice) => BlockDevice;
 }
@@ -220,6 +222,8 @@ export class Datastore implements DatastoreAdmin, ExportProvider {
       localStore: (disk) => this.upStore(disk),
       transport: this.options.cluster?.transport,
       log: this.log,
+      bytesPerSecondMax:
+        this.options.bandwidth?.recoveryBytesPerSecond ?? RECOVERY_BYTES_PER_SECOND_DEFAULT,
     });
     this.recovery.start();
   }
@@ -237,6 +241,8 @@ export class Datastore implements DatastoreAdmin, ExportProvider {
       localStore: (disk) => this.upStore(disk),
       transport: this.options.cluster?.transport,
       log: this.log,
+      bytesPerSecondMax:
+        this.options.bandwidth?.scrubBytesPerSecond ?? SCRUB_BYTES_PER_SECOND_DEFAULT,
     });
     this.scrubber.start();
   }
@@ -726,7 +732,7 @@ export class Datastore implements DatastoreAdmin, ExportProvider {
         return { objects: bytes / state.OBJECT_SIZE_DEFAULT_BYTES, bytes };
       },
       !measured,
-      RECOVERY_BYTES_PER_SECOND_DEFAULT,
+      this.options.bandwidth?.recoveryBytesPerSecond ?? RECOVERY_BYTES_PER_SECOND_DEFAULT,
     );
     const health = pools.some((p) => p.pgsUnavailable > 0)
       ? 'unavailable'

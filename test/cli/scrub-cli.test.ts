@@ -2,7 +2,9 @@
 // `cistern daemon` child on the real datastore, replicas across its disks): a clean
 // datastore with data written over NBD scrubs clean — every PG of the default pool by
 // the one host, every object compared — in text and --json, exit 0; an unknown pool is
-// refused with exit 1; and `status` shows PG states and the recovery figures.
+// refused with exit 1; and `status` shows PG states and the recovery figures, its
+// estimate at the bandwidth given by `--recovery-bandwidth` (7 MiB/s here) — which is
+// how that option reaches the datastore's recovery settings.
 
 import { strict as assert } from 'node:assert';
 import fs from 'node:fs';
@@ -19,12 +21,16 @@ import {
 } from '../daemon/helpers';
 
 const MiB = 2 ** 20;
+const RECOVERY_MIB_PER_S = 7;
 let dir: string;
 let daemon: DaemonProcess;
 
 before(async () => {
   dir = tempDir('scrub-cli');
-  daemon = await spawnDaemon(dir);
+  daemon = await spawnDaemon(dir, [
+    ...['--nbd', '127.0.0.1:0', '--admin', '127.0.0.1:0'],
+    ...['--recovery-bandwidth', `${RECOVERY_MIB_PER_S}`],
+  ]);
   await cisternOk(['--data-dir', dir, 'volume', 'create', 'v', '--size', '64M']);
   const client = await NbdClient.connect(nbdTarget(daemon.admin.nbd), { exportName: 'v' });
   try {
@@ -78,4 +84,5 @@ test('status shows PG states and recovery figures', async () => {
   assert.equal(report.recovery.staleMembers, 0);
   assert.equal(report.recovery.bytesToCopy, 0);
   assert.equal(report.recovery.upperBound, false);
+  assert.equal(report.recovery.bytesPerSecond, RECOVERY_MIB_PER_S * MiB, '--recovery-bandwidth');
 });

@@ -2,7 +2,8 @@
 // `ISO-time event key=value ...` with values quoted only when they must be (and bounded);
 // the --json log is one parseable object per line; HOST:PORT parses IPv4, bracketed IPv6,
 // a bare port and port 0, and refuses nonsense; wildcard binds are reached on loopback;
-// and `--disk PATH[:SIZE]` splits a size off a path only when it looks like one.
+// `--disk PATH[:SIZE]` splits a size off a path only when it looks like one; and
+// `--recovery-bandwidth`/`--scrub-bandwidth` become bytes per second within their bound.
 
 import { strict as assert } from 'node:assert';
 import fs from 'node:fs';
@@ -17,7 +18,13 @@ import {
 } from '../../src/daemon/address';
 import { LOG_VALUE_MAX_CHARS, createLog, formatLogLine } from '../../src/daemon/log';
 import { isCisternError } from '../../src/util/errors';
-import { parseDiskSpec } from '../../tools/commands/daemon';
+import {
+  BACKGROUND_BANDWIDTH_MIB_PER_S_MAX,
+  bandwidthOptions,
+  daemon,
+  parseDiskSpec,
+} from '../../tools/commands/daemon';
+import { parseArgs } from '../../tools/command';
 
 const time = new Date('2026-11-26T05:00:00.000Z');
 
@@ -102,4 +109,20 @@ test('--disk PATH[:SIZE] splits off a size only when the suffix starts with a di
     () => parseDiskSpec('/missing/pci-0000:00:1f.2'),
     (error) => isCisternError(error, 'EINVAL') && /--disk/.test(error.message),
   );
+});
+
+test('--recovery-bandwidth and --scrub-bandwidth are MiB/s, positive and bounded', () => {
+  const parse = (...argv: string[]) => bandwidthOptions(parseArgs(daemon, argv));
+  assert.deepEqual(parse(), {});
+  assert.deepEqual(parse('--recovery-bandwidth', '32', '--scrub-bandwidth', '0.5'), {
+    recoveryBytesPerSecond: 32 * 2 ** 20,
+    scrubBytesPerSecond: 2 ** 19,
+  });
+  for (const bad of ['0', '-1', `${BACKGROUND_BANDWIDTH_MIB_PER_S_MAX + 1}`]) {
+    assert.throws(
+      () => parse('--recovery-bandwidth', bad),
+      (error) => isCisternError(error, 'EINVAL') && /--recovery-bandwidth/.test(error.message),
+      bad,
+    );
+  }
 });

@@ -12,6 +12,16 @@ import { adminOptions, resolveDataDir } from '../admin-client';
 import { Command, ParsedArgs, opt, usageError } from '../command';
 import { ClusterOptions } from '../../src/daemon/cluster';
 import { parseEndpoints } from '../../src/cluster/etcd';
+import { RECOVERY_BYTES_PER_SECOND_DEFAULT } from '../../src/replication/recovery';
+import { SCRUB_BYTES_PER_SECOND_DEFAULT } from '../../src/replication/scrub';
+import { BackgroundBandwidth } from '../../src/daemon/daemon';
+
+const MiB = 2 ** 20;
+/**
+ * Upper bound of --recovery-bandwidth and --scrub-bandwidth: 64 GiB/s is beyond any
+ * host's disks and network today, so a larger figure is a typo (bytes for MiB, say).
+ */
+export const BACKGROUND_BANDWIDTH_MIB_PER_S_MAX = 65536;
 
 /**
  * `--disk PATH[:SIZE]`. Device names may contain ':' (`/dev/disk/by-path/pci-0000:00:1f.2`),
@@ -92,6 +102,22 @@ admin.json is removed. Logs go to stderr, one line per event (--json: one JSON o
       help: 'multi-host: seconds a host may be down before its data is re-placed (default 600)',
     },
     {
+      name: 'recovery-bandwidth',
+      type: 'number',
+      valueName: 'MIB_PER_S',
+      help:
+        'multi-host: bound on recovery/backfill traffic from this daemon, MiB/s ' +
+        `(default ${RECOVERY_BYTES_PER_SECOND_DEFAULT / MiB}; at most ${BACKGROUND_BANDWIDTH_MIB_PER_S_MAX})`,
+    },
+    {
+      name: 'scrub-bandwidth',
+      type: 'number',
+      valueName: 'MIB_PER_S',
+      help:
+        'bound on the bytes scrub reads per second on this daemon, MiB/s ' +
+        `(default ${SCRUB_BYTES_PER_SECOND_DEFAULT / MiB}; at most ${BACKGROUND_BANDWIDTH_MIB_PER_S_MAX})`,
+    },
+    {
       name: 'admin',
       type: 'string',
       valueName: 'HOST:PORT',
@@ -106,10 +132,39 @@ admin.json is removed. Logs go to stderr, one line per event (--json: one JSON o
     const admin = parseHostPort(opt<string>(args, 'admin'), ADMIN_DEFAULT_HOST);
     const log = createLog({ json: opt<boolean>(args, 'json') });
     const cluster = clusterOptions(args);
-    await runDaemon({ dataDir, disks, nbd, admin, log, ...(cluster ? { cluster } : {}) });
+    const bandwidth = bandwidthOptions(args);
+    await runDaemon({
+      dataDir,
+      disks,
+      nbd,
+      admin,
+      log,
+      bandwidth,
+      ...(cluster ? { cluster } : {}),
+    });
     return 0;
   },
 };
+
+/** --recovery-bandwidth and --scrub-bandwidth (MiB/s) as bytes per second. */
+export function bandwidthOptions(args: ParsedArgs): BackgroundBandwidth {
+  const bytesPerSecond = (name: string): number | undefined => {
+    const mibPerS = opt<number | undefined>(args, name);
+    if (mibPerS === undefined) return undefined;
+    if (!(mibPerS > 0) || mibPerS > BACKGROUND_BANDWIDTH_MIB_PER_S_MAX) {
+      throw usageError(
+        `--${name} must be more than 0 and at most ${BACKGROUND_BANDWIDTH_MIB_PER_S_MAX} (MiB/s), got ${mibPerS}`,
+      );
+    }
+    return Math.round(mibPerS * MiB);
+  };
+  const recovery = bytesPerSecond('recovery-bandwidth');
+  const scrub = bytesPerSecond('scrub-bandwidth');
+  return {
+    ...(recovery !== undefined ? { recoveryBytesPerSecond: recovery } : {}),
+    ...(scrub !== undefined ? { scrubBytesPerSecond: scrub } : {}),
+  };
+}
 
 /** The multi-host flags, all or none: --etcd with --host-id, --listen and --secret-file. */
 function clusterOptions(args: ParsedArgs): ClusterOptions | undefined {

@@ -552,20 +552,7 @@ class ServerConnection {
 
   /** Fencing, then the handler. */
   private async serve(request: PeerRequest): Promise<PeerReply> {
-    const current = this.config.currentEpoch();
-    if (request.epoch < current) {
-      throw staleEpoch(current, `request from epoch ${request.epoch} is older than ours`);
-    }
-    if (request.epoch > current) {
-      const caughtUp = await this.waitForEpoch(request.epoch);
-      const now = this.config.currentEpoch();
-      if (!caughtUp || now < request.epoch) {
-        throw staleEpoch(now, `this daemon is behind the request's epoch ${request.epoch}`);
-      }
-      if (now > request.epoch) {
-        throw staleEpoch(now, `request from epoch ${request.epoch} is older than ours`);
-      }
-    }
+    await fenceEpoch(request.epoch, this.config.currentEpoch, (epoch) => this.waitForEpoch(epoch));
     return await this.config.handler(request);
   }
 
@@ -741,6 +728,32 @@ class ServerConnection {
     } catch (error) {
       this.config.log('peer.bug', { remote: this.remote, error: describe(error) });
       this.hardClose();
+    }
+  }
+}
+
+/**
+ * The fencing rule (invariant 5; see the top of this file): resolves when a request of
+ * `requestEpoch` may be served now, at an equal epoch; throws STALE_EPOCH carrying the
+ * receiver's epoch otherwise. Shared by the peer server and the simulator's network.
+ */
+export async function fenceEpoch(
+  requestEpoch: number,
+  currentEpoch: () => number,
+  waitForEpoch: (epoch: number) => Promise<boolean>,
+): Promise<void> {
+  const current = currentEpoch();
+  if (requestEpoch < current) {
+    throw staleEpoch(current, `request from epoch ${requestEpoch} is older than ours`);
+  }
+  if (requestEpoch > current) {
+    const caughtUp = await waitForEpoch(requestEpoch);
+    const now = currentEpoch();
+    if (!caughtUp || now < requestEpoch) {
+      throw staleEpoch(now, `this daemon is behind the request's epoch ${requestEpoch}`);
+    }
+    if (now > requestEpoch) {
+      throw staleEpoch(now, `request from epoch ${requestEpoch} is older than ours`);
     }
   }
 }

@@ -3,6 +3,8 @@
 # peers. Idempotent: does nothing when every tool is already present. Needs root
 # (or sudo) when something is missing.
 set -euo pipefail
+# tgtd and tgtadm live in /usr/sbin, which a non-root PATH may lack.
+export PATH="$PATH:/usr/sbin:/sbin"
 
 # package:command pairs — the command proves the package is installed.
 needs=(
@@ -11,6 +13,8 @@ needs=(
   nbdfuse:nbdfuse
   fio:fio
   libiscsi-bin:iscsi-ls
+  libiscsi-bin:iscsi-test-cu
+  tgt:tgtd
   etcd-server:etcd
   etcd-client:etcdctl
   nbdkit:nbdkit

@@ -14,6 +14,7 @@ import { ClusterAdmin } from '../src/cluster/cluster-admin';
 import { ETCD_PREFIX_DEFAULT, parseEndpoints } from '../src/cluster/etcd';
 import { CisternError, CisternErrorCode } from '../src/util/errors';
 import type { ScrubStatus } from '../src/cluster/scrub-state';
+import type { AccessChange } from '../src/cluster/iscsi-access';
 import {
   CreatePoolRequest,
   CreateVolumeRequest,
@@ -60,6 +61,8 @@ export const adminOptions: OptionSpec[] = [
 export interface CliAdmin extends DatastoreAdmin {
   /** An NBD address to print in "connect:" hints, if one is known. */
   readonly nbd: string | undefined;
+  /** An iSCSI portal (HOST:PORT) for the same hints, if one is known. */
+  readonly iscsi?: string | undefined;
   close(): Promise<void>;
 }
 
@@ -131,6 +134,10 @@ export class AdminClient implements CliAdmin {
     return this.file.nbd;
   }
 
+  get iscsi(): string | undefined {
+    return this.file.iscsi;
+  }
+
   /** Nothing to release: every call is its own connection. */
   async close(): Promise<void> {}
 
@@ -177,6 +184,9 @@ export class AdminClient implements CliAdmin {
   }
   scrubStatus(id: number): Promise<ScrubStatus> {
     return this.call('GET', `/v1/scrub/${id}`);
+  }
+  setVolumeAccess(name: string, change: AccessChange): Promise<VolumeInfo> {
+    return this.call('POST', `${volumePath(name)}/access`, change);
   }
   async removeVolume(name: string, options: { force?: boolean }): Promise<void> {
     const query = options.force ? '?force=true' : '';

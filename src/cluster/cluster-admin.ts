@@ -22,6 +22,7 @@ import { ClusterStore } from './store';
 import { EtcdClusterStore, EtcdStoreOptions } from './etcd';
 import { ScrubStatus, requestScrub, scrubStatusOf } from './scrub-state';
 import { recoveryStatus } from './recovery-status';
+import { AccessChange, publicAccess, setVolumeAccess } from './iscsi-access';
 import { RECOVERY_BYTES_PER_SECOND_DEFAULT } from '../replication/recovery';
 
 /** The pool `volume create` uses when none is named and there is more than one. */
@@ -147,7 +148,15 @@ export class ClusterAdmin implements DatastoreAdmin {
       usedBytes: 0, // what the objects hold is known to the daemons, not the map
       createdAt: volume.createdAt,
       openHandles: 0, // NBD connections are the daemons' to count
+      iscsi: publicAccess(volume.name, volume.iscsi),
     };
+  }
+
+  /** Changes a volume's iSCSI rules in the map; every daemon applies them at the next login. */
+  async setVolumeAccess(name: string, change: AccessChange): Promise<VolumeInfo> {
+    await this.store.update((s) => setVolumeAccess(s, name, change));
+    this.log('volume.access-changed', { volume: name });
+    return this.volumeInfoOf(this.store.current(), state.findVolume(this.store.current(), name));
   }
 
   async resizeVolume(

@@ -9,6 +9,7 @@ import { pgCountFor } from '../placement/build';
 import { PlacementTable, computeTable, pgRow } from '../placement/straw2';
 import { POOL_NAME_PATTERN, VOLUME_NAME_PATTERN } from '../volume/admin';
 import type { ScrubRequest } from './scrub-state';
+import type { IscsiAccessRecord } from './iscsi-access';
 
 export interface VolumeSpec {
   id: number;
@@ -17,6 +18,8 @@ export interface VolumeSpec {
   sizeBytes: number;
   objectSizeBytes: number;
   createdAt: string;
+  /** iSCSI access rules (iscsi-access.ts); absent: any initiator, no CHAP. */
+  iscsi?: IscsiAccessRecord;
 }
 
 export interface DiskLocation {

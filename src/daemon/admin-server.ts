@@ -18,6 +18,7 @@ import {
   StatusReport,
   VOLUME_NAME_PATTERN,
 } from '../volume/admin';
+import type { AccessChange } from '../cluster/iscsi-access';
 import { HostPort } from './address';
 import { Log } from './log';
 
@@ -73,6 +74,8 @@ export interface AdminServerOptions {
   log: Log;
   /** Added to GET /v1/status when the datastore does not know it (it does not run NBD). */
   nbdAddress?: string;
+  /** The same for the iSCSI portal, when the daemon serves iSCSI. */
+  iscsiAddress?: string;
 }
 
 type Handler = (request: ApiRequest) => Promise<{ status: number; body: unknown }>;
@@ -194,6 +197,12 @@ export class AdminServer {
           return ok(info);
         },
       },
+      {
+        method: 'POST',
+        pattern: new RegExp(`^${volume}/access$`),
+        handler: async ({ params, body }) =>
+          ok(await accessAdmin(admin)(volumeName(params[0]), accessChange(body))),
+      },
       // Scrub: a request recorded for every daemon, then polled until all have reported.
       {
         method: 'POST',
@@ -209,9 +218,12 @@ export class AdminServer {
   }
 
   private async status(): Promise<StatusReport> {
-    const report = await this.admin.status();
+    let report = await this.admin.status();
     if (report.nbd === undefined && this.options.nbdAddress !== undefined) {
-      return { ...report, nbd: this.options.nbdAddress };
+      report = { ...report, nbd: this.options.nbdAddress };
+    }
+    if (report.iscsi === undefined && this.options.iscsiAddress !== undefined) {
+      report = { ...report, iscsi: this.options.iscsiAddress };
     }
     return report;
   }
@@ -442,6 +454,62 @@ function scrubAdmin(
   if (!requestScrub || !scrubStatus)
     throw new CisternError('ENOTSUP', 'this datastore has no scrub');
   return { requestScrub: requestScrub.bind(admin), scrubStatus: scrubStatus.bind(admin) };
+}
+
+/** The access call of a store that has one; ENOTSUP from one without iSCSI. */
+function accessAdmin(admin: DatastoreAdmin): NonNullable<DatastoreAdmin['setVolumeAccess']> {
+  const { setVolumeAccess } = admin;
+  if (!setVolumeAccess)
+    throw new CisternError('ENOTSUP', 'this datastore has no iSCSI access rules');
+  return setVolumeAccess.bind(admin);
+}
+
+/** Longest string the access body may carry: names and secrets are bounded far below. */
+const ACCESS_STRING_MAX_BYTES = 1024;
+
+function accessString(value: unknown, what: string): string {
+  if (typeof value !== 'string' || value === '' || value.length > ACCESS_STRING_MAX_BYTES) {
+    throw new CisternError('EINVAL', `${what} must be a non-empty string`);
+  }
+  return value;
+}
+
+function accessNames(value: unknown, what: string): string[] | undefined {
+  if (value === undefined) return undefined;
+  if (!Array.isArray(value)) throw new CisternError('EINVAL', `${what} must be a list of names`);
+  return value.map((name) => accessString(name, `each of ${what}`));
+}
+
+function credentials(
+  value: unknown,
+  what: string,
+): { user: string; secret: string } | null | undefined {
+  if (value === undefined || value === null) return value;
+  const fields = objectBody(value);
+  return {
+    user: accessString(fields['user'], `${what}.user`),
+    secret: accessString(fields['secret'], `${what}.secret`),
+  };
+}
+
+/** Shapes only; what the names and secrets must look like is the mutation's to judge. */
+function accessChange(body: unknown): AccessChange {
+  const fields = objectBody(body);
+  const allowAny = fields['allowAny'];
+  if (allowAny !== undefined && typeof allowAny !== 'boolean') {
+    throw new CisternError('EINVAL', 'allowAny must be true or false');
+  }
+  const change: AccessChange = {};
+  const allow = accessNames(fields['allow'], 'allow');
+  const deny = accessNames(fields['deny'], 'deny');
+  const chap = credentials(fields['chap'], 'chap');
+  const mutual = credentials(fields['mutual'], 'mutual');
+  if (allow !== undefined) change.allow = allow;
+  if (deny !== undefined) change.deny = deny;
+  if (allowAny !== undefined) change.allowAny = allowAny;
+  if (chap !== undefined) change.chap = chap;
+  if (mutual !== undefined) change.mutual = mutual;
+  return change;
 }
 
 function resizeRequest(body: unknown): { sizeBytes: number; allowShrink: boolean } {

@@ -13,6 +13,8 @@ import { HandlerReply, HandlerRequest } from '../replication/handler';
 import { MessageType } from '../replication/messages';
 import { Datastore } from '../volume/datastore';
 import type { ScrubStatus } from '../cluster/scrub-state';
+import type { AccessChange } from '../cluster/iscsi-access';
+import type { VolumeAccess } from '../frontend/iscsi/access';
 import { ExportInfo, VolumeHandle } from '../volume/backend';
 import {
   CreatePoolRequest,
@@ -204,5 +206,11 @@ export class ClusterMember implements DaemonStore {
   }
   status(): Promise<StatusReport> {
     return this.datastore.status();
+  }
+  setVolumeAccess(name: string, change: AccessChange): Promise<VolumeInfo> {
+    return this.datastore.setVolumeAccess(name, change);
+  }
+  access(volumeName: string): Promise<VolumeAccess> {
+    return this.datastore.access(volumeName);
   }
 }

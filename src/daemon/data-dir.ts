@@ -31,6 +31,8 @@ export interface AdminFile {
   token: string;
   pid: number;
   nbd?: string;
+  /** The iSCSI portal, HOST:PORT, when the daemon serves iSCSI. */
+  iscsi?: string;
 }
 
 interface PidFile {
@@ -188,9 +190,16 @@ export function readAdminFile(dir: string): AdminFile | undefined {
     typeof value.address !== 'string' ||
     typeof value.token !== 'string' ||
     typeof value.pid !== 'number' ||
-    (value.nbd !== undefined && typeof value.nbd !== 'string')
+    (value.nbd !== undefined && typeof value.nbd !== 'string') ||
+    (value.iscsi !== undefined && typeof value.iscsi !== 'string')
   ) {
     throw corrupt();
   }
-  return { address: value.address, token: value.token, pid: value.pid, nbd: value.nbd };
+  return {
+    address: value.address,
+    token: value.token,
+    pid: value.pid,
+    nbd: value.nbd,
+    ...(value.iscsi !== undefined ? { iscsi: value.iscsi } : {}),
+  };
 }

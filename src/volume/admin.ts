@@ -5,6 +5,7 @@
 import { FailureDomain } from '../placement/map';
 import type { RecoveryStatus } from '../cluster/recovery-status';
 import type { ScrubStatus } from '../cluster/scrub-state';
+import type { AccessChange, IscsiAccessInfo } from '../cluster/iscsi-access';
 
 export interface PoolInfo {
   id: number;
@@ -34,6 +35,8 @@ export interface VolumeInfo {
   createdAt: string;
   /** NBD connections that have this volume open now. */
   openHandles: number;
+  /** Its iSCSI target and access rules, without secrets. */
+  iscsi?: IscsiAccessInfo;
 }
 
 export interface DiskInfo {
@@ -60,6 +63,8 @@ export interface StatusReport {
   capacityBytes: number;
   usedBytes: number;
   nbd?: string;
+  /** Where this daemon serves iSCSI, when it does. */
+  iscsi?: string;
   /** PGs of all pools by state (active+clean, active+degraded, inactive). */
   pgStates?: Record<string, number>;
   /** Stale PG members awaiting recovery, and an estimate of what is left. */
@@ -103,6 +108,11 @@ export interface DatastoreAdmin {
   requestScrub?(pool: string | undefined): Promise<ScrubStatus>;
   /** How scrub request `id` stands: which hosts reported what. ENOENT if unknown. */
   scrubStatus?(id: number): Promise<ScrubStatus>;
+  /**
+   * Changes a volume's iSCSI access rules (initiator list, CHAP); the next login uses
+   * them. Optional: a store without iSCSI has none. UNKNOWN_VOLUME, EINVAL.
+   */
+  setVolumeAccess?(name: string, change: AccessChange): Promise<VolumeInfo>;
 }
 
 /** Volume names become NBD export names and iSCSI target names: keep them plain. */

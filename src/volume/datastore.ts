@@ -24,6 +24,8 @@ import { RECOVERY_BYTES_PER_SECOND_DEFAULT, RecoveryWorker } from '../replicatio
 import { SCRUB_BYTES_PER_SECOND_DEFAULT, ScrubWorker } from '../replication/scrub';
 import { ScrubStatus, requestScrub, scrubStatusOf } from '../cluster/scrub-state';
 import { recoveryStatus } from '../cluster/recovery-status';
+import { AccessChange, accessOf, publicAccess, setVolumeAccess } from '../cluster/iscsi-access';
+import type { AccessProvider, VolumeAccess } from '../frontend/iscsi/access';
 import { RemoteDisk } from '../replication/remote-disk';
 import { HandlerReply, HandlerRequest, makeHandler } from '../replication/handler';
 import { ExportInfo, ExportProvider, VolumeHandle } from './backend';
@@ -94,7 +96,7 @@ class DiskIdTaken extends Error {
   }
 }
 
-export class Datastore implements DatastoreAdmin, ExportProvider {
+export class Datastore implements DatastoreAdmin, ExportProvider, AccessProvider {
   private readonly disks = new Map<number, OpenDisk>();
   private readonly tables = new Map<number, { epoch: number; table: PlacementTable }>();
   private readonly openHandles = new Map<string, number>();
@@ -585,6 +587,7 @@ export class Datastore implements DatastoreAdmin, ExportProvider {
       usedBytes: objects.size * volume.objectSizeBytes,
       createdAt: volume.createdAt,
       openHandles: this.openHandles.get(name) ?? 0,
+      iscsi: publicAccess(volume.name, volume.iscsi),
     };
   }
 
@@ -768,6 +771,24 @@ export class Datastore implements DatastoreAdmin, ExportProvider {
     const live = new Set(current.map.disks.filter((d) => d.up).map((d) => d.host));
     if (!this.options.cluster) live.add(this.hostId);
     return scrubStatusOf(current, id, [...live]);
+  }
+
+  // ---- iSCSI access rules (kept in the volume's record) ----
+
+  async setVolumeAccess(name: string, change: AccessChange): Promise<VolumeInfo> {
+    const after = await this.cluster.update((s) => setVolumeAccess(s, name, change));
+    const shown = publicAccess(name, after);
+    // Never the secrets: the log shows who may log in and how, not with what.
+    this.log('volume.access-changed', {
+      volume: name,
+      initiators: shown.allowedInitiators.length === 0 ? 'any' : shown.allowedInitiators.join(','),
+      chap: shown.chap,
+    });
+    return this.volumeInfo(name);
+  }
+
+  async access(volumeName: string): Promise<VolumeAccess> {
+    return accessOf(this.cluster.current(), volumeName);
   }
 
   /** Flushes everything, closes every store and device, then the cluster store. */

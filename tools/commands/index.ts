@@ -12,6 +12,7 @@ import { poolLs } from './pool-ls';
 import { scrub } from './scrub';
 import { status } from './status';
 import { volumeCreate } from './volume-create';
+import { volumeAccess } from './volume-access';
 import { volumeInfo } from './volume-info';
 import { volumeLs } from './volume-ls';
 import { volumeResize } from './volume-resize';
@@ -23,6 +24,7 @@ export const commands: Command[] = [
   volumeCreate,
   volumeLs,
   volumeInfo,
+  volumeAccess,
   volumeResize,
   volumeRm,
   poolCreate,

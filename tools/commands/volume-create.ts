@@ -10,7 +10,8 @@ export const volumeCreate: Command = {
   description: `
 Creates a volume of the given size in a pool (default: the datastore's default pool).
 Volumes are thin: no space is taken until blocks are written. The volume is served at
-once as the NBD export of the same name.`,
+once as the NBD export of the same name, and as iSCSI target
+iqn.2026-11.io.cistern:NAME (LUN 0) when the daemon serves iSCSI.`,
   positionals: [{ name: 'NAME', help: 'volume name (letters, digits, . _ -)', required: true }],
   options: [
     ...adminOptions,
@@ -31,6 +32,9 @@ once as the NBD export of the same name.`,
     }
     output.out(`created volume ${info.name}: ${formatSize(info.sizeBytes)} in pool ${info.pool}`);
     if (client.nbd) output.out(`connect: nbd://${client.nbd}/${info.name}`);
+    if (client.iscsi && info.iscsi) {
+      output.out(`connect: iscsi://${client.iscsi}/${info.iscsi.target}/0`);
+    }
     return 0;
   },
 };

@@ -3,6 +3,7 @@
 import { formatSize } from '../../src/util/units';
 import { adminOptions, percent, openAdmin } from '../admin-client';
 import { Command, opt } from '../command';
+import { accessLines } from './volume-access';
 
 export const volumeInfo: Command = {
   path: ['volume', 'info'],
@@ -27,6 +28,7 @@ export const volumeInfo: Command = {
       ['created', info.createdAt],
     ];
     if (client.nbd) lines.push(['nbd', `nbd://${client.nbd}/${info.name}`]);
+    if (info.iscsi) lines.push(...accessLines(info.iscsi, client.iscsi));
     for (const [key, value] of lines) output.out(`${(key + ':').padEnd(18)}${value}`);
     return 0;
   },

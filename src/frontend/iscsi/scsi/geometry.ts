@@ -30,8 +30,8 @@ export const OPTIMAL_TRANSFER_BLOCKS = 8192;
 export const MAX_COMPARE_AND_WRITE_BLOCKS = 255;
 /** UNMAP descriptors per command: 8 + 16 × 256 = 4104 bytes of parameter list at most. */
 export const MAX_UNMAP_DESCRIPTORS = 256;
-/** LBAs one UNMAP may discard in total (2 GiB), so one command's trims stay bounded in time. */
-export const MAX_UNMAP_BLOCKS = 4 * 1024 * 1024;
+/** LBAs one UNMAP may discard in total (512 MiB): one command's work stays bounded (libiscsi calls above 1M "insanely big"). */
+export const MAX_UNMAP_BLOCKS = 1024 * 1024;
 /** WRITE SAME length bound (2 GiB): zeroing and unmapping are cheap, pattern writes are chunked. */
 export const MAX_WRITE_SAME_BLOCKS = 4 * 1024 * 1024;
 /** Pattern WRITE SAME writes this many bytes per volume call, so memory stays bounded. */

@@ -89,11 +89,7 @@ export class ScsiLogicalUnit implements LogicalUnit, Unit {
       if (pending !== undefined)
         return checkConditionResponse(new CheckCondition(SenseKey.UNIT_ATTENTION, pending));
     }
-    const conflict = this.reservations.conflict(
-      task.port.nexus,
-      command.access,
-      opcode === Op.RELEASE_6 || opcode === Op.RELEASE_10,
-    );
+    const conflict = this.reservations.conflict(task.port.nexus, opcode, command.access);
     if (conflict !== undefined) return conflict;
     return command.run(this, task);
   }

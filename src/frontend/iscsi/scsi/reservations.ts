@@ -73,6 +73,8 @@ interface Reservation {
 }
 
 const GOOD: ScsiResponse = { status: ScsiStatus.GOOD };
+/** Commands another nexus may still send while an SPC-2 reservation is held: INQUIRY, REQUEST SENSE, RELEASE(6)/(10), REPORT LUNS. */
+const LEGACY_ALLOWED = new Set<number>([0x12, 0x03, 0x17, 0x57, 0xa0]);
 const CONFLICT: ScsiResponse = { status: ScsiStatus.RESERVATION_CONFLICT };
 
 export type Notify = (nexus: string, condition: Asc) => void;
@@ -109,17 +111,13 @@ export class Reservations {
 
   constructor(private readonly notify: Notify) {}
 
-  /** RESERVATION CONFLICT for `nexus` running a command of this class, or undefined to go on. */
-  conflict(
-    nexus: string,
-    access: AccessClass,
-    opcodeIsLegacyRelease: boolean,
-  ): ScsiResponse | undefined {
-    if (access === 'always') return undefined;
+  /** RESERVATION CONFLICT for `nexus` running `opcode` of this access class, or undefined to go on. */
+  conflict(nexus: string, opcode: number, access: AccessClass): ScsiResponse | undefined {
     if (this.legacyHolder !== undefined && this.legacyHolder !== nexus) {
-      // SPC-2 7.21: RELEASE from another initiator succeeds without releasing.
-      return opcodeIsLegacyRelease ? undefined : CONFLICT;
+      // SPC-2 5.5.1: everything but these conflicts; RELEASE succeeds without releasing.
+      return LEGACY_ALLOWED.has(opcode) ? undefined : CONFLICT;
     }
+    if (access === 'always') return undefined;
     const reservation = this.reservation;
     if (reservation === undefined || this.holds(nexus)) return undefined;
     const registered = this.registrations.has(nexus);

@@ -234,7 +234,14 @@ export async function startSingleHost(
 export async function startCluster(
   network: TestNetwork,
   etcdUrl: string,
-  options: { hosts: number; directory: string; diskBytes: number; volumeBytes: number },
+  options: {
+    hosts: number;
+    directory: string;
+    diskBytes: number;
+    volumeBytes: number;
+    /** More `cistern daemon` flags for every host (perf/recovery.ts: bandwidth, down-out). */
+    daemonArgs?: readonly string[];
+  },
 ): Promise<{ target: Target; daemons: Daemon[] }> {
   const hosts = network.hosts.slice(0, options.hosts);
   if (hosts.length !== options.hosts) throw new Error(`the network has < ${options.hosts} hosts`);
@@ -258,6 +265,7 @@ export async function startCluster(
         ...['--disk', `${dataDir}/disk0.img:${options.diskBytes}`],
         ...['--nbd', `${host.address}:${NBD_PORT}`, '--admin', '127.0.0.1:0'],
         ...['--data-dir', dataDir],
+        ...(options.daemonArgs ?? []),
       ]);
     }),
   );
@@ -331,7 +339,7 @@ function describe(figure: Measured): string {
   );
 }
 
-function machine(): string {
+export function machine(): string {
   const cpus = os.cpus();
   const fio = spawnSync('fio', ['--version'], { encoding: 'utf8' }).stdout.trim();
   const etcd = spawnSync('etcd', ['--version'], { encoding: 'utf8' }).stdout.split('\n')[0];
@@ -397,19 +405,19 @@ function printTable(baseline: Measured[][], cluster: Measured[][]): void {
   console.log(`I/Os (the cluster: all three). Load after the run: ${loadAverage()}.`);
 }
 
-function loadAverage(): string {
+export function loadAverage(): string {
   return os
     .loadavg()
     .map((load) => load.toFixed(2))
     .join(' ');
 }
 
-function perfDirectory(): string {
+export function perfDirectory(name = 'cluster'): string {
   const parent = process.env['CISTERN_PERF_DIR'] || os.tmpdir();
   if (isMemoryFilesystem(parent)) {
     throw new Error(`${parent} is tmpfs; set CISTERN_PERF_DIR to a directory on a disk`);
   }
-  return fs.mkdtempSync(path.join(parent, 'cistern-perf-cluster-'));
+  return fs.mkdtempSync(path.join(parent, `cistern-perf-${name}-`));
 }
 
 async function main(): Promise<void> {

@@ -363,6 +363,7 @@ async function main(): Promise<void> {
       outcomes.push(
         await measureOne(directory, options.sizeBytes, options.baselineSeconds, bandwidth),
       );
+      printTable(outcomes.slice(-1)); // at once, in case a later setting fails
     }
     printTable(outcomes);
   } finally {

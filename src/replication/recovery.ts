@@ -35,6 +35,8 @@ export interface RecoveryContext {
   transport: PeerTransport | undefined;
   log: (event: string, fields?: Record<string, unknown>) => void;
   bytesPerSecondMax?: number;
+  /** Paces each copied object beyond that bound (throttle.ts: yields to client I/O). */
+  throttle?: { take(bytes: number): Promise<void> };
   /** Injectable for tests. */
   sleep?: (ms: number) => Promise<void>;
   /** Virtual time in the simulator; the system clock by default. */
@@ -158,8 +160,14 @@ export class RecoveryWorker {
       if (this.closed) return;
       const volume = this.context.cluster.current().volumes.find((v) => v.id === key.volume);
       if (!volume) continue; // removed: garbage collection deletes its objects
-      bytes += await this.context.primary.recoverObject(key, item.disk, volume.objectSizeBytes);
+      const copied = await this.context.primary.recoverObject(
+        key,
+        item.disk,
+        volume.objectSizeBytes,
+      );
+      bytes += copied;
       objects += 1;
+      await this.context.throttle?.take(copied);
       // Bandwidth bound: never run ahead of the budget since this PG started.
       const aheadMs = (bytes / budget) * 1000 - (this.clock.now() - started);
       if (aheadMs > 0)

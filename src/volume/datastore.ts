@@ -22,6 +22,8 @@ import { ObjectEndpoint, ObjectIo, PeerTransport } from '../replication/endpoint
 import { Gateway } from '../replication/gateway';
 import { RECOVERY_BYTES_PER_SECOND_DEFAULT, RecoveryWorker } from '../replication/recovery';
 import { SCRUB_BYTES_PER_SECOND_DEFAULT, ScrubWorker } from '../replication/scrub';
+import { BackgroundThrottle } from '../replication/throttle';
+import { StrayCollector } from '../replication/strays';
 import { ScrubStatus, requestScrub, scrubStatusOf } from '../cluster/scrub-state';
 import { recoveryStatus } from '../cluster/recovery-status';
 import { AccessChange, accessOf, publicAccess, setVolumeAccess } from '../cluster/iscsi-access';
@@ -112,6 +114,8 @@ export class Datastore implements DatastoreAdmin, ExportProvider, AccessProvider
   recovery: RecoveryWorker | undefined;
   /** Acts on scrub requests in the cluster state for the PGs this host is primary of. */
   scrubber: ScrubWorker | undefined;
+  /** Removes copies left on this host's disks by rebalancing (multi-host mode). */
+  strays: StrayCollector | undefined;
   /** Background garbage collection of removed volumes' objects (multi-host mode). */
   private collecting: Promise<void> = Promise.resolve();
 
@@ -159,6 +163,7 @@ export class Datastore implements DatastoreAdmin, ExportProvider, AccessProvider
       else {
         datastore.watchVolumes();
         datastore.startRecovery();
+        datastore.startStrayRemoval();
       }
       datastore.startScrub();
     } catch (error) {
@@ -215,6 +220,8 @@ export class Datastore implements DatastoreAdmin, ExportProvider, AccessProvider
   private startRecovery(): void {
     const gateway = this.gateway;
     assert(gateway, 'recovery runs in multi-host mode');
+    const bytesPerSecond =
+      this.options.bandwidth?.recoveryBytesPerSecond ?? RECOVERY_BYTES_PER_SECOND_DEFAULT;
     this.recovery = new RecoveryWorker({
       hostId: this.hostId,
       cluster: this.cluster,
@@ -224,10 +231,29 @@ export class Datastore implements DatastoreAdmin, ExportProvider, AccessProvider
       localStore: (disk) => this.upStore(disk),
       transport: this.options.cluster?.transport,
       log: this.log,
-      bytesPerSecondMax:
-        this.options.bandwidth?.recoveryBytesPerSecond ?? RECOVERY_BYTES_PER_SECOND_DEFAULT,
+      bytesPerSecondMax: bytesPerSecond,
+      // Client writes through this primary hold recovery to a share of its bandwidth.
+      throttle: new BackgroundThrottle({
+        bytesPerSecond,
+        clientBusy: () => this.replication.busyObjects > 0,
+      }),
     });
     this.recovery.start();
+  }
+
+  /** Removes this host's copies of clean PGs it is no longer a member of (strays.ts). */
+  private startStrayRemoval(): void {
+    this.strays = new StrayCollector({
+      cluster: this.cluster,
+      table: (poolId) => this.table(poolId),
+      localDisks: () =>
+        [...this.disks.keys()].flatMap((id) => {
+          const store = this.upStore(id);
+          return store ? [{ id, store }] : [];
+        }),
+      log: this.log,
+    });
+    this.strays.start();
   }
 
   private startScrub(): void {
@@ -798,6 +824,7 @@ export class Datastore implements DatastoreAdmin, ExportProvider, AccessProvider
     this.unsubscribe?.();
     await this.recovery?.close();
     await this.scrubber?.close();
+    await this.strays?.close();
     await this.collecting;
     try {
       await this.io.flush().catch((error: unknown) => {

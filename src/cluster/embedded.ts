@@ -51,6 +51,7 @@ export class EmbeddedClusterStore implements ClusterStore {
     state.staleSince ??= {};
     state.scrubRequests ??= [];
     state.retainedMembers ??= {};
+    state.authoritativeMembers ??= {};
     assert(
       state && state.map && Array.isArray(state.volumes),
       `cluster state at ${path} is malformed`,

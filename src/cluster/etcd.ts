@@ -165,6 +165,7 @@ function decodeState(raw: Buffer, where: string): ClusterState {
   state.staleSince ??= {};
   state.scrubRequests ??= [];
   state.retainedMembers ??= {};
+  state.authoritativeMembers ??= {};
   return state;
 }
 

@@ -1,7 +1,10 @@
 // Proves the stale-member rule of the cluster state: a disk that joins a PG's set
 // through a map change, or comes back up after being down, is recorded as stale in
 // exactly the PGs it is a member of; members that leave a set are forgotten; a change
-// that does not touch placement records nothing; a new pool starts clean.
+// that does not touch placement records nothing; a new pool starts clean. And peering
+// (authoritativeMembers), on literal sequences of map changes: a PG whose good members
+// all went away records the last of them, and the first of those back (placement order
+// on ties) serves again while members that were stale — however recently up — wait.
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -66,4 +69,116 @@ test('an added host is stale where it joins; a member leaving is forgotten', () 
     n.map.disks = n.map.disks.filter((d) => d.host !== 'h9');
   });
   assert.ok(Object.values(removed.staleMembers).every((list) => !list.includes(newDisk)));
+});
+
+// Peering when a PG has no good member left (authoritativeMembers). Literal sequences
+// of map changes on one PG of a size-3 pool; `row` is its placement, primary first.
+
+function up(s: state.ClusterState, disk: number): state.ClusterState {
+  return change(s, (n) => {
+    n.map.disks.find((d) => d.id === disk)!.up = true;
+  });
+}
+
+function down(s: state.ClusterState, ...disks: number[]): state.ClusterState {
+  return change(s, (n) => {
+    for (const disk of disks) state.markDiskDown(n, disk, 'gone');
+  });
+}
+
+/** A PG of the 4-host cluster and its row; the fourth disk is in none of its rows. */
+function onePg(): { s: state.ClusterState; pg: number; row: number[]; key: string } {
+  const s = cluster(4);
+  const row = [...pgRow(computeTable(s.map, 1), 0)];
+  return { s, pg: 0, row, key: state.pgKey(1, 0) };
+}
+
+function good(s: state.ClusterState, pg: number): number[] {
+  return state
+    .actingMembers(s, computeTable(s.map, 1), pg)
+    .filter((m) => !m.stale)
+    .map((m) => m.disk);
+}
+
+test('the member that went down last with every write is made good again; the others wait', () => {
+  const { s, pg, row, key } = onePg();
+  const [a, b, c] = row as [number, number, number];
+  // c, then b go down while a keeps serving (min-size 2 stops acks, a has all of them).
+  let now = down(down(s, c), b);
+  assert.deepEqual(now.authoritativeMembers, {});
+  now = down(now, a);
+  assert.deepEqual(now.authoritativeMembers[key], [a], 'a was the last good member');
+  now = up(now, b);
+  now = up(now, c);
+  assert.deepEqual(
+    now.staleMembers[key],
+    [b, c].sort((x, y) => x - y),
+  );
+  assert.deepEqual(good(now, pg), [], 'b and c missed writes: nobody serves');
+  now = up(now, a);
+  assert.deepEqual(good(now, pg), [a], 'a came back: it is the good member');
+  assert.deepEqual(
+    now.staleMembers[key],
+    [b, c].sort((x, y) => x - y),
+    'b, c still to recover',
+  );
+  assert.equal(now.staleSince[state.staleKey(1, pg, a)], undefined);
+  assert.equal(now.authoritativeMembers[key], undefined, 'the record goes once used');
+  // Recovery from a then clears the others as before.
+  for (const disk of [b, c]) {
+    const since = now.staleSince[state.staleKey(1, pg, disk)]!;
+    assert.ok(state.clearStale(now, 1, pg, disk, since));
+  }
+  assert.deepEqual(good(now, pg).sort(), [...row].sort());
+});
+
+test('a member stale when it went down is never authoritative, even if it was up last', () => {
+  const { s, pg, row, key } = onePg();
+  const [a, b, c] = row as [number, number, number];
+  // b was away and came back stale; then a and c go: b is up alone but lacks writes.
+  let now = up(down(s, b), b);
+  assert.deepEqual(now.staleMembers[key], [b]);
+  now = down(now, a, c);
+  assert.deepEqual(now.authoritativeMembers[key], [a, c]);
+  assert.deepEqual(good(now, pg), [], 'b alone may not serve');
+  now = up(now, c);
+  assert.deepEqual(good(now, pg), [c], 'c, one of the last good members, is back');
+  assert.deepEqual(now.staleMembers[key], [b]);
+  now = up(now, a);
+  assert.deepEqual(
+    now.staleMembers[key],
+    [a, b].sort((x, y) => x - y),
+    'a returns stale',
+  );
+});
+
+test('a whole PG down at once (cluster power loss): first back, in placement order, serves', () => {
+  const { s, pg, row, key } = onePg();
+  const [a, b, c] = row as [number, number, number];
+  let now = down(s, a, b, c);
+  assert.deepEqual(now.authoritativeMembers[key], [a, b, c], 'placement order');
+  // Two come back in one update: the first in placement order is chosen.
+  now = change(now, (n) => {
+    for (const d of n.map.disks) if (d.id === c || d.id === b) d.up = true;
+  });
+  assert.deepEqual(good(now, pg), [b]);
+  assert.deepEqual(now.staleMembers[key], [c]);
+  now = up(now, a);
+  assert.deepEqual(
+    now.staleMembers[key],
+    [a, c].sort((x, y) => x - y),
+  );
+  assert.deepEqual(good(now, pg), [b]);
+});
+
+test('a PG that keeps a good member records nothing', () => {
+  const { s, row, key } = onePg();
+  const [a] = row as [number];
+  const now = up(down(s, a), a);
+  assert.deepEqual(now.authoritativeMembers, {});
+  assert.deepEqual(now.staleMembers[key], [a]);
+  const copy = structuredClone(now);
+  const unrelated = change(now, (n) => state.createVolume(n, 'v', 1 << 20, 'p'));
+  assert.deepEqual(unrelated.staleMembers, copy.staleMembers);
+  assert.deepEqual(unrelated.authoritativeMembers, {});
 });

@@ -63,6 +63,15 @@ export interface ClusterState {
    * PG's new members are recovered, so a drain or rebalance never lowers redundancy.
    */
   retainedMembers: Record<string, number[]>;
+  /**
+   * Per PG left without any up member that has every acknowledged write (every up
+   * member stale, or none up): the members that had them last — its good members (up,
+   * not stale) just before the change that took the last of them away, in placement
+   * order. Every acknowledged write reached every acting member, so each of these holds
+   * all of them; the first to come back up is made the PG's good member again (peering
+   * in markNewMembersStale) and recovery brings the others in line from it.
+   */
+  authoritativeMembers: Record<string, number[]>;
   /** Recent scrub requests and the hosts' reports (scrub-state.ts). */
   scrubRequests: ScrubRequest[];
   nextVolumeId: number;
@@ -85,6 +94,7 @@ export function emptyState(): ClusterState {
     staleMembers: {},
     staleSince: {},
     retainedMembers: {},
+    authoritativeMembers: {},
     scrubRequests: [],
     nextVolumeId: 1,
     nextPoolId: 1,
@@ -305,13 +315,15 @@ function placementInputs(state: ClusterState): string {
  * and a disk that came back up after being down (it missed the writes made meanwhile).
  * A stale member takes new writes but serves no reads and does not count towards
  * min-size, so data it lacks can never be read back; recovery (copying what it missed)
- * is what clears it. Members that left a PG's set are forgotten. Called by every
- * cluster store on every update, after the mutation.
+ * is what clears it. Members that left a PG's set are forgotten. Then peers each PG
+ * (peerPg): one left with no good member gets its authoritative member back. Called by
+ * every cluster store on every update, after the mutation.
  */
 export function markNewMembersStale(before: ClusterState, after: ClusterState): void {
   after.staleMembers ??= {};
   after.staleSince ??= {};
   after.retainedMembers ??= {};
+  after.authoritativeMembers ??= {};
   const epoch = before.map.epoch + 1; // the epoch this update will carry
   if (placementInputs(before) === placementInputs(after)) return;
   const wasUp = new Map(before.map.disks.map((d) => [d.id, d.up]));
@@ -334,7 +346,7 @@ export function markNewMembersStale(before: ClusterState, after: ClusterState): 
       const staleBefore = before.staleMembers?.[key] ?? [];
       const retainedBefore = before.retainedMembers?.[key] ?? [];
       // Members that held good data before this change: up, not stale, in the set or retained.
-      const good = [...was, ...retainedBefore].filter(
+      const good = [...new Set([...was, ...retainedBefore])].filter(
         (d) => wasUp.get(d) === true && !staleBefore.includes(d),
       );
 
@@ -351,17 +363,60 @@ export function markNewMembersStale(before: ClusterState, after: ClusterState): 
           after.staleSince[staleKey(pool.id, pg, disk)] = epoch;
         }
       }
+      // Keep good members that left the set while the set has members to recover.
+      const retained = new Set(
+        stale.size === 0 ? [] : good.filter((d) => !now.includes(d) && upAfter.get(d) === true),
+      );
+      peerPg(after, key, now, good, stale, retained, upAfter);
+      for (const disk of now) {
+        if (!stale.has(disk)) delete after.staleSince[staleKey(pool.id, pg, disk)];
+      }
       if (stale.size > 0) after.staleMembers[key] = [...stale].sort((a, b) => a - b);
       else delete after.staleMembers[key];
-
-      // Keep good members that left the set while the set has members to recover.
-      const retained =
-        stale.size === 0 ? [] : good.filter((d) => !now.includes(d) && upAfter.get(d) === true);
-      if (retained.length > 0)
-        after.retainedMembers[key] = [...new Set(retained)].sort((a, b) => a - b);
+      if (stale.size > 0 && retained.size > 0)
+        after.retainedMembers[key] = [...retained].sort((a, b) => a - b);
       else delete after.retainedMembers[key];
     }
   }
+}
+
+/**
+ * Peering, the part decided in the map: which members of a PG hold every acknowledged
+ * write. Each write was acknowledged only once every acting member had it, so every
+ * good member (up, not stale) holds all of them. When a change takes the last good
+ * member away (the PG's good members went down while the others were stale — a network
+ * cut with requests in flight, a whole-cluster restart), the good members just before
+ * it are recorded as the PG's authoritative members; nothing can be acknowledged
+ * without one. When the first of them is up again (ties: placement order), its stale
+ * mark is cleared — or it is kept as a retained member if it left the set — and the
+ * record goes: recovery then copies from it to the others. `stale` and `retained` are
+ * this change's results for the PG, updated in place.
+ */
+function peerPg(
+  after: ClusterState,
+  key: string,
+  now: ArrayLike<number> & Iterable<number>,
+  goodBefore: readonly number[],
+  stale: Set<number>,
+  retained: Set<number>,
+  upAfter: ReadonlyMap<number, boolean>,
+): void {
+  const row = [...now];
+  const goodNow = (): boolean =>
+    row.some((d) => upAfter.get(d) === true && !stale.has(d)) ||
+    [...retained].some((d) => upAfter.get(d) === true);
+  if (goodNow()) {
+    delete after.authoritativeMembers[key];
+    return;
+  }
+  if (goodBefore.length > 0) after.authoritativeMembers[key] = [...goodBefore];
+  const authoritative = after.authoritativeMembers[key] ?? [];
+  const back = authoritative.find((d) => upAfter.get(d) === true);
+  if (back === undefined) return;
+  if (row.includes(back)) stale.delete(back);
+  else if (stale.size > 0) retained.add(back);
+  else return; // a set with nothing to recover and the holder outside it: wait for placement
+  delete after.authoritativeMembers[key];
 }
 
 export interface ActingMember {

@@ -21,6 +21,14 @@ import { PassRunner } from './passes';
 export const RECOVERY_BYTES_PER_SECOND_DEFAULT = 128 * 2 ** 20;
 /** Retry period for PGs whose recovery failed (a member unreachable, say). */
 export const RECOVERY_RETRY_MS = 2000;
+/**
+ * Recovered members whose marks one map update clears. Each update bumps the epoch,
+ * and every epoch change makes gateways and peers re-place and re-fence their
+ * requests: one update per PG would churn the map as fast as small PGs recover.
+ */
+export const RECOVERY_CLEAR_BATCH_MAX = 64;
+/** A recovered member waits at most this long for its batch: it serves reads once cleared. */
+export const RECOVERY_CLEAR_BATCH_MS = 1000;
 /** Pages of a remote listing (each at most LIST_OBJECTS_MAX keys) before giving up. */
 const LIST_PAGES_MAX = 100_000;
 
@@ -48,6 +56,13 @@ interface Work {
   pg: number;
   disk: number;
   since: number;
+}
+
+/** A member copied and flushed, its mark not yet cleared in the map. */
+interface Recovered extends Work {
+  objects: number;
+  bytes: number;
+  ms: number;
 }
 
 export class RecoveryWorker {
@@ -120,24 +135,77 @@ export class RecoveryWorker {
   }
 
   private async pass(): Promise<void> {
-    for (const item of this.work(this.context.cluster.current())) {
-      if (this.closed) return;
-      try {
-        await this.recover(item);
-      } catch (error) {
-        const message = error instanceof Error ? error.message : String(error);
-        this.context.log('recovery.failed', {
-          pool: item.pool,
-          pg: item.pg,
-          disk: item.disk,
-          error: message,
-        });
-        if (!isCisternError(error)) throw error;
+    const recovered: Recovered[] = [];
+    let batchStarted = 0;
+    try {
+      for (const item of this.work(this.context.cluster.current())) {
+        if (this.closed) return;
+        const done = await this.recoverLogged(item);
+        if (!done) continue;
+        if (recovered.length === 0) batchStarted = this.clock.now();
+        recovered.push(done);
+        if (
+          recovered.length >= RECOVERY_CLEAR_BATCH_MAX ||
+          this.clock.now() - batchStarted >= RECOVERY_CLEAR_BATCH_MS
+        ) {
+          await this.clearMarks(recovered.splice(0));
+        }
       }
+    } finally {
+      if (recovered.length > 0 && !this.closed) await this.clearMarks(recovered);
     }
   }
 
-  private async recover(item: Work): Promise<void> {
+  /**
+   * Clears the marks of recovered members in one map update, each only if it is still
+   * the mark recovery started from (clearStale).
+   */
+  private async clearMarks(recovered: Recovered[]): Promise<void> {
+    let cleared: boolean[];
+    try {
+      cleared = await this.context.cluster.update((s) =>
+        recovered.map((item) => clearStale(s, item.pool, item.pg, item.disk, item.since)),
+      );
+    } catch (error) {
+      if (!isCisternError(error)) throw error;
+      // The map could not be updated (etcd away): the marks stay; a later pass redoes them.
+      this.context.log('recovery.clear-failed', {
+        members: recovered.length,
+        error: error.message,
+      });
+      return;
+    }
+    recovered.forEach((item, index) => {
+      if (cleared[index]) this.recoveredTotal += 1;
+      this.context.log(cleared[index] ? 'recovery.pg-done' : 'recovery.pg-superseded', {
+        pool: item.pool,
+        pg: item.pg,
+        disk: item.disk,
+        objects: item.objects,
+        bytes: item.bytes,
+        ms: item.ms,
+      });
+    });
+  }
+
+  /** Recovers one member; a failure is logged (the next pass retries) and gives undefined. */
+  private async recoverLogged(item: Work): Promise<Recovered | undefined> {
+    try {
+      return await this.recover(item);
+    } catch (error) {
+      const message = error instanceof Error ? error.message : String(error);
+      this.context.log('recovery.failed', {
+        pool: item.pool,
+        pg: item.pg,
+        disk: item.disk,
+        error: message,
+      });
+      if (!isCisternError(error)) throw error;
+      return undefined;
+    }
+  }
+
+  private async recover(item: Work): Promise<Recovered | undefined> {
     const started = this.clock.now();
     const state = this.context.cluster.current();
     const sourceKeys = await this.listPg(
@@ -146,7 +214,7 @@ export class RecoveryWorker {
       item.pg,
     );
     const targetHost = state.map.disks.find((d) => d.id === item.disk)?.host;
-    if (!targetHost) return;
+    if (!targetHost) return undefined;
     const targetKeys = await this.listPg({ id: item.disk, host: targetHost }, item.pool, item.pg);
     const wanted = new Map(sourceKeys.map((key) => [`${key.volume}/${key.object}`, key]));
     for (const key of targetKeys) {
@@ -157,7 +225,7 @@ export class RecoveryWorker {
     let objects = 0;
     const budget = this.context.bytesPerSecondMax ?? RECOVERY_BYTES_PER_SECOND_DEFAULT;
     for (const key of wanted.values()) {
-      if (this.closed) return;
+      if (this.closed) return undefined;
       const volume = this.context.cluster.current().volumes.find((v) => v.id === key.volume);
       if (!volume) continue; // removed: garbage collection deletes its objects
       const copied = await this.context.primary.recoverObject(
@@ -174,18 +242,7 @@ export class RecoveryWorker {
         await (this.context.sleep ?? ((ms: number) => this.clock.sleep(ms)))(aheadMs);
     }
     await this.context.primary.flushDisk(item.disk);
-    const cleared = await this.context.cluster.update((s) =>
-      clearStale(s, item.pool, item.pg, item.disk, item.since),
-    );
-    if (cleared) this.recoveredTotal += 1;
-    this.context.log(cleared ? 'recovery.pg-done' : 'recovery.pg-superseded', {
-      pool: item.pool,
-      pg: item.pg,
-      disk: item.disk,
-      objects,
-      bytes,
-      ms: this.clock.now() - started,
-    });
+    return { ...item, objects, bytes, ms: this.clock.now() - started };
   }
 
   /** Every object of one PG on one disk (local store, or a remote host's disk). */

@@ -15,7 +15,13 @@
 //        none. A failed request is retried with the same content — reconnecting,
 //        through the next target when the connection died — until it succeeds or
 //        `retryMsMax` passes (then the block is "unresolved": old or new content).
-//        While `pauseFile` exists it starts no request. Prints `{"progress":…}` lines,
+//        While `pauseFile` exists it starts no request. SIGUSR1 announces a crash of
+//        every daemon (whole-cluster power loss): from then every block written since
+//        its last FLUSH may hold any version since that FLUSH (the workload prints
+//        `{"crashWindow":"open"}` once it has noted that, and the test kills only then);
+//        writes acknowledged and FLUSHes completed until SIGUSR2 (the daemons are back)
+//        may have been lost too, so they are noted the same way and count for nothing.
+//        Prints `{"progress":…}` lines,
 //        then `{"summary":…}`, and writes the model (the last acknowledged sequence
 //        number of every written block) to `modelFile`.
 //   { "mode": "verify", ... }  reads the whole volume through `targets[0]` and checks
@@ -83,7 +89,10 @@ export interface Model {
   sizeBytes: number;
   /** [block, sequence number] of every block ever acknowledged. */
   acked: Array<[number, number]>;
-  /** Blocks whose last write never succeeded: either content may be there. */
+  /**
+   * Blocks whose last write never succeeded, or that a crash may have set back: any of
+   * these versions may be there (0: zeros).
+   */
   unresolved: Array<{ block: number; seqs: number[] }>;
 }
 
@@ -122,6 +131,8 @@ export interface RunSummary {
   /** Requests that failed at least once and then succeeded. */
   retriedToSuccess: number;
   unresolved: number;
+  /** Blocks a crash may have set back to a version since their last FLUSH. */
+  crashUncertain: number;
   reconnects: number;
   gateways: string[];
   latencyMsMax: number;
@@ -167,6 +178,12 @@ export function decodeBlock(data: Uint8Array): Found {
     block: Number(block.readBigUInt64LE(16)),
     seq: Number(block.readBigUInt64LE(24)),
   };
+}
+
+/** Whether `found` is one of the versions `seqs` of `block` (0: zeros, never written). */
+function acceptable(found: Found, block: number, seqs: number[]): boolean {
+  if (found.kind === 'zeros') return seqs.includes(0);
+  return found.kind === 'written' && found.block === block && seqs.includes(found.seq);
 }
 
 function errorMessage(error: unknown): string {
@@ -257,6 +274,13 @@ async function run(config: RunConfig): Promise<void> {
   const flushed = new Float64Array(blocks);
   const busy = new Uint8Array(blocks);
   const unresolved = new Map<number, number[]>();
+  /** Per block, the sequence numbers acknowledged since its last FLUSH (for crashes). */
+  const sinceFlush = new Map<number, number[]>();
+  /** Blocks a crash may have set back: the versions they may hold (0: zeros). */
+  const uncertain = new Map<number, number[]>();
+  /** Bumped by each crash signal; an operation begun in an older era proves nothing. */
+  let era = 0;
+  let crashWindow = false;
   const summary: RunSummary = {
     writes: 0,
     reads: 0,
@@ -267,6 +291,7 @@ async function run(config: RunConfig): Promise<void> {
     errorDetails: [],
     retriedToSuccess: 0,
     unresolved: 0,
+    crashUncertain: 0,
     reconnects: 0,
     gateways: [],
     latencyMsMax: 0,
@@ -322,10 +347,8 @@ async function run(config: RunConfig): Promise<void> {
   const check = (block: number, data: Uint8Array): void => {
     const expected = blockContent(config.volumeTag, block, acked[block] as number);
     if (Buffer.from(data.buffer, data.byteOffset, data.length).equals(expected)) return;
-    if (unresolved.has(block)) {
-      const found = decodeBlock(data);
-      const seqs = unresolved.get(block) as number[];
-      if (found.kind === 'written' && found.block === block && seqs.includes(found.seq)) return;
+    for (const seqs of [unresolved.get(block), uncertain.get(block)]) {
+      if (seqs && acceptable(decodeBlock(data), block, seqs)) return;
     }
     summary.mismatches += 1;
     if (summary.mismatchDetails.length < DETAILS_MAX) {
@@ -343,14 +366,38 @@ async function run(config: RunConfig): Promise<void> {
   const flush = async (): Promise<void> => {
     // A FLUSH covers the writes acknowledged before it is sent.
     const covered = acked.slice();
+    const begun = era;
     const done = await attempt('flush', undefined, (client) => client.flush());
-    if (done) {
+    if (done && begun === era && !crashWindow) {
       for (let block = 0; block < blocks; block += 1) {
         flushed[block] = Math.max(flushed[block] as number, covered[block] as number);
+      }
+      for (const [block, seqs] of sinceFlush) {
+        const rest = seqs.filter((seq) => seq > (flushed[block] as number));
+        if (rest.length > 0) sinceFlush.set(block, rest);
+        else sinceFlush.delete(block);
       }
       summary.flushes += 1;
     }
   };
+
+  /** A crash may set back every block written since its last FLUSH. */
+  const crash = (): void => {
+    era += 1;
+    crashWindow = true;
+    for (const [block, seqs] of sinceFlush) {
+      const versions = [flushed[block] as number, ...seqs, ...(uncertain.get(block) ?? [])];
+      uncertain.set(block, [...new Set(versions)]);
+    }
+    console.log(JSON.stringify({ crashWindow: 'open' }));
+  };
+  const recovered = (): void => {
+    era += 1;
+    crashWindow = false;
+    console.log(JSON.stringify({ crashWindow: 'closed' }));
+  };
+  process.on('SIGUSR1', crash);
+  process.on('SIGUSR2', recovered);
 
   const pickIdleBlock = (): number => {
     // Bounded: at most queueDepth blocks are busy, so a free one is found quickly.
@@ -365,12 +412,21 @@ async function run(config: RunConfig): Promise<void> {
     const seq = nextSeq;
     nextSeq += 1;
     const data = blockContent(config.volumeTag, block, seq);
+    const begun = era;
     const done = await attempt('write', block, (client) => client.write(block * BLOCK_BYTES, data));
     if (!done) {
       unresolved.set(block, [...(unresolved.get(block) ?? [acked[block] as number]), seq]);
       return;
     }
+    if (begun !== era || crashWindow) {
+      // Acknowledged around a crash: it may have been lost, as any unflushed write.
+      const versions = uncertain.get(block) ?? [flushed[block] as number, acked[block] as number];
+      uncertain.set(block, [...new Set([...versions, seq])]);
+    } else {
+      uncertain.delete(block);
+    }
     acked[block] = seq;
+    sinceFlush.set(block, [...(sinceFlush.get(block) ?? []), seq]);
     unresolved.delete(block);
     summary.writes += 1;
     writesSinceFlush += 1;
@@ -430,10 +486,13 @@ async function run(config: RunConfig): Promise<void> {
   } finally {
     clearInterval(watchStop);
     clearInterval(progress);
+    process.off('SIGUSR1', crash);
+    process.off('SIGUSR2', recovered);
     await connection.close();
   }
 
   summary.unresolved = unresolved.size;
+  summary.crashUncertain = uncertain.size;
   summary.reconnects = connection.reconnects;
   summary.gateways = [...connection.used];
   for (let block = 0; block < blocks; block += 1) {
@@ -445,7 +504,10 @@ async function run(config: RunConfig): Promise<void> {
     volumeTag: config.volumeTag,
     sizeBytes: config.sizeBytes,
     acked: [],
-    unresolved: [...unresolved].map(([block, seqs]) => ({ block, seqs })),
+    unresolved: [...new Set([...unresolved.keys(), ...uncertain.keys()])].map((block) => ({
+      block,
+      seqs: [...(unresolved.get(block) ?? []), ...(uncertain.get(block) ?? [])],
+    })),
   };
   for (let block = 0; block < blocks; block += 1) {
     if (acked[block] !== 0) model.acked.push([block, acked[block] as number]);
@@ -488,11 +550,9 @@ async function verify(config: VerifyConfig): Promise<void> {
           const got = data.subarray(i * BLOCK_BYTES, (i + 1) * BLOCK_BYTES);
           const seq = expected[block] as number;
           if (got.equals(blockContent(model.volumeTag, block, seq))) continue;
-          const found = decodeBlock(got);
           const seqs = alternatives.get(block);
-          if (seqs && found.kind === 'written' && found.block === block) {
-            if (seqs.includes(found.seq)) continue;
-          }
+          if (seqs && acceptable(decodeBlock(got), block, seqs)) continue;
+          const found = decodeBlock(got);
           result.mismatches += 1;
           if (result.mismatchDetails.length < DETAILS_MAX) {
             result.mismatchDetails.push({ block, expectedSeq: seq, found });

@@ -89,3 +89,17 @@ test('a disk its peers could not reach comes back with its host; a failed device
     [true, false],
   );
 });
+
+test('a disk down with its host whose device then fails to open stays down when the host is back', () => {
+  const s = cluster();
+  applyLiveness(s, new Set(['h2']), new Map([['h1', 0]]), 0, DOWN_OUT_MS);
+  // The daemon restarts; disk 0's device fails to open (found by the simulator, seed 4).
+  assert.equal(state.markDiskDown(s, 0, 'EIO: device failed to open'), false);
+  const changes = applyLiveness(s, new Set(['h1', 'h2']), new Map(), 0, DOWN_OUT_MS);
+  assert.deepEqual(changes, [{ host: 'h1', change: 'up', disks: [1] }]);
+  assert.equal(s.map.disks[0]?.up, false);
+  assert.equal(s.disks['0']?.error, 'EIO: device failed to open');
+  // A later unreachable report does not turn it back into a host-away disk.
+  state.markDiskDown(s, 0, `${state.UNREACHABLE_PREFIX}disk 0 unreachable`);
+  assert.equal(s.disks['0']?.error, 'EIO: device failed to open');
+});

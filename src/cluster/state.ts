@@ -159,10 +159,21 @@ export function downBecauseHostAway(error: string | undefined, monitorReason?: s
     : / is down: its daemon stopped renewing /.test(error);
 }
 
+/**
+ * Takes a disk out of service with the reason; returns whether it was up. A disk down
+ * already because its host was away that now fails for its own fault (its device does
+ * not open when the daemon restarts) gets the new reason: otherwise the monitor would
+ * bring it back up with its host, and nothing would take it down again.
+ */
 export function markDiskDown(state: ClusterState, diskId: number, error: string): boolean {
   const disk = state.map.disks.find((d) => d.id === diskId);
   assert(disk, `unknown disk ${diskId}`);
-  if (!disk.up) return false;
+  if (!disk.up) {
+    const location = state.disks[String(diskId)];
+    if (location && downBecauseHostAway(location.error) && !downBecauseHostAway(error))
+      location.error = error;
+    return false;
+  }
   disk.up = false;
   const location = state.disks[String(diskId)];
   if (location) location.error = error;

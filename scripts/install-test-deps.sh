@@ -23,9 +23,21 @@ needs=(
   fuse3:fusermount3
 )
 
+# Packages with no command of their own, proven by dpkg: qemu's iscsi:// block driver.
+modules=(
+  qemu-block-extra
+)
+
+installed() {
+  dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'ok installed'
+}
+
 missing=()
 for pair in "${needs[@]}"; do
   command -v "${pair#*:}" >/dev/null 2>&1 || missing+=("${pair%%:*}")
+done
+for package in "${modules[@]}"; do
+  installed "$package" || missing+=("$package")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
 
@@ -37,4 +49,7 @@ $sudo apt-get update -qq
 $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 for pair in "${needs[@]}"; do
   command -v "${pair#*:}" >/dev/null 2>&1 || { echo "install-test-deps: ${pair%%:*} did not provide ${pair#*:}" >&2; exit 1; }
+done
+for package in "${modules[@]}"; do
+  installed "$package" || { echo "install-test-deps: $package did not install" >&2; exit 1; }
 done

@@ -6,7 +6,6 @@
 import { ScsiStatus, type ScsiResponse, type ScsiTask } from '../scsi-task';
 import { Op, ServiceAction, allocationLength, cut, u32 } from './cdb';
 import { blockCount } from './context';
-import { LOGICAL_BLOCK_BYTES, PHYSICAL_BLOCK_EXPONENT } from './geometry';
 import { inquiry } from './inquiry';
 import { modeSelect, modeSense10, modeSense6 } from './mode';
 import * as rw from './read-write';
@@ -91,7 +90,7 @@ const commands: Command[] = [
     name: 'INQUIRY',
     usage: [Op.INQUIRY, 0x01, F, F, F, 0],
     access: 'always',
-    run: (unit, task) => dataIn(inquiry(task, unit.identity, true)),
+    run: (unit, task) => dataIn(inquiry(task, unit.identity, unit.geometry, true)),
   },
   {
     opcode: Op.MODE_SELECT_6,
@@ -422,7 +421,12 @@ export function lookup(cdb: Uint8Array): Command | undefined {
 }
 
 function modeUnit(unit: Unit) {
-  return { blockCount: blockCount(unit), readOnly: unit.handle.readOnly, mode: unit.mode };
+  return {
+    blockCount: blockCount(unit),
+    blockBytes: unit.geometry.blockBytes,
+    readOnly: unit.handle.readOnly,
+    mode: unit.mode,
+  };
 }
 
 function runModeSelect(unit: Unit, task: ScsiTask): ScsiResponse {
@@ -451,16 +455,16 @@ function readCapacity10(unit: Unit, task: ScsiTask): ScsiResponse {
   const data = Buffer.alloc(8);
   const last = Math.max(blockCount(unit) - 1, 0);
   data.writeUInt32BE(Math.min(last, 0xffffffff), 0); // 0xffffffff: ask READ CAPACITY(16)
-  data.writeUInt32BE(LOGICAL_BLOCK_BYTES, 4);
+  data.writeUInt32BE(unit.geometry.blockBytes, 4);
   return dataIn(data);
 }
 
 function readCapacity16(unit: Unit, task: ScsiTask): ScsiResponse {
   const data = Buffer.alloc(32);
   data.writeBigUInt64BE(BigInt(Math.max(blockCount(unit) - 1, 0)), 0);
-  data.writeUInt32BE(LOGICAL_BLOCK_BYTES, 8);
+  data.writeUInt32BE(unit.geometry.blockBytes, 8);
   data[12] = 0x00; // no protection information
-  data[13] = PHYSICAL_BLOCK_EXPONENT;
+  data[13] = unit.geometry.physicalExponent;
   data[14] = 0x80 | 0x40; // LBPME (thin provisioned), LBPRZ (unmapped blocks read as zeros); lowest aligned LBA 0
   return dataIn(cut(data, allocationLength(task.cdb, 10, 4)));
 }

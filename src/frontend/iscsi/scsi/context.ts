@@ -7,7 +7,7 @@ import { isCisternError } from '../../../util/errors';
 import type { VolumeHandle } from '../../../volume/backend';
 import type { ScsiTask } from '../scsi-task';
 import type { BlockRange } from './cdb';
-import { LOGICAL_BLOCK_BYTES, MAX_TRANSFER_BLOCKS } from './geometry';
+import { maxTransferBlocks, type Geometry } from './geometry';
 import type { RangeLock, Release } from './range-lock';
 import {
   Ascs,
@@ -23,12 +23,13 @@ export interface UnitContext {
   readonly handle: VolumeHandle;
   readonly volumeName: string;
   readonly lock: RangeLock;
+  readonly geometry: Geometry;
   /** Software write protect (control mode page SWP) or a read-only volume. */
   readonly writeProtected: boolean;
 }
 
 export function blockCount(unit: UnitContext): number {
-  return Math.floor(unit.handle.size / LOGICAL_BLOCK_BYTES);
+  return Math.floor(unit.handle.size / unit.geometry.blockBytes);
 }
 
 /** LBA OUT OF RANGE unless lba .. lba + blocks lies within the volume (SBC-3 4.5). */
@@ -37,31 +38,43 @@ export function checkRange(unit: UnitContext, range: BlockRange): void {
 }
 
 /** Transfers beyond MAXIMUM TRANSFER LENGTH are refused (SBC-3 6.5.3); the length field's byte is blamed. */
-export function checkTransferLength(blocks: number, lengthFieldByte: number): void {
-  if (blocks > MAX_TRANSFER_BLOCKS) throw invalidField(lengthFieldByte);
+export function checkTransferLength(
+  unit: UnitContext,
+  blocks: number,
+  lengthFieldByte: number,
+): void {
+  if (blocks > maxTransferBlocks(unit.geometry)) throw invalidField(lengthFieldByte);
 }
 
 export function checkWritable(unit: UnitContext): void {
   if (unit.writeProtected || unit.handle.readOnly) throw writeProtected();
 }
 
-/** The Data-Out bytes of a write, which must hold at least `bytes`. */
+/** The Data-Out bytes of a command that needs exactly `bytes` of them (parameter lists, compare data). */
 export function dataOut(task: ScsiTask, bytes: number): Uint8Array {
   const data = task.dataOut ?? new Uint8Array(0);
   if (data.length < bytes) {
-    // The initiator sent less than the CDB describes: SPC-4 lets us refuse the command
-    // rather than write a partial block range.
     throw new CheckCondition(SenseKey.ILLEGAL_REQUEST, Ascs.INVALID_FIELD_IN_CDB);
   }
   return data.subarray(0, bytes);
 }
 
+/**
+ * The whole blocks of a write's Data-Out, at most `blocks` of them. An initiator whose
+ * Expected Data Transfer Length is below the CDB's gets the blocks it sent written and
+ * an overflow residual for the rest (RFC 7143 11.4.5.2; libiscsi's residual tests ask
+ * for exactly this); a partial block is never written.
+ */
+export function writeData(unit: UnitContext, task: ScsiTask, blocks: number): Uint8Array {
+  const data = task.dataOut ?? new Uint8Array(0);
+  const whole = Math.min(blocks, Math.floor(data.length / unit.geometry.blockBytes));
+  return data.subarray(0, whole * unit.geometry.blockBytes);
+}
+
 export async function readBlocks(unit: UnitContext, range: BlockRange): Promise<Uint8Array> {
   try {
-    return await unit.handle.read(
-      range.lba * LOGICAL_BLOCK_BYTES,
-      range.blocks * LOGICAL_BLOCK_BYTES,
-    );
+    const bytes = unit.geometry.blockBytes;
+    return await unit.handle.read(range.lba * bytes, range.blocks * bytes);
   } catch (error) {
     throw senseForVolumeError(error, Ascs.UNRECOVERED_READ_ERROR);
   }
@@ -74,7 +87,7 @@ export async function writeBlocks(
   fua: boolean,
 ): Promise<void> {
   try {
-    await unit.handle.write(lba * LOGICAL_BLOCK_BYTES, data, { fua });
+    await unit.handle.write(lba * unit.geometry.blockBytes, data, { fua });
   } catch (error) {
     throw senseForVolumeError(error, Ascs.WRITE_ERROR);
   }

@@ -6,15 +6,7 @@
 import { createHash } from 'node:crypto';
 import type { ScsiTask } from '../scsi-task';
 import { allocationLength, cut } from './cdb';
-import {
-  BLOCKS_PER_PHYSICAL,
-  MAX_COMPARE_AND_WRITE_BLOCKS,
-  MAX_TRANSFER_BLOCKS,
-  MAX_UNMAP_BLOCKS,
-  MAX_UNMAP_DESCRIPTORS,
-  MAX_WRITE_SAME_BLOCKS,
-  OPTIMAL_TRANSFER_BLOCKS,
-} from './geometry';
+import * as G from './geometry';
 import { invalidField } from './sense';
 
 export const VENDOR = 'CISTERN';
@@ -81,7 +73,12 @@ function serialFor(volumeName: string, digest: Buffer): string {
     : digest.subarray(0, 16).toString('hex');
 }
 
-export function inquiry(task: ScsiTask, identity: UnitIdentity, lunExists: boolean): Uint8Array {
+export function inquiry(
+  task: ScsiTask,
+  identity: UnitIdentity,
+  geometry: G.Geometry,
+  lunExists: boolean,
+): Uint8Array {
   const cdb = task.cdb;
   const evpd = (cdb[1]! & 0x01) !== 0;
   if ((cdb[1]! & 0x02) !== 0) throw invalidField(1, 1); // CMDDT: obsolete
@@ -92,7 +89,7 @@ export function inquiry(task: ScsiTask, identity: UnitIdentity, lunExists: boole
     return cut(standardInquiry(lunExists), allocation);
   }
   if (!lunExists) throw invalidField(1, 0);
-  return cut(vpdPage(pageCode, task, identity), allocation);
+  return cut(vpdPage(pageCode, task, identity, geometry), allocation);
 }
 
 function standardInquiry(lunExists: boolean): Uint8Array {
@@ -114,7 +111,12 @@ function standardInquiry(lunExists: boolean): Uint8Array {
   return data;
 }
 
-function vpdPage(pageCode: number, task: ScsiTask, identity: UnitIdentity): Uint8Array {
+function vpdPage(
+  pageCode: number,
+  task: ScsiTask,
+  identity: UnitIdentity,
+  geometry: G.Geometry,
+): Uint8Array {
   switch (pageCode) {
     case Vpd.SUPPORTED_PAGES:
       return page(pageCode, Uint8Array.from(SUPPORTED_VPD_PAGES));
@@ -123,7 +125,7 @@ function vpdPage(pageCode: number, task: ScsiTask, identity: UnitIdentity): Uint
     case Vpd.DEVICE_IDENTIFICATION:
       return page(pageCode, deviceIdentification(task, identity));
     case Vpd.BLOCK_LIMITS:
-      return page(pageCode, blockLimits());
+      return page(pageCode, blockLimits(geometry));
     case Vpd.BLOCK_DEVICE_CHARACTERISTICS:
       return page(pageCode, blockDeviceCharacteristics());
     case Vpd.LOGICAL_BLOCK_PROVISIONING:
@@ -192,19 +194,19 @@ function deviceIdentification(task: ScsiTask, identity: UnitIdentity): Uint8Arra
   return Buffer.concat(descriptors);
 }
 
-function blockLimits(): Uint8Array {
+function blockLimits(geometry: G.Geometry): Uint8Array {
   const body = Buffer.alloc(0x3c);
   body[0] = 0x00; // WSNZ clear: WRITE SAME with zero blocks means "to the end", within the max length
-  body[1] = MAX_COMPARE_AND_WRITE_BLOCKS;
-  body.writeUInt16BE(BLOCKS_PER_PHYSICAL, 2); // optimal transfer length granularity
-  body.writeUInt32BE(MAX_TRANSFER_BLOCKS, 4);
-  body.writeUInt32BE(OPTIMAL_TRANSFER_BLOCKS, 8);
-  body.writeUInt32BE(MAX_TRANSFER_BLOCKS, 12); // maximum prefetch length
-  body.writeUInt32BE(MAX_UNMAP_BLOCKS, 16);
-  body.writeUInt32BE(MAX_UNMAP_DESCRIPTORS, 20);
-  body.writeUInt32BE(BLOCKS_PER_PHYSICAL, 24); // optimal unmap granularity
+  body[1] = G.maxCompareAndWriteBlocks(geometry);
+  body.writeUInt16BE(G.granularityBlocks(geometry), 2); // optimal transfer length granularity
+  body.writeUInt32BE(G.maxTransferBlocks(geometry), 4);
+  body.writeUInt32BE(G.optimalTransferBlocks(geometry), 8);
+  body.writeUInt32BE(G.maxTransferBlocks(geometry), 12); // maximum prefetch length
+  body.writeUInt32BE(G.MAX_UNMAP_BLOCKS, 16);
+  body.writeUInt32BE(G.MAX_UNMAP_DESCRIPTORS, 20);
+  body.writeUInt32BE(G.granularityBlocks(geometry), 24); // optimal unmap granularity
   body.writeUInt32BE(0x80000000, 28); // UGAVALID, alignment 0
-  body.writeBigUInt64BE(BigInt(MAX_WRITE_SAME_BLOCKS), 32);
+  body.writeBigUInt64BE(BigInt(G.maxWriteSameBlocks(geometry)), 32);
   return body;
 }
 

@@ -95,12 +95,12 @@ test('VPD 0x83 carries an NAA 6 and a T10 vendor id designator for the unit, sta
   assert.notDeepEqual(new ScsiLogicalUnit(unit.handle, 'other').identity.naa, unit.identity.naa);
 });
 
-test('VPD 0xB0 block limits: transfer and unmap limits, 4 KiB granularity', async () => {
+test('VPD 0xB0 block limits (512e): transfer and unmap limits, 4 KiB granularity', async () => {
   const { unit } = await fixture();
   const data = Buffer.from((await run(unit, [0x12, 1, 0xb0, 0, 255, 0])).dataIn!);
   assert.equal(data.readUInt16BE(2), 0x3c);
   assert.equal(data.readUInt16BE(6), 8);
-  assert.equal(data.readUInt32BE(8), 16384);
+  assert.equal(data.readUInt32BE(8), 65536); // 32 MiB
   assert.ok(data.readUInt32BE(20) > 0);
   assert.ok(data.readUInt32BE(24) > 0);
   assert.equal(data.readUInt32BE(28), 8);

@@ -17,6 +17,7 @@ import {
 import { Op } from './cdb';
 import { lookup } from './commands';
 import { blockCount, senseForVolumeError } from './context';
+import { DEFAULT_GEOMETRY, type Geometry } from './geometry';
 import { inquiry, unitIdentity, type UnitIdentity } from './inquiry';
 import type { ModeState } from './mode';
 import { RangeLock } from './range-lock';
@@ -56,6 +57,7 @@ export class ScsiLogicalUnit implements LogicalUnit, Unit {
   constructor(
     readonly handle: VolumeHandle,
     readonly volumeName: string,
+    readonly geometry: Geometry = DEFAULT_GEOMETRY,
   ) {
     this.identity = unitIdentity(volumeName);
     this.reservations = new Reservations((nexus, condition) => this.queue(nexus, condition));
@@ -98,7 +100,10 @@ export class ScsiLogicalUnit implements LogicalUnit, Unit {
   private async missingUnit(task: ScsiTask): Promise<ScsiResponse> {
     const opcode = task.cdb[0]!;
     if (opcode === Op.INQUIRY)
-      return { status: ScsiStatus.GOOD, dataIn: inquiry(task, this.identity, false) };
+      return {
+        status: ScsiStatus.GOOD,
+        dataIn: inquiry(task, this.identity, this.geometry, false),
+      };
     if (opcode === Op.REPORT_LUNS) return lookup(task.cdb)!.run(this, task);
     if (opcode === Op.REQUEST_SENSE) {
       return {

@@ -5,7 +5,6 @@
 
 import type { ScsiTask } from '../scsi-task';
 import { allocationLength, cut, u16 } from './cdb';
-import { LOGICAL_BLOCK_BYTES } from './geometry';
 import {
   Ascs,
   CheckCondition,
@@ -35,6 +34,7 @@ export interface ModeState {
 
 export interface ModeUnit {
   readonly blockCount: number;
+  readonly blockBytes: number;
   readonly readOnly: boolean;
   readonly mode: ModeState;
 }
@@ -94,7 +94,7 @@ export function modeSense6(task: ScsiTask, unit: ModeUnit): Uint8Array {
   const cdb = task.cdb;
   const disableBlockDescriptors = (cdb[1]! & 0x08) !== 0;
   const body = pages(cdb[2]! & 0x3f, cdb[3]!, pageControl(cdb), unit.mode);
-  const descriptor = disableBlockDescriptors ? Buffer.alloc(0) : shortDescriptor(unit.blockCount);
+  const descriptor = disableBlockDescriptors ? Buffer.alloc(0) : shortDescriptor(unit);
   const header = Buffer.alloc(4);
   header[0] = header.length - 1 + descriptor.length + body.length;
   header[2] = deviceSpecific(unit);
@@ -110,8 +110,8 @@ export function modeSense10(task: ScsiTask, unit: ModeUnit): Uint8Array {
   const descriptor = disableBlockDescriptors
     ? Buffer.alloc(0)
     : longLba
-      ? longDescriptor(unit.blockCount)
-      : shortDescriptor(unit.blockCount);
+      ? longDescriptor(unit)
+      : shortDescriptor(unit);
   const header = Buffer.alloc(8);
   header.writeUInt16BE(header.length - 2 + descriptor.length + body.length, 0);
   header[3] = deviceSpecific(unit);
@@ -120,17 +120,17 @@ export function modeSense10(task: ScsiTask, unit: ModeUnit): Uint8Array {
   return cut(Buffer.concat([header, descriptor, body]), allocationLength(cdb, 7, 2));
 }
 
-function shortDescriptor(blockCount: number): Buffer {
+function shortDescriptor({ blockCount, blockBytes }: ModeUnit): Buffer {
   const descriptor = Buffer.alloc(8);
   descriptor.writeUIntBE(Math.min(blockCount, 0xffffff), 1, 3); // 0xffffff: "more than fits"
-  descriptor.writeUIntBE(LOGICAL_BLOCK_BYTES, 5, 3);
+  descriptor.writeUIntBE(blockBytes, 5, 3);
   return descriptor;
 }
 
-function longDescriptor(blockCount: number): Buffer {
+function longDescriptor({ blockCount, blockBytes }: ModeUnit): Buffer {
   const descriptor = Buffer.alloc(16);
   descriptor.writeBigUInt64BE(BigInt(blockCount), 0);
-  descriptor.writeUInt32BE(LOGICAL_BLOCK_BYTES, 12);
+  descriptor.writeUInt32BE(blockBytes, 12);
   return descriptor;
 }
 
@@ -162,7 +162,7 @@ export function modeSelect(task: ScsiTask, unit: ModeUnit): boolean {
     if (descriptorBytes !== expected) throw invalidParameter(six ? 3 : 6);
     if (at + descriptorBytes > list.length) throw parameterListLengthError();
     const blockLength = list.readUIntBE(at + descriptorBytes - 3, 3);
-    if (blockLength !== LOGICAL_BLOCK_BYTES && blockLength !== 0) {
+    if (blockLength !== unit.blockBytes && blockLength !== 0) {
       throw invalidParameter(at + descriptorBytes - 3);
     }
     at += descriptorBytes;

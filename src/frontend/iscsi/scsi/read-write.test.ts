@@ -43,18 +43,23 @@ test('a zero-length READ(10) is GOOD with no data, but not past the end', async 
   assert.equal(senseOf(await run(unit, read10(2049, 0))).asc, 0x21);
 });
 
-test('a READ(10) above the maximum transfer length is INVALID FIELD IN CDB', async () => {
+test('a READ(16) above the maximum transfer length is INVALID FIELD IN CDB', async () => {
   const { unit } = await fixture(64 * 1024 * 1024);
-  const sense = senseOf(await run(unit, read10(0, 16385)));
+  const sense = senseOf(await run(unit, [0x88, 0, ...be(0, 8), ...be(65537, 4), 0, 0]));
   assert.equal(sense.asc, 0x24);
-  assert.equal(sense.field!.byte, 7);
+  assert.equal(sense.field!.byte, 10);
 });
 
-test('a WRITE(10) with less Data-Out than the CDB describes writes nothing', async () => {
+test('a WRITE(10) with less Data-Out than the CDB describes writes the whole blocks sent', async () => {
   const { unit } = await fixture();
-  const response = await run(unit, write10(0, 2), { dataOut: blocks(1, 0x77) });
-  assert.equal(response.status, ScsiStatus.CHECK_CONDITION);
-  assert.ok((await readBack(unit, 0, 1)).every((byte) => byte === 0));
+  await run(unit, write10(0, 3), { dataOut: blocks(3, 0x11) });
+  const data = Buffer.concat([blocks(1, 0x77), Buffer.alloc(100, 0x77)]);
+  const response = await run(unit, write10(0, 3), { dataOut: data });
+  assert.equal(response.status, ScsiStatus.GOOD);
+  assert.equal(response.dataOutLength, 3 * 512); // the transport reports the overflow residual
+  const back = await readBack(unit, 0, 3);
+  assert.ok(back.subarray(0, 512).equals(blocks(1, 0x77)));
+  assert.ok(back.subarray(512).equals(blocks(2, 0x11)), 'a partial block is never written');
 });
 
 test('VERIFY(10) with BYTCHK 0 reads the medium; BYTCHK 1 compares', async () => {
@@ -165,10 +170,18 @@ test('WRITE SAME(16) with UNMAP deallocates whole 4 KiB blocks and reads zeros',
   assert.ok((await readBack(unit, 0, 16)).every((byte) => byte === 0));
 });
 
-test('WRITE SAME with UNMAP and a non-zero pattern is INVALID FIELD IN CDB', async () => {
+test('WRITE SAME with UNMAP unmaps whatever the pattern: the blocks read as zeros', async () => {
   const { unit } = await fixture();
+  await run(unit, write10(0, 8), { dataOut: blocks(8, 0x99) });
   const cdb = [0x41, 0x08, ...be(0, 4), 0, ...be(8, 2), 0];
-  assert.equal(senseOf(await run(unit, cdb, { dataOut: blocks(1, 1) })).asc, 0x24);
+  assert.equal((await run(unit, cdb, { dataOut: blocks(1, 1) })).status, ScsiStatus.GOOD);
+  assert.ok((await readBack(unit, 0, 8)).every((byte) => byte === 0));
+});
+
+test('WRITE SAME whose Data-Out is not one block is refused', async () => {
+  const { unit } = await fixture();
+  const cdb = [0x41, 0, ...be(0, 4), 0, ...be(8, 2), 0];
+  assert.equal(senseOf(await run(unit, cdb, { dataOut: blocks(2, 1) })).asc, 0x24);
 });
 
 test('WRITE SAME(10) with 0 blocks writes to the end of the volume', async () => {

@@ -24,14 +24,10 @@ import {
   readBlocks,
   volumeWrite,
   writeBlocks,
+  writeData,
   type UnitContext,
 } from './context';
-import {
-  LOGICAL_BLOCK_BYTES,
-  MAX_COMPARE_AND_WRITE_BLOCKS,
-  MAX_WRITE_SAME_BLOCKS,
-  WRITE_SAME_CHUNK_BYTES,
-} from './geometry';
+import * as G from './geometry';
 import { Ascs, CheckCondition, SenseKey, invalidField } from './sense';
 
 const GOOD: ScsiResponse = { status: ScsiStatus.GOOD };
@@ -53,7 +49,7 @@ function transferOf(cdb: Uint8Array, verify: boolean) {
 export async function read(unit: UnitContext, task: ScsiTask): Promise<ScsiResponse> {
   const transfer = transferOf(task.cdb, false);
   checkRange(unit, transfer);
-  checkTransferLength(transfer.blocks, lengthFieldByte(task.cdb));
+  checkTransferLength(unit, transfer.blocks, lengthFieldByte(task.cdb));
   if (transfer.blocks === 0) return { status: ScsiStatus.GOOD, dataIn: new Uint8Array(0) };
   // FUA on a read asks for the medium, not a cache: the volume layer keeps no read cache
   // that could be stale, so every read already is one.
@@ -63,12 +59,13 @@ export async function read(unit: UnitContext, task: ScsiTask): Promise<ScsiRespo
 export async function write(unit: UnitContext, task: ScsiTask): Promise<ScsiResponse> {
   const transfer = transferOf(task.cdb, false);
   checkRange(unit, transfer);
-  checkTransferLength(transfer.blocks, lengthFieldByte(task.cdb));
+  checkTransferLength(unit, transfer.blocks, lengthFieldByte(task.cdb));
   checkWritable(unit);
-  const bytes = transfer.blocks * LOGICAL_BLOCK_BYTES;
-  if (bytes === 0) return { status: ScsiStatus.GOOD, dataOutLength: 0 };
-  const data = dataOut(task, bytes);
-  const release = await holdRange(unit, transfer);
+  const bytes = transfer.blocks * unit.geometry.blockBytes;
+  const data = writeData(unit, task, transfer.blocks);
+  if (data.length === 0) return { status: ScsiStatus.GOOD, dataOutLength: bytes };
+  const range = { lba: transfer.lba, blocks: data.length / unit.geometry.blockBytes };
+  const release = await holdRange(unit, range);
   try {
     await writeBlocks(unit, transfer.lba, data, transfer.fua);
   } finally {
@@ -85,15 +82,15 @@ export async function verify(unit: UnitContext, task: ScsiTask): Promise<ScsiRes
   const transfer = decodeTransfer(task.cdb, true);
   if (transfer.byteCheck === 2) throw invalidField(1, 2);
   checkRange(unit, transfer);
-  checkTransferLength(transfer.blocks, lengthFieldByte(task.cdb));
+  checkTransferLength(unit, transfer.blocks, lengthFieldByte(task.cdb));
   const outBytes =
     transfer.byteCheck === 0
       ? 0
       : transfer.byteCheck === 1
-        ? transfer.blocks * LOGICAL_BLOCK_BYTES
+        ? transfer.blocks * unit.geometry.blockBytes
         : transfer.blocks === 0
           ? 0
-          : LOGICAL_BLOCK_BYTES;
+          : unit.geometry.blockBytes;
   if (transfer.blocks === 0) return { status: ScsiStatus.GOOD, dataOutLength: 0 };
   const expected = outBytes === 0 ? undefined : dataOut(task, outBytes);
   const blocks = await readBlocks(unit, transfer);
@@ -112,16 +109,17 @@ export async function writeAndVerify(unit: UnitContext, task: ScsiTask): Promise
   const transfer = decodeTransfer(task.cdb, true);
   if (transfer.byteCheck > 1) throw invalidField(1, 2);
   checkRange(unit, transfer);
-  checkTransferLength(transfer.blocks, lengthFieldByte(task.cdb));
+  checkTransferLength(unit, transfer.blocks, lengthFieldByte(task.cdb));
   checkWritable(unit);
-  const bytes = transfer.blocks * LOGICAL_BLOCK_BYTES;
-  if (bytes === 0) return { status: ScsiStatus.GOOD, dataOutLength: 0 };
-  const data = dataOut(task, bytes);
-  const release = await holdRange(unit, transfer);
+  const bytes = transfer.blocks * unit.geometry.blockBytes;
+  const data = writeData(unit, task, transfer.blocks);
+  if (data.length === 0) return { status: ScsiStatus.GOOD, dataOutLength: bytes };
+  const range = { lba: transfer.lba, blocks: data.length / unit.geometry.blockBytes };
+  const release = await holdRange(unit, range);
   try {
     // Verification means the data is on the medium: a FUA write, then a read of it.
     await writeBlocks(unit, transfer.lba, data, true);
-    const back = await readBlocks(unit, transfer);
+    const back = await readBlocks(unit, range);
     const at = firstDifference(back, data);
     if (at >= 0) throw miscompare(at);
   } finally {
@@ -140,10 +138,10 @@ export async function compareAndWrite(unit: UnitContext, task: ScsiTask): Promis
   if (cdb[1]! >> 5 !== 0) throw invalidField(1, 7); // WRPROTECT
   const range: BlockRange = { lba: u64(cdb, 2), blocks: cdb[13]! };
   const fua = (cdb[1]! & 0x08) !== 0;
-  if (range.blocks > MAX_COMPARE_AND_WRITE_BLOCKS) throw invalidField(13);
+  if (range.blocks > G.maxCompareAndWriteBlocks(unit.geometry)) throw invalidField(13);
   checkRange(unit, range);
   checkWritable(unit);
-  const bytes = range.blocks * LOGICAL_BLOCK_BYTES;
+  const bytes = range.blocks * unit.geometry.blockBytes;
   // The Data-Out must be exactly both buffers: a mismatch means initiator and target
   // disagree on which bytes are the compare data, so nothing may be written.
   if (task.expectedLength !== 2 * bytes) throw invalidField(13);
@@ -167,7 +165,7 @@ export async function compareAndWrite(unit: UnitContext, task: ScsiTask): Promis
  * WRITE SAME(10)/(16): UNMAP set (or a zero pattern) becomes a zeroing of the range,
  * which the volume layer does by deallocating whole blocks — so unmapped blocks read as
  * zeros, as LBPRZ promises (trim alone only "may" read as zeros). Other patterns are
- * written in bounded chunks.
+ * written in bounded chunks. The Data-Out must be exactly one block (or none with NDOB).
  */
 export async function writeSame(unit: UnitContext, task: ScsiTask): Promise<ScsiResponse> {
   const command = decodeWriteSame(task.cdb);
@@ -178,21 +176,25 @@ export async function writeSame(unit: UnitContext, task: ScsiTask): Promise<Scsi
   const blocks = command.blocks === 0 ? count - command.lba : command.blocks;
   const range: BlockRange = { lba: command.lba, blocks };
   checkRange(unit, range);
-  if (blocks > MAX_WRITE_SAME_BLOCKS) throw invalidField(sixteen ? 10 : 7);
+  if (blocks > G.maxWriteSameBlocks(unit.geometry)) throw invalidField(sixteen ? 10 : 7);
   checkWritable(unit);
-  const patternBytes = command.noDataOut ? 0 : LOGICAL_BLOCK_BYTES;
+  const patternBytes = command.noDataOut ? 0 : unit.geometry.blockBytes;
   if (task.expectedLength !== patternBytes) throw invalidField(sixteen ? 10 : 7);
   const pattern = command.noDataOut
-    ? new Uint8Array(LOGICAL_BLOCK_BYTES)
-    : dataOut(task, LOGICAL_BLOCK_BYTES);
+    ? new Uint8Array(unit.geometry.blockBytes)
+    : dataOut(task, unit.geometry.blockBytes);
   if (blocks === 0) return { status: ScsiStatus.GOOD, dataOutLength: patternBytes };
-  const zero = pattern.every((byte) => byte === 0);
-  if (command.unmap && !zero) throw invalidField(1, 3); // LBPRZ: unmapped blocks must read as zeros
+  // UNMAP deallocates whatever the pattern: unmapped blocks read as zeros (LBPRZ), which
+  // is what initiators (and libiscsi's tests) expect after WRITE SAME with UNMAP.
+  const zero = command.unmap || pattern.every((byte) => byte === 0);
   const release = await holdRange(unit, range);
   try {
     if (zero) {
       await volumeWrite(() =>
-        unit.handle.writeZeroes(range.lba * LOGICAL_BLOCK_BYTES, blocks * LOGICAL_BLOCK_BYTES),
+        unit.handle.writeZeroes(
+          range.lba * unit.geometry.blockBytes,
+          blocks * unit.geometry.blockBytes,
+        ),
       );
     } else {
       await writePattern(unit, range, pattern);
@@ -208,15 +210,15 @@ async function writePattern(
   range: BlockRange,
   pattern: Uint8Array,
 ): Promise<void> {
-  const chunkBlocks = WRITE_SAME_CHUNK_BYTES / LOGICAL_BLOCK_BYTES;
-  const chunk = Buffer.alloc(Math.min(range.blocks, chunkBlocks) * LOGICAL_BLOCK_BYTES);
-  for (let at = 0; at < chunk.length; at += LOGICAL_BLOCK_BYTES) chunk.set(pattern, at);
+  const chunkBlocks = G.WRITE_SAME_CHUNK_BYTES / unit.geometry.blockBytes;
+  const chunk = Buffer.alloc(Math.min(range.blocks, chunkBlocks) * unit.geometry.blockBytes);
+  for (let at = 0; at < chunk.length; at += unit.geometry.blockBytes) chunk.set(pattern, at);
   for (let done = 0; done < range.blocks; done += chunkBlocks) {
     const blocks = Math.min(chunkBlocks, range.blocks - done);
     await writeBlocks(
       unit,
       range.lba + done,
-      chunk.subarray(0, blocks * LOGICAL_BLOCK_BYTES),
+      chunk.subarray(0, blocks * unit.geometry.blockBytes),
       false,
     );
   }
@@ -244,7 +246,7 @@ export async function preFetch(unit: UnitContext, task: ScsiTask): Promise<ScsiR
   checkRange(unit, range);
   if (range.blocks > 0) {
     await unit.handle
-      .cache(range.lba * LOGICAL_BLOCK_BYTES, range.blocks * LOGICAL_BLOCK_BYTES)
+      .cache(range.lba * unit.geometry.blockBytes, range.blocks * unit.geometry.blockBytes)
       .catch(() => undefined); // a hint that failed changes nothing the initiator can see
   }
   return GOOD;

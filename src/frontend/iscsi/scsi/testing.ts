@@ -3,6 +3,7 @@
 
 import { MemoryExportProvider } from '../../../volume/memory-volume';
 import type { DataDirection, InitiatorPort, ScsiResponse, ScsiTask } from '../scsi-task';
+import { GEOMETRY_512E, type Geometry } from './geometry';
 import { ScsiLogicalUnit } from './logical-unit';
 
 export const VOLUME = 'vol1';
@@ -26,14 +27,19 @@ export interface Fixture {
   unit: ScsiLogicalUnit;
 }
 
+/**
+ * A unit over a fresh memory volume. The tests that count bytes are written for 512e
+ * (512-byte LBAs on 4 KiB allocation units, where partial units matter); pass
+ * `geometry` for the 4Kn default.
+ */
 export async function fixture(
   sizeBytes = 64 * 1024 * 1024,
-  options: { readOnly?: boolean } = {},
+  options: { readOnly?: boolean; geometry?: Geometry } = {},
 ): Promise<Fixture> {
   const provider = new MemoryExportProvider();
   provider.create(VOLUME, sizeBytes, { readOnly: options.readOnly ?? false });
   const handle = await provider.open(VOLUME, { readOnly: false });
-  const unit = new ScsiLogicalUnit(handle, VOLUME);
+  const unit = new ScsiLogicalUnit(handle, VOLUME, options.geometry ?? GEOMETRY_512E);
   // Consume the POWER ON unit attention of the nexuses tests use.
   await unit.execute(task([0x00, 0, 0, 0, 0, 0], { port: A }));
   await unit.execute(task([0x00, 0, 0, 0, 0, 0], { port: B }));

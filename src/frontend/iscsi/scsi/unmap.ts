@@ -12,14 +12,7 @@ import {
   volumeWrite,
   type UnitContext,
 } from './context';
-import {
-  LOGICAL_BLOCK_BYTES,
-  MAX_LBA_STATUS_DESCRIPTORS,
-  MAX_UNMAP_BLOCKS,
-  MAX_UNMAP_DESCRIPTORS,
-  MAX_UNMAP_PARAMETER_BYTES,
-  MAX_TRANSFER_BLOCKS,
-} from './geometry';
+import * as G from './geometry';
 import { invalidField, invalidParameter, lbaOutOfRange, parameterListLengthError } from './sense';
 
 const UNMAP_HEADER_BYTES = 8;
@@ -32,7 +25,7 @@ function unmapRanges(unit: UnitContext, task: ScsiTask): BlockRange[] {
   const listLength = u16(cdb, 7);
   if (listLength === 0) return [];
   if (listLength < UNMAP_HEADER_BYTES) throw parameterListLengthError();
-  if (listLength > MAX_UNMAP_PARAMETER_BYTES) throw invalidField(7);
+  if (listLength > G.MAX_UNMAP_PARAMETER_BYTES) throw invalidField(7);
   const data = task.dataOut ?? new Uint8Array(0);
   if (data.length < listLength) throw parameterListLengthError();
   const list = data.subarray(0, listLength);
@@ -40,7 +33,7 @@ function unmapRanges(unit: UnitContext, task: ScsiTask): BlockRange[] {
   if (descriptorBytes % UNMAP_DESCRIPTOR_BYTES !== 0) throw invalidParameter(2);
   if (UNMAP_HEADER_BYTES + descriptorBytes > listLength) throw parameterListLengthError();
   const count = descriptorBytes / UNMAP_DESCRIPTOR_BYTES;
-  if (count > MAX_UNMAP_DESCRIPTORS) throw invalidParameter(2);
+  if (count > G.MAX_UNMAP_DESCRIPTORS) throw invalidParameter(2);
   const ranges: BlockRange[] = [];
   let total = 0;
   for (let index = 0; index < count; index += 1) {
@@ -48,7 +41,7 @@ function unmapRanges(unit: UnitContext, task: ScsiTask): BlockRange[] {
     const range = { lba: u64(list, at), blocks: u32(list, at + 8) };
     checkRange(unit, range);
     total += range.blocks;
-    if (total > MAX_UNMAP_BLOCKS) throw invalidParameter(at + 8);
+    if (total > G.MAX_UNMAP_BLOCKS) throw invalidParameter(at + 8);
     if (range.blocks > 0) ranges.push(range);
   }
   return ranges;
@@ -63,8 +56,8 @@ export async function unmap(unit: UnitContext, task: ScsiTask): Promise<ScsiResp
     try {
       await volumeWrite(() =>
         unit.handle.writeZeroes(
-          range.lba * LOGICAL_BLOCK_BYTES,
-          range.blocks * LOGICAL_BLOCK_BYTES,
+          range.lba * unit.geometry.blockBytes,
+          range.blocks * unit.geometry.blockBytes,
         ),
       );
     } finally {
@@ -94,29 +87,29 @@ export async function getLbaStatus(unit: UnitContext, task: ScsiTask): Promise<S
   const wanted = Math.max(
     1,
     Math.min(
-      MAX_LBA_STATUS_DESCRIPTORS,
+      G.MAX_LBA_STATUS_DESCRIPTORS,
       Math.floor((allocation - LBA_STATUS_HEADER_BYTES) / LBA_STATUS_DESCRIPTOR_BYTES),
     ),
   );
   // One look at a bounded span: enough for the descriptors asked for in all but the most
   // fragmented volumes, and the initiator asks again from where the reply ends.
-  const spanBlocks = Math.min(count - start, MAX_TRANSFER_BLOCKS * 64);
+  const spanBlocks = Math.min(count - start, G.LBA_STATUS_SPAN_BYTES / unit.geometry.blockBytes);
   const extents = await unit.handle.blockStatus(
-    start * LOGICAL_BLOCK_BYTES,
-    spanBlocks * LOGICAL_BLOCK_BYTES,
+    start * unit.geometry.blockBytes,
+    spanBlocks * unit.geometry.blockBytes,
   );
   const statuses: Status[] = [];
-  let byte = start * LOGICAL_BLOCK_BYTES;
+  let byte = start * unit.geometry.blockBytes;
   let lba = start;
   for (const extent of extents) {
     byte += extent.length;
     const provisioning = extent.hole ? Provisioning.DEALLOCATED : Provisioning.MAPPED;
     // A block only partly deallocated is still mapped: round mapped extents outwards.
-    const endByte = Math.min(byte, (start + spanBlocks) * LOGICAL_BLOCK_BYTES);
+    const endByte = Math.min(byte, (start + spanBlocks) * unit.geometry.blockBytes);
     const end =
       provisioning === Provisioning.MAPPED
-        ? Math.ceil(endByte / LOGICAL_BLOCK_BYTES)
-        : Math.floor(endByte / LOGICAL_BLOCK_BYTES);
+        ? Math.ceil(endByte / unit.geometry.blockBytes)
+        : Math.floor(endByte / unit.geometry.blockBytes);
     if (end <= lba) continue;
     const last = statuses[statuses.length - 1];
     if (last !== undefined && last.provisioning === provisioning) last.blocks += end - lba;

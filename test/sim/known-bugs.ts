@@ -5,7 +5,13 @@
 // lands: its seeds then must pass.
 
 import type { Failure } from './simulation';
-import { ALL_STALE_TEXT, CUT_OFF_TEXT, FAILED_WRITES_TEXT } from './simulation';
+import {
+  ACROSS_CRASH_TEXT,
+  ALL_STALE_TEXT,
+  NO_UP_HOLDER_TEXT,
+  CUT_OFF_TEXT,
+  FAILED_WRITES_TEXT,
+} from './simulation';
 
 export interface KnownBug {
   name: string;
@@ -16,13 +22,18 @@ export interface KnownBug {
 
 export const KNOWN_BUGS: KnownBug[] = [
   {
-    name: 'all-members-stale',
-    owner: 'peering (issue 5: pick the authoritative member)',
+    name: 'authoritative-member-lost-for-good',
+    owner: 'peering (state.ts peerPg, authoritativeMembers)',
     what:
-      'a PG whose every up member is stale is never recovered: recovery copies from the ' +
-      'primary, and the primary of an all-stale PG is itself stale, so no host takes the work',
+      'a PG whose good members all went away records only the last of them as ' +
+      'authoritative; when that disk then fails for good (one disk loss, within invariant ' +
+      '1), the PG stays all-stale forever — although the members that were good until the ' +
+      'PG fell below min-size hold every acknowledged write (nothing is acknowledged below ' +
+      'min-size) and could serve instead',
     matches: (f) =>
-      f.kind === 'liveness' && new RegExp(`${escape(ALL_STALE_TEXT)} \\[\\S`).test(f.text),
+      f.kind === 'liveness' &&
+      new RegExp(`${escape(ALL_STALE_TEXT)} \\[\\S`).test(f.text) &&
+      f.text.includes('other PGs with every up member stale: []'),
   },
   {
     name: 'replica-write-at-current-epoch',
@@ -36,6 +47,28 @@ export const KNOWN_BUGS: KnownBug[] = [
       'is not the primary at the epoch the write carries: the fence is passed, and two ' +
       'primaries may order writes to one object',
     matches: (f) => f.kind === 'inv5-not-primary',
+  },
+  {
+    name: 'flush-vouches-for-writes-lost-in-a-crash',
+    owner: 'peering (issue 5: activity record; gateway.ts / local.ts flush)',
+    what:
+      'writes are acknowledged from volatile caches; when the members holding an ' +
+      'acknowledged, unflushed write lose power before the client flushes, a later FLUSH ' +
+      'still succeeds (it flushes whatever the disks hold now), telling the client the ' +
+      'lost write is durable (invariant 1). A flush must fail (EIO) when a member that ' +
+      'took writes since the last flush restarted meanwhile',
+    matches: (f) => f.kind === 'inv1-durability' && f.text.includes(ACROSS_CRASH_TEXT),
+  },
+  {
+    name: 'ack-counts-members-taken-down-meanwhile',
+    owner: 'peering (local.ts mutate; authoritativeMembers)',
+    what:
+      'LocalReplication.mutate counts the members a write succeeded on, then awaits ' +
+      'taking the failed ones down; meanwhile other hosts may have taken the successful ' +
+      'ones down too, and the write is acknowledged (even FUA) although no member the map ' +
+      'has up holds it. Peering then treats the last member to go down — which missed the ' +
+      'write — as authoritative, and recovery copies its older data over the write',
+    matches: (f) => f.kind === 'inv1-durability' && f.text.includes(NO_UP_HOLDER_TEXT),
   },
   {
     name: 'partitioned-primary-serves-stale-reads',

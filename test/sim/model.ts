@@ -26,6 +26,8 @@ export interface Version {
   ackedAt?: number;
   durableAt?: number;
   failedAt?: number;
+  /** When acknowledged, no disk the map had up held it (see known-bugs.ts). */
+  ackedWithNoUpHolder?: boolean;
 }
 
 export interface BlockModel {

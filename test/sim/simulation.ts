@@ -30,10 +30,15 @@ import { BlockModel, Model, Version, decodeBlock, encodeBlock } from './model';
 
 /** How a read's failure says its gateway could not reach etcd (its map is frozen). */
 export const CUT_OFF_TEXT = 'gateway cut off from etcd';
+/** How a durability failure says the flush covering the lost write came after a power loss. */
+export const ACROSS_CRASH_TEXT = 'flush completed after a power loss following the ack';
+/** How a durability failure says its write was acknowledged when no up disk held it. */
+export const NO_UP_HOLDER_TEXT = 'acknowledged when no disk the map had up held it';
 /** How a replica comparison says every differing write failed at its client. */
 export const FAILED_WRITES_TEXT = 'every differing write failed at its client';
 /** How a liveness failure names the PGs whose every up member is stale. */
-export const ALL_STALE_TEXT = 'PGs with every up member stale:';
+export const ALL_STALE_TEXT =
+  'PGs with every up member stale whose authoritative members failed for good:';
 /** Every PG must be clean this long (virtual ms) after the last fault is healed. */
 export const LIVENESS_BOUND_MS = 120_000;
 /** The monitor's check period and the hosts' liveness lease (virtual ms). */
@@ -429,6 +434,7 @@ class Simulation {
         const at = this.scheduler.now;
         blocks.forEach((b, i) => {
           this.model.acked(b, versions[i]!, at, fua);
+          versions[i]!.ackedWithNoUpHolder = !this.heldByAnUpDisk(key, b.block, versions[i]!.id);
           if (!fua) client.unflushed.push({ block: b, version: versions[i]! });
         });
         this.scheduler.note(`ack w${versions.map((v) => v.id).join(',')}`);
@@ -483,6 +489,19 @@ class Simulation {
     );
   }
 
+  /** Whether a disk the map has up holds the write now (in its cache or durably). */
+  private heldByAnUpDisk(key: ObjectKey, block: number, id: number): boolean {
+    const up = new Set(this.authority.state.map.disks.filter((d) => d.up).map((d) => d.id));
+    for (const host of this.hosts.values()) {
+      for (const [disk, medium] of host.media) {
+        if (!up.has(disk)) continue;
+        const bytes = medium.block(key, block);
+        if (new DataView(bytes.buffer, bytes.byteOffset).getUint32(0) === id) return true;
+      }
+    }
+    return false;
+  }
+
   private operationFailed(error: unknown): void {
     this.stats.opsFailed! += 1;
     if (!isCisternError(error)) this.fail('exception', `client operation: ${describe(error)}`);
@@ -500,7 +519,13 @@ class Simulation {
     const { floor, ids } = this.model.allowed(block, issuedAt);
     if (ids.has(decoded.id)) return;
     const version = block.versions.find((v) => v.id === decoded.id);
-    const durableFloor = block.versions.find((v) => v.id === floor)?.durableAt !== undefined;
+    const floorVersion = block.versions.find((v) => v.id === floor);
+    const durableFloor = floorVersion?.durableAt !== undefined;
+    // A flush that completed after a power loss which may have taken the write it covers.
+    const acrossCrash =
+      floorVersion?.ackedAt !== undefined &&
+      floorVersion.durableAt !== undefined &&
+      this.model.crashes.some((t) => t > floorVersion.ackedAt! && t < floorVersion.durableAt!);
     // Zeros (never written) are the oldest content a block has, not foreign data.
     const kind =
       !version && decoded.id !== 0
@@ -511,7 +536,9 @@ class Simulation {
     this.fail(
       kind,
       `${where} returned write ${decoded.id}; allowed ${[...ids].join(',')} (floor ${floor}` +
-        `${durableFloor ? ', flushed' : ''}); history ${describeVersions(block.versions)}`,
+        `${durableFloor ? ', flushed' : ''}${acrossCrash ? `, ${ACROSS_CRASH_TEXT}` : ''}` +
+        `${floorVersion?.ackedWithNoUpHolder ? `, ${NO_UP_HOLDER_TEXT}` : ''}); ` +
+        `history ${describeVersions(block.versions)}`,
     );
   }
 
@@ -741,9 +768,16 @@ class Simulation {
     } catch {
       // unplaceable: said by the rest of the text
     }
+    // Split by whether the PG's recorded authoritative members all failed for good.
+    const lost = allStale.filter((key) => {
+      const authoritative = s.authoritativeMembers?.[key] ?? [];
+      return authoritative.length > 0 && authoritative.every((d) => this.failedDisks.has(d));
+    });
+    const otherwise = allStale.filter((key) => !lost.includes(key));
     return (
-      `${ALL_STALE_TEXT} [${allStale.join(' ')}]; ` +
+      `${ALL_STALE_TEXT} [${lost.join(' ')}]; other PGs with every up member stale: [${otherwise.join(' ')}]; ` +
       `stale ${JSON.stringify(s.staleMembers)}, retained ${JSON.stringify(s.retainedMembers)}, ` +
+      `authoritative ${JSON.stringify(s.authoritativeMembers)}, ` +
       `disks not up+in ${down.map((d) => `${d.id}@${d.host}(${s.disks[String(d.id)]?.error ?? ''})`).join(' ')}`
     );
   }

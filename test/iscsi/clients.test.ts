@@ -230,6 +230,20 @@ describe('qemu-img', () => {
     assert.ok(fs.readFileSync(back).equals(data), 'bytes read back through iSCSI differ');
   });
 
+  test('qemu-img (libiscsi) with CRC32C header digests negotiated', async () => {
+    const before = target.sessions.length;
+    const options = `driver=iscsi,transport=tcp,portal=127.0.0.1:${target.port},target=iqn.2026-11.io.cistern:vol,lun=0,header-digest=crc32c`;
+    const info = await run('qemu-img', ['info', '--image-opts', options]);
+    assert.equal(info.status, 0, info.stderr);
+    const session = target.sessions.slice(before).find((candidate) => candidate.type === 'normal');
+    assert.ok(session !== undefined, 'no session');
+    assert.equal(
+      session.params.headerDigest,
+      true,
+      'qemu asked for CRC32C header digests but none were negotiated',
+    );
+  });
+
   test('qemu-img with CHAP credentials and an initiator name from the access list', async () => {
     const withChap = await run('qemu-img', ['info', target.url('chap', CHAP)]);
     assert.equal(withChap.status, 0, withChap.stderr);

@@ -8,6 +8,7 @@ import type {
   VolumeAccess,
 } from '../../src/frontend/iscsi/access';
 import { IscsiServer, type IscsiServerOptions } from '../../src/frontend/iscsi/server';
+import type { Session } from '../../src/frontend/iscsi/session';
 import { CisternError } from '../../src/util/errors';
 import { MemoryExportProvider } from '../../src/volume/memory-volume';
 import { StubUnit } from './stub-unit';
@@ -41,6 +42,8 @@ export interface ServedTarget {
   /** Logical units made by the stub factory, by volume name (the last one made). */
   units: Map<string, StubUnit>;
   unexpectedErrors: unknown[];
+  /** Every session the server admitted, in order. */
+  sessions: Session[];
   url(volume: string, credentials?: { user: string; secret: string }): string;
   /** Closes the server; fails if it reported an unexpected error. */
   close(): Promise<void>;
@@ -57,6 +60,7 @@ export async function serveTarget(
   const access = new MemoryAccess(provider);
   const units = new Map<string, StubUnit>();
   const unexpectedErrors: unknown[] = [];
+  const sessions: Session[] = [];
   const createLogicalUnit: LogicalUnitFactory =
     options.createLogicalUnit ??
     ((handle, name) => {
@@ -68,6 +72,7 @@ export async function serveTarget(
     ...options,
     createLogicalUnit,
     onUnexpectedError: (error) => unexpectedErrors.push(error),
+    onSessionStarted: (session) => sessions.push(session),
   });
   const { port } = await server.listen('127.0.0.1', listenPort);
   return {
@@ -77,6 +82,7 @@ export async function serveTarget(
     port,
     units,
     unexpectedErrors,
+    sessions,
     url: (volume, credentials) => {
       const auth =
         credentials === undefined

@@ -120,6 +120,7 @@ export class IscsiConnection {
   private textContinuation: TextContinuation | undefined;
   private textRequestBytes: Buffer[] = [];
   private paused = false;
+  private corked = false;
   private readonly loginTimer: NodeJS.Timeout;
   private graceTimer: NodeJS.Timeout | undefined;
   private readonly closedPromise: Promise<void>;
@@ -478,8 +479,6 @@ export class IscsiConnection {
 
   private sendR2Ts(task: Task, collector: DataOutCollector): void {
     const requests = collector.nextR2Ts(() => this.allocateTtt());
-    if (requests.length === 0) return;
-    this.socket.cork();
     for (const request of requests) {
       this.send(
         P.encodeR2T({
@@ -493,7 +492,6 @@ export class IscsiConnection {
         }),
       );
     }
-    this.socket.uncork();
   }
 
   private allocateTtt(): number {
@@ -534,9 +532,11 @@ export class IscsiConnection {
 
   private respond(task: Task, response: ScsiResponse): void {
     if (task.aborted || this.phase === 'closed') {
-      this.endTask(task);
+      this.endTask(task)();
       return;
     }
+    // Ended first, so the MaxCmdSN of the answer already counts the slot it frees.
+    const release = this.endTask(task);
     const { command } = task;
     const plan = planResponse(
       {
@@ -548,8 +548,8 @@ export class IscsiConnection {
       this.params,
     );
     const r2tCount = task.r2tCount;
-    this.socket.cork();
-    for (const segment of plan.segments) {
+    const lastSegment = plan.segments.length - 1;
+    plan.segments.forEach((segment, index) => {
       const bhs = P.encodeDataIn({
         ...this.sequence(segment.withStatus),
         final: segment.final,
@@ -561,8 +561,9 @@ export class IscsiConnection {
         bufferOffset: segment.offset,
       });
       task.dataInCount += 1;
-      this.send(bhs, plan.data.subarray(segment.offset, segment.offset + segment.length));
-    }
+      const data = plan.data.subarray(segment.offset, segment.offset + segment.length);
+      this.send(bhs, data, index === lastSegment && !plan.scsiResponse ? release : undefined);
+    });
     if (plan.scsiResponse) {
       const bhs = P.encodeScsiResponse({
         ...this.sequence(true),
@@ -573,10 +574,8 @@ export class IscsiConnection {
         bidiResidual: plan.bidiResidual,
         expDataSN: task.dataInCount + r2tCount,
       });
-      this.send(bhs, plan.sense === undefined ? undefined : P.senseSegment(plan.sense));
+      this.send(bhs, plan.sense === undefined ? undefined : P.senseSegment(plan.sense), release);
     }
-    this.socket.uncork();
-    this.endTask(task, true);
   }
 
   /** Ends a task the transport itself fails (bad Data-Out, digest, size): CHECK CONDITION, no execution. */
@@ -587,19 +586,23 @@ export class IscsiConnection {
     this.respond(task, { status: ScsiStatus.CHECK_CONDITION, sense, dataOutLength: 0 });
   }
 
-  /** Removes the task; its buffer charge is given back once what was sent for it is flushed. */
-  private endTask(task: Task, afterFlush = false): void {
-    if (task.state === 'done') return;
+  /**
+   * Removes the task; returns what gives its buffer charge back and settles it, to be
+   * called once what was sent for it has reached the kernel (or at once, if nothing was).
+   */
+  private endTask(task: Task): () => void {
+    if (task.state === 'done') return () => undefined;
     task.state = 'done';
     task.collector = undefined;
     if (this.tasks.get(task.command.itt) === task) this.tasks.delete(task.command.itt);
     if (task.immediate) this.immediateTasks -= 1;
-    const release = (): void => {
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
       this.release(task);
       task.finish();
     };
-    if (afterFlush && this.phase !== 'closed') this.socket.write(EMPTY, () => release());
-    else release();
   }
 
   // ---- Buffer budget ---------------------------------------------------------------------------
@@ -828,7 +831,7 @@ export class IscsiConnection {
       if (task.state === 'done') continue;
       task.aborted = true;
       if (task.state === 'executing') running.push(task.finished);
-      else this.endTask(task);
+      else this.endTask(task)();
     }
     await Promise.all(running);
   }
@@ -876,7 +879,7 @@ export class IscsiConnection {
       if (task.state === 'executing') waiting.push(task.finished);
       else {
         task.aborted = true;
-        this.endTask(task);
+        this.endTask(task)();
       }
     }
     await Promise.all(waiting);
@@ -929,9 +932,25 @@ export class IscsiConnection {
     this.send(P.encodeReject({ ...this.sequence(true), reason }), Buffer.from(rejected));
   }
 
-  private send(bhs: Buffer, data?: Uint8Array): void {
-    if (this.phase === 'closed' || this.socket.destroyed) return;
-    for (const part of P.framePdu(bhs, data, this.digests)) this.socket.write(part);
+  /** Writes one PDU; PDUs of the same tick go out in one batch (cork/uncork). `done` runs once it is written. */
+  private send(bhs: Buffer, data?: Uint8Array, done?: () => void): void {
+    if (this.phase === 'closed' || this.socket.destroyed || this.socket.writableEnded) {
+      done?.();
+      return;
+    }
+    if (!this.corked) {
+      this.corked = true;
+      this.socket.cork();
+      process.nextTick(() => {
+        this.corked = false;
+        this.socket.uncork();
+      });
+    }
+    const parts = P.framePdu(bhs, data, this.digests);
+    parts.forEach((part, index) => {
+      const last = index === parts.length - 1;
+      this.socket.write(part, last && done !== undefined ? () => done() : undefined);
+    });
   }
 }
 

@@ -72,6 +72,8 @@ export interface IscsiServerOptions {
   shutdownGraceMs?: number;
   /** Bugs and unexpected backend failures; protocol violations by initiators are not reported. */
   onUnexpectedError?: (error: unknown) => void;
+  /** Each session admitted to full feature phase (for logs and tests). */
+  onSessionStarted?: (session: Session) => void;
 }
 
 export interface ListenAddress {
@@ -100,6 +102,7 @@ export class IscsiServer {
   private nextTsih = 1;
   private closing: Promise<void> | undefined;
   private readonly createLogicalUnit: LogicalUnitFactory;
+  private readonly onSessionStarted: (session: Session) => void;
   private readonly limits: TargetLimits = {
     maxRecvDataSegmentLength: MAX_RECV_DATA_SEGMENT_BYTES,
     maxBurstLength: MAX_BURST_BYTES,
@@ -114,6 +117,7 @@ export class IscsiServer {
   ) {
     validateLimits(this.limits);
     this.createLogicalUnit = options.createLogicalUnit;
+    this.onSessionStarted = options.onSessionStarted ?? (() => undefined);
     const portalGroupTag = options.portalGroupTag ?? DEFAULT_PORTAL_GROUP_TAG;
     assert(
       Number.isInteger(portalGroupTag) && portalGroupTag >= 0 && portalGroupTag <= 0xffff,
@@ -345,6 +349,7 @@ export class IscsiServer {
       await this.sessionEnded(session);
       return { failure: LoginStatuses.SERVICE_UNAVAILABLE };
     }
+    this.onSessionStarted(session);
     return { tsih };
   }
 

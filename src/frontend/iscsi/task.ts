@@ -226,7 +226,9 @@ export function planResponse(
         ? 0
         : task.expectedLength;
   const produced = response.dataIn ?? new Uint8Array(0);
-  const data = produced.subarray(0, Math.min(produced.length, readLength));
+  // Without the R bit nothing goes back, whatever the unit produced (it shows as overflow).
+  const sendable = task.direction === 'none' ? 0 : readLength;
+  const data = produced.subarray(0, Math.min(produced.length, sendable));
   let residual: Residual;
   let bidiResidual: Residual | undefined;
   const writeResidual = residualOf(

@@ -73,9 +73,10 @@ test(`${CONNECTIONS} hostile connections (seed ${SEED}) never disturb a healthy 
   const fresh = await TestInitiator.connect(target.port);
   assert.equal((await fresh.login({ targetName: FUZZ_TARGET })).statusClass, 0);
   await fresh.command(Buffer.alloc(6), {}); // the UNIT ATTENTION of a new nexus
-  const data = Buffer.alloc(512, 0x42);
+  const blockBytes = await blockSize(fresh);
+  const data = Buffer.alloc(blockBytes, 0x42);
   assert.equal((await fresh.command(write10(0, 1), { write: data })).status, ScsiStatus.GOOD);
-  assert.ok((await fresh.command(read10(0, 1), { read: 512 })).data.equals(data));
+  assert.ok((await fresh.command(read10(0, 1), { read: blockBytes })).data.equals(data));
   fresh.close();
 });
 
@@ -97,12 +98,14 @@ function runHealthySession(): { stop(): Promise<number> } {
     // A new I_T nexus first hears of the power-on (UNIT ATTENTION); take it before the loop.
     await initiator.command(inquiry(36), { read: 36 });
     await initiator.command(Buffer.alloc(6), {});
+    const blockBytes = await blockSize(initiator);
+    const volumeBlocks = (4 * MiB) / blockBytes;
     const random = new Random(SEED ^ 0x5a5a);
     while (!stopping) {
-      const lba = random.int(1000) * 8;
-      const data = Buffer.alloc(1024 * random.range(1, 8));
+      const lba = random.int(volumeBlocks - 8);
+      const data = Buffer.alloc(blockBytes * random.range(1, 8));
       for (let i = 0; i < data.length; i += 1) data[i] = random.int(256);
-      const blocks = data.length / 512;
+      const blocks = data.length / blockBytes;
       const written = await initiator.command(write10(lba, blocks), {
         write: data,
         immediateBytes: 512,
@@ -285,6 +288,15 @@ function sendFullFeatureMischief(initiator: TestInitiator, random: Random): void
   let wire: Buffer = Buffer.concat(parts);
   if (random.bool(0.1)) wire = mutate(random, wire);
   initiator.writeRaw(wire);
+}
+
+/** The logical block size, from READ CAPACITY(10). */
+async function blockSize(initiator: TestInitiator): Promise<number> {
+  const capacity = await initiator.command(Buffer.from([0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0]), {
+    read: 8,
+  });
+  assert.equal(capacity.status, ScsiStatus.GOOD);
+  return capacity.data.readUInt32BE(4);
 }
 
 function mutate(random: Random, bytes: Buffer, truncate = true): Buffer {

@@ -304,12 +304,17 @@ export class TestInitiator {
       immediate?: boolean;
       cmdSN?: number;
       itt: number;
+      /** Task attribute code (default 1, SIMPLE). */
+      attribute?: number;
     },
   ): Buffer {
     const bhs = Buffer.alloc(P.BHS_BYTES);
     bhs[0] = (options.immediate ? 0x40 : 0) | P.Opcode.SCSI_COMMAND;
     bhs[1] =
-      (options.final ? 0x80 : 0) | (options.read ? 0x40 : 0) | (options.write ? 0x20 : 0) | 1;
+      (options.final ? 0x80 : 0) |
+      (options.read ? 0x40 : 0) |
+      (options.write ? 0x20 : 0) |
+      (options.attribute ?? P.TaskAttributeCode.SIMPLE);
     P.encodeLun(options.lun ?? 0, bhs);
     bhs.writeUInt32BE(options.itt, 16);
     bhs.writeUInt32BE(options.expectedLength, 20);

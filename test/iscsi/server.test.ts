@@ -387,6 +387,52 @@ describe('NOP, task management, logout, malformed PDUs', () => {
     initiator.close();
   });
 
+  test('an ORDERED task waits for older tasks, and younger SIMPLE tasks wait for it; HEAD OF QUEUE does not wait', async () => {
+    const initiator = await loggedIn();
+    const unit = target.units.get(VOLUME);
+    assert.ok(unit !== undefined);
+    let open!: () => void;
+    unit.gate = new Promise((resolve) => (open = resolve));
+    const send = (attribute: number): number => {
+      const itt = initiator.itt();
+      initiator.send(
+        initiator.commandPdu(Buffer.alloc(6), {
+          read: false,
+          write: false,
+          final: true,
+          expectedLength: 0,
+          itt,
+          attribute,
+        }),
+      );
+      initiator.cmdSN += 1;
+      return itt;
+    };
+    const before = unit.executed.length;
+    const simple = send(P.TaskAttributeCode.SIMPLE);
+    const ordered = send(P.TaskAttributeCode.ORDERED);
+    const younger = send(P.TaskAttributeCode.SIMPLE);
+    const urgent = send(P.TaskAttributeCode.HEAD_OF_QUEUE);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    assert.deepEqual(
+      unit.executed.slice(before).map((task) => task.tag),
+      [simple, urgent],
+      'only the SIMPLE task before the ORDERED one and the HEAD OF QUEUE task may run',
+    );
+    unit.gate = undefined;
+    open();
+    const answered: number[] = [];
+    for (let i = 0; i < 4; i += 1)
+      answered.push((await initiator.expect(P.Opcode.SCSI_RESPONSE)).bhs.readUInt32BE(16));
+    assert.deepEqual(new Set(answered), new Set([simple, ordered, younger, urgent]));
+    const order = unit.executed.slice(before).map((task) => task.tag);
+    assert.ok(
+      order.indexOf(ordered) < order.indexOf(younger),
+      'a younger task ran before the ORDERED one',
+    );
+    initiator.close();
+  });
+
   test('logout answers, closes the connection, and the last session closes the logical unit', async () => {
     const initiator = await TestInitiator.connect(target.port);
     const login = await initiator.login({

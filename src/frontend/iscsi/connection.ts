@@ -77,6 +77,8 @@ interface Task {
   state: TaskState;
   /** Delivered in CmdSN order (immediate commands at once). */
   delivered: boolean;
+  /** Order of delivery, for task attributes. */
+  deliverySeq: number;
   aborted: boolean;
   collector: DataOutCollector | undefined;
   /** The R2T part of a write got its buffer budget. */
@@ -117,6 +119,11 @@ export class IscsiConnection {
   private nextTtt = 1;
   private bufferedBytes = 0;
   private readonly budgetWaiters: Task[] = [];
+  /** Tasks whose data is in but whose task attribute makes them wait for others. */
+  private readonly orderWaiters = new Set<Task>();
+  /** ORDERED tasks not yet done (0: no attribute check needed). */
+  private orderedTasks = 0;
+  private nextDeliverySeq = 0;
   private textContinuation: TextContinuation | undefined;
   private textRequestBytes: Buffer[] = [];
   private paused = false;
@@ -396,6 +403,7 @@ export class IscsiConnection {
       immediate: command.immediate,
       state: 'collecting',
       delivered: false,
+      deliverySeq: 0,
       aborted: false,
       collector: undefined,
       solicitedCharged: false,
@@ -419,8 +427,11 @@ export class IscsiConnection {
     }
     this.tasks.set(command.itt, task);
     if (command.immediate) this.immediateTasks += 1;
+    if (command.attribute === P.TaskAttributeCode.ORDERED) this.orderedTasks += 1;
     const deliver = (): void => {
       task.delivered = true;
+      task.deliverySeq = this.nextDeliverySeq;
+      this.nextDeliverySeq += 1;
       if (tooLong) this.failTask(task, TransportSense.transferTooLong());
       else this.advance(task);
     };
@@ -428,6 +439,7 @@ export class IscsiConnection {
     else if (!window.accept(command.cmdSN, deliver)) {
       // A duplicate CmdSN: dropped like any command outside the window.
       this.tasks.delete(command.itt);
+      if (command.attribute === P.TaskAttributeCode.ORDERED) this.orderedTasks -= 1;
       this.release(task);
     }
   }
@@ -470,11 +482,41 @@ export class IscsiConnection {
       return;
     }
     if (!task.delivered) return;
+    if (!this.orderAllows(task)) {
+      this.orderWaiters.add(task);
+      return;
+    }
+    this.orderWaiters.delete(task);
     if (collector === undefined) {
       const readBytes = task.direction === 'read' ? task.command.expectedLength : 0;
       if (readBytes > 0 && task.chargedBytes === 0 && !this.tryCharge(task, readBytes)) return;
     }
     this.execute(task);
+  }
+
+  /**
+   * SAM task attributes: an ORDERED task runs once every older task is done, and tasks
+   * delivered after it wait for it; HEAD OF QUEUE runs at once; SIMPLE (and untagged,
+   * ACA) only wait for older ORDERED tasks. Data transfer goes on meanwhile.
+   */
+  private orderAllows(task: Task): boolean {
+    const attribute = task.command.attribute;
+    if (attribute === P.TaskAttributeCode.HEAD_OF_QUEUE) return true;
+    if (this.orderedTasks === 0 && attribute !== P.TaskAttributeCode.ORDERED) return true;
+    for (const other of this.tasks.values()) {
+      if (other === task || !other.delivered || other.deliverySeq > task.deliverySeq) continue;
+      if (attribute === P.TaskAttributeCode.ORDERED) return false;
+      if (other.command.attribute === P.TaskAttributeCode.ORDERED) return false;
+    }
+    return true;
+  }
+
+  private wakeOrderWaiters(): void {
+    const waiting = [...this.orderWaiters].sort((a, b) => a.deliverySeq - b.deliverySeq);
+    for (const task of waiting) {
+      if (task.state !== 'collecting' || task.aborted) this.orderWaiters.delete(task);
+      else this.advance(task);
+    }
   }
 
   private sendR2Ts(task: Task, collector: DataOutCollector): void {
@@ -596,6 +638,9 @@ export class IscsiConnection {
     task.collector = undefined;
     if (this.tasks.get(task.command.itt) === task) this.tasks.delete(task.command.itt);
     if (task.immediate) this.immediateTasks -= 1;
+    if (task.command.attribute === P.TaskAttributeCode.ORDERED) this.orderedTasks -= 1;
+    this.orderWaiters.delete(task);
+    if (this.orderWaiters.size > 0) queueMicrotask(() => this.wakeOrderWaiters());
     let released = false;
     return () => {
       if (released) return;

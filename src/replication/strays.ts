@@ -15,11 +15,12 @@
 import { assert } from '../util/assert';
 import { isCisternError } from '../util/errors';
 import { ObjectKey } from '../store/key';
-import { ObjectStore } from '../store/object-store';
 import { ClusterState, pgKey } from '../cluster/state';
 import { ClusterStore } from '../cluster/store';
 import { PlacementTable, objectToPg, pgRow } from '../placement/straw2';
 import { PassRunner } from './passes';
+import { LocalDisk } from './endpoint';
+import { Clock, Timer, systemClock } from '../util/clock';
 
 /** Period of the pass besides map changes (a PG turns clean without a map change of ours). */
 export const STRAY_PASS_PERIOD_MS = 10_000;
@@ -38,11 +39,13 @@ export interface StrayContext {
   /** The placement table of the state `cluster.current()` returns (cached per epoch). */
   table(poolId: number): PlacementTable;
   /** This host's up disks. */
-  localDisks(): Array<{ id: number; store: ObjectStore }>;
+  localDisks(): Array<{ id: number; store: LocalDisk }>;
   log: (event: string, fields?: Record<string, unknown>) => void;
   deletesPerSecond?: number;
   /** Injectable for tests. */
   sleep?: (ms: number) => Promise<void>;
+  /** Virtual time in the simulator; the system clock by default. */
+  clock?: Clock;
 }
 
 /**
@@ -72,20 +75,30 @@ export class StrayCollector {
   /** Copies removed since start, for tests. */
   removedTotal = 0;
   private readonly runner: PassRunner;
-  private timer: NodeJS.Timeout | undefined;
+  private timer: Timer | undefined;
   private unsubscribe: (() => void) | undefined;
   /** The epoch of the last pass logged: a pass is logged when it removed or the map moved. */
   private loggedEpoch = -1;
+  private readonly clock: Clock;
 
   constructor(private readonly context: StrayContext) {
     this.runner = new PassRunner(() => this.pass());
+    this.clock = context.clock ?? systemClock;
   }
 
   start(): void {
     this.unsubscribe = this.context.cluster.subscribe(() => this.kick());
-    this.timer = setInterval(() => this.kick(), STRAY_PASS_PERIOD_MS);
-    this.timer.unref();
+    this.passLater();
     this.kick();
+  }
+
+  /** A pass every STRAY_PASS_PERIOD_MS (one-shot timers chained). */
+  private passLater(): void {
+    this.timer = this.clock.setTimer(STRAY_PASS_PERIOD_MS, () => {
+      if (this.runner.isClosed) return;
+      this.kick();
+      this.passLater();
+    });
   }
 
   kick(): void {
@@ -98,7 +111,7 @@ export class StrayCollector {
 
   async close(): Promise<void> {
     this.unsubscribe?.();
-    if (this.timer) clearInterval(this.timer);
+    this.timer?.cancel();
     await this.runner.close();
   }
 
@@ -121,7 +134,7 @@ export class StrayCollector {
     }
   }
 
-  private async collectDisk(disk: number, store: ObjectStore): Promise<number> {
+  private async collectDisk(disk: number, store: LocalDisk): Promise<number> {
     const candidates: ObjectKey[] = [];
     for await (const key of store.listObjects()) {
       if (this.stray(key, disk)) candidates.push(key);
@@ -132,7 +145,8 @@ export class StrayCollector {
     for (const [index, key] of candidates.entries()) {
       if (this.runner.isClosed) break;
       if (index > 0 && index % STRAY_DELETE_BATCH === 0) {
-        await (this.context.sleep ?? sleep)((STRAY_DELETE_BATCH / rate) * 1000);
+        const pauseMs = (STRAY_DELETE_BATCH / rate) * 1000;
+        await (this.context.sleep ?? ((ms: number) => this.clock.sleep(ms)))(pauseMs);
       }
       // Again, on the map of this moment, in the same turn as the delete is issued.
       if (!this.stray(key, disk)) continue;
@@ -157,8 +171,4 @@ export class StrayCollector {
     }
     return isStrayCopy(state, table, key, disk);
   }
-}
-
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
 }

@@ -17,7 +17,9 @@ import { PlacementTable, computeTable } from '../../src/placement/straw2';
 import { LocalReplication } from '../../src/replication/local';
 import { ObjectEndpoint, PeerTransport } from '../../src/replication/endpoint';
 import { Gateway } from '../../src/replication/gateway';
-import { RecoveryWorker } from '../../src/replication/recovery';
+import { RECOVERY_BYTES_PER_SECOND_DEFAULT, RecoveryWorker } from '../../src/replication/recovery';
+import { BackgroundThrottle } from '../../src/replication/throttle';
+import { StrayCollector } from '../../src/replication/strays';
 import { RemoteDisk } from '../../src/replication/remote-disk';
 import { makeHandler } from '../../src/replication/handler';
 import { SimAuthority, HostView } from './cluster';
@@ -148,6 +150,23 @@ export class SimHost {
       transport: transport as PeerTransport,
       log: (event, fields) => this.log(this.id, event, fields),
       clock: this.scheduler.clock(alive, `${label}.recovery`),
+      bytesPerSecondMax: RECOVERY_BYTES_PER_SECOND_DEFAULT,
+      throttle: new BackgroundThrottle({
+        bytesPerSecond: RECOVERY_BYTES_PER_SECOND_DEFAULT,
+        clientBusy: () => replication.busyObjects > 0,
+        clock: this.scheduler.clock(alive, `${label}.throttle`),
+      }),
+    });
+    const strays = new StrayCollector({
+      cluster: view,
+      table,
+      localDisks: () =>
+        [...disks.keys()].flatMap((id) => {
+          const store = upStore(id);
+          return store ? [{ id, store }] : [];
+        }),
+      log: (event, fields) => this.log(this.id, event, fields),
+      clock: this.scheduler.clock(alive, `${label}.strays`),
     });
     const incarnation: Incarnation = {
       number,
@@ -165,6 +184,7 @@ export class SimHost {
     };
     this.running = incarnation;
     recovery.start();
+    strays.start();
     // A disk whose medium failed while the daemon was down cannot be opened: down, as
     // Datastore.openKnownDisk marks it (a no-op when the map has it down already).
     for (const [id, medium] of this.media) {

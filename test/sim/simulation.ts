@@ -80,7 +80,8 @@ export interface SimOptions {
   /**
    * A bug planted on purpose, to prove a checker catches it (checkers.test.ts):
    * 'fence-off' serves requests of any epoch; 'flush-lies' acknowledges flushes without
-   * persisting; 'replica-drops-writes' makes disk 0 drop every fourth write silently.
+   * persisting; 'replica-drops-writes' makes one disk (object 0's primary) drop every
+   * other write silently.
    */
   mutation?: Mutation;
   /** Print progress events. */
@@ -186,7 +187,6 @@ class Simulation {
           });
           const medium = new DiskMedium(id);
           if (options.mutation === 'flush-lies') medium.flushLies = true;
-          if (options.mutation === 'replica-drops-writes' && id === 0) medium.dropEvery = 4;
           mine.set(id, medium);
         }
         media.set(host, mine);
@@ -200,6 +200,15 @@ class Simulation {
       });
       const volume = state.createVolume(s, 'v', 2 ** 30, 'sim');
       volume.createdAt = new Date(this.scheduler.now).toISOString();
+      if (options.mutation === 'replica-drops-writes') {
+        // The first member of object 0's PG: a disk the workload surely writes.
+        const table = computeTable(s.map, pool.id);
+        const victim = pgRow(table, objectToPg(pool, volume.id, 0))[0]!;
+        for (const disks of media.values()) {
+          const medium = disks.get(victim);
+          if (medium) medium.dropEvery = 2;
+        }
+      }
       ids.pool = pool.id;
       ids.volume = volume.id;
       ids.objectSize = volume.objectSizeBytes;

@@ -392,6 +392,10 @@ export class TestInitiator {
     for (;;) {
       const pdu = await this.receive();
       assert.ok(pdu !== undefined, 'connection closed before the command was answered');
+      if (pdu.opcode === P.Opcode.NOP_IN && pdu.bhs.readUInt32BE(16) === P.RESERVED_TAG) {
+        this.nopReply(pdu.bhs.readUInt32BE(20)); // the target's keepalive, as any initiator answers it
+        continue;
+      }
       if (pdu.opcode === P.Opcode.R2T) {
         assert.equal(pdu.bhs.readUInt32BE(16), itt);
         assert.equal(pdu.bhs.readUInt32BE(36), r2tCount, 'R2TSN');
@@ -456,6 +460,18 @@ export class TestInitiator {
     if (!(options.immediate ?? true)) this.cmdSN += 1;
     this.send(bhs, data);
     return itt;
+  }
+
+  /** Answers a target's NOP-In ping (ITT reserved, its TTT echoed). */
+  nopReply(ttt: number): void {
+    const bhs = Buffer.alloc(P.BHS_BYTES);
+    bhs[0] = 0x40 | P.Opcode.NOP_OUT;
+    bhs[1] = 0x80;
+    bhs.writeUInt32BE(P.RESERVED_TAG, 16);
+    bhs.writeUInt32BE(ttt >>> 0, 20);
+    bhs.writeUInt32BE(this.cmdSN, 24);
+    bhs.writeUInt32BE(this.expStatSN, 28);
+    this.send(bhs);
   }
 
   taskManagement(

@@ -451,6 +451,44 @@ describe('NOP, task management, logout, malformed PDUs', () => {
     assert.equal(unit.nexusesLost.at(-1)?.nexus, `${DEFAULT_INITIATOR},i,0x800000123456`);
   });
 
+  test('keepalive: a silent initiator is pinged with NOP-In and dropped if it stays silent; one that answers stays', async () => {
+    const quick = await serveTarget([{ name: VOLUME, sizeBytes: MiB }], {
+      keepaliveIntervalMs: 100,
+      keepaliveTimeoutMs: 200,
+    });
+    try {
+      const silent = await TestInitiator.connect(quick.port);
+      assert.equal((await silent.login({ targetName: TARGET })).statusClass, 0);
+      const answering = await TestInitiator.connect(quick.port);
+      assert.equal(
+        (await answering.login({ targetName: TARGET, isid: randomIsid() })).statusClass,
+        0,
+      );
+      let answered = 0;
+      let stop = false;
+      const responder = (async () => {
+        while (!stop) {
+          const nop = await answering.receive(50);
+          if (nop?.opcode !== P.Opcode.NOP_IN) continue;
+          answering.nopReply(nop.bhs.readUInt32BE(20));
+          answered += 1;
+        }
+      })();
+      const ping = await silent.expect(P.Opcode.NOP_IN, 2000);
+      assert.equal(ping.bhs.readUInt32BE(16), P.RESERVED_TAG);
+      assert.notEqual(ping.bhs.readUInt32BE(20), P.RESERVED_TAG);
+      assert.ok(await silent.waitClosed(3000), 'a silent initiator kept its connection');
+      while (answered < 3) await new Promise((resolve) => setTimeout(resolve, 20));
+      stop = true;
+      await responder;
+      assert.equal(answering.closed, false, 'an initiator that answered its pings was dropped');
+      assert.equal((await answering.command(Buffer.alloc(6), {})).status, ScsiStatus.GOOD);
+      answering.close();
+    } finally {
+      await quick.close();
+    }
+  });
+
   test('unknown opcodes and SNACK get a Reject and the connection goes on', async () => {
     const initiator = await loggedIn();
     const bogus = Buffer.alloc(P.BHS_BYTES);

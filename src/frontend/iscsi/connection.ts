@@ -49,6 +49,10 @@ export interface ConnectionConfig {
   maxSendBacklogBytes: number;
   loginTimeoutMs: number;
   shutdownGraceMs: number;
+  /** Silence from the initiator after which we ping it with a NOP-In. */
+  keepaliveIntervalMs: number;
+  /** How long a pinged initiator that sends nothing keeps its connection. */
+  keepaliveTimeoutMs: number;
   onUnexpectedError: (error: unknown) => void;
   /** The server's side of login (target lookup, access, admission), for this connection. */
   loginContext(connection: IscsiConnection): LoginContext;
@@ -130,6 +134,10 @@ export class IscsiConnection {
   private corked = false;
   private readonly loginTimer: NodeJS.Timeout;
   private graceTimer: NodeJS.Timeout | undefined;
+  private keepaliveTimer: NodeJS.Timeout | undefined;
+  private lastReceivedAt = Date.now();
+  /** Our outstanding NOP-In ping: its TTT and when it went out. */
+  private ping: { ttt: number; sentAt: number } | undefined;
   private readonly closedPromise: Promise<void>;
 
   constructor(
@@ -146,6 +154,7 @@ export class IscsiConnection {
     socket.on('data', (chunk: Buffer) => {
       // Once logging out nothing more is taken; reading on lets us see the initiator's FIN.
       if (this.phase === 'logout' || this.phase === 'closed') return;
+      this.lastReceivedAt = Date.now();
       this.queue.push(chunk);
       this.pump();
     });
@@ -321,6 +330,43 @@ export class IscsiConnection {
     this.digests = { header: result.params.headerDigest, data: result.params.dataDigest };
     this.window = new CmdSnWindow(this.loginCmdSN, this.config.maxTasksPerSession);
     this.phase = 'full-feature';
+    this.scheduleKeepalive();
+  }
+
+  /**
+   * Target-initiated NOP-In (RFC 7143 §11.19): after keepaliveIntervalMs of silence we
+   * ping; an initiator that then stays silent for keepaliveTimeoutMs is gone (a host that
+   * died without a FIN), and its session is ended so its tasks and reservations go too.
+   */
+  private scheduleKeepalive(): void {
+    const check = Math.max(
+      1,
+      Math.min(this.config.keepaliveIntervalMs, this.config.keepaliveTimeoutMs) / 2,
+    );
+    this.keepaliveTimer = setTimeout(() => this.keepalive(), check);
+    this.keepaliveTimer.unref();
+  }
+
+  private keepalive(): void {
+    if (this.phase !== 'full-feature') return;
+    const now = Date.now();
+    if (this.ping !== undefined && this.lastReceivedAt < this.ping.sentAt) {
+      if (now - this.ping.sentAt >= this.config.keepaliveTimeoutMs) {
+        this.socket.destroy();
+        return;
+      }
+    } else if (now - this.lastReceivedAt >= this.config.keepaliveIntervalMs) {
+      this.ping = { ttt: this.allocateTtt(), sentAt: now };
+      this.send(
+        P.encodeNopIn({
+          ...this.sequence(false),
+          lunField: undefined,
+          itt: P.RESERVED_TAG,
+          ttt: this.ping.ttt,
+        }),
+      );
+    }
+    this.scheduleKeepalive();
   }
 
   // ---- Full feature phase: dispatch ------------------------------------------------------------
@@ -701,6 +747,7 @@ export class IscsiConnection {
     if (nop.itt === P.RESERVED_TAG) {
       // An answer to a NOP-In of ours, or a ping that wants no answer.
       if (!nop.immediate) throw protocol('NOP-Out without a tag must be immediate');
+      if (this.ping !== undefined && nop.ttt === this.ping.ttt) this.ping = undefined;
       return;
     }
     if (nop.ttt !== P.RESERVED_TAG) throw invalidField('NOP-Out with ITT and TTT');
@@ -946,6 +993,7 @@ export class IscsiConnection {
     this.phase = 'closed';
     clearTimeout(this.loginTimer);
     if (this.graceTimer !== undefined) clearTimeout(this.graceTimer);
+    if (this.keepaliveTimer !== undefined) clearTimeout(this.keepaliveTimer);
     this.queue.clear();
     await this.abortTasks([...this.tasks.values()]);
     this.budgetWaiters.length = 0;

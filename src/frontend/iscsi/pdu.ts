@@ -515,7 +515,8 @@ export interface Sequence {
 }
 
 function header(opcode: number, flags: number): Buffer {
-  const bhs = Buffer.alloc(BHS_BYTES);
+  // From node's shared pool (allocUnsafe), zeroed by hand: one BHS per PDU sent adds up.
+  const bhs = Buffer.allocUnsafe(BHS_BYTES).fill(0);
   bhs[0] = opcode;
   bhs[1] = flags;
   return bhs;

@@ -55,6 +55,13 @@ export const DEFAULT_MAX_SEND_BACKLOG_BYTES = 16 * 1024 * 1024;
 export const MAX_CONNECTIONS_PER_LISTENER = 1024;
 /** A connection that has not finished login by then is dropped (slow-loris guard). */
 export const LOGIN_TIMEOUT_MS = 30_000;
+/**
+ * A connection silent this long gets a NOP-In ping, and one silent for the timeout after
+ * it is closed: it finds initiators that vanished without a FIN (a crashed host) within
+ * a minute, while an idle but live initiator costs one small PDU each way per half minute.
+ */
+export const KEEPALIVE_INTERVAL_MS = 30_000;
+export const KEEPALIVE_TIMEOUT_MS = 30_000;
 /** On close(), how long running commands get before their connection is dropped. */
 export const SHUTDOWN_GRACE_MS = 10_000;
 /** The portal group every listener of this server belongs to. */
@@ -70,6 +77,8 @@ export interface IscsiServerOptions {
   maxCommandBytes?: number;
   loginTimeoutMs?: number;
   shutdownGraceMs?: number;
+  keepaliveIntervalMs?: number;
+  keepaliveTimeoutMs?: number;
   /** Bugs and unexpected backend failures; protocol violations by initiators are not reported. */
   onUnexpectedError?: (error: unknown) => void;
   /** Each session admitted to full feature phase (for logs and tests). */
@@ -137,6 +146,8 @@ export class IscsiServer {
       maxSendBacklogBytes: DEFAULT_MAX_SEND_BACKLOG_BYTES,
       loginTimeoutMs: options.loginTimeoutMs ?? LOGIN_TIMEOUT_MS,
       shutdownGraceMs: options.shutdownGraceMs ?? SHUTDOWN_GRACE_MS,
+      keepaliveIntervalMs: options.keepaliveIntervalMs ?? KEEPALIVE_INTERVAL_MS,
+      keepaliveTimeoutMs: options.keepaliveTimeoutMs ?? KEEPALIVE_TIMEOUT_MS,
       onUnexpectedError:
         options.onUnexpectedError ??
         ((error) => console.error('iscsi server: unexpected error', error)),

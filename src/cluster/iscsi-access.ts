@@ -72,8 +72,9 @@ const INITIATOR_NAME_PATTERN =
 /** CHAP names and secrets as people type them into initiators: printable ASCII, no spaces. */
 const CHAP_TEXT_PATTERN = /^[\x21-\x7e]+$/;
 
+/** iSCSI names are compared case-folded (RFC 3722), so the target name is lowercase. */
 export function targetNameOf(volumeName: string): string {
-  return `${TARGET_NAME_PREFIX}${volumeName}`;
+  return `${TARGET_NAME_PREFIX}${volumeName.toLowerCase()}`;
 }
 
 /** An initiator name in the form it is stored and compared in (lowercase); EINVAL if malformed. */

@@ -1,5 +1,6 @@
 // The storage daemon of one host: takes the data dir (pid lock), opens the datastore,
-// serves its volumes over NBD and its administration over the admin API, and announces
+// serves its volumes over NBD (and iSCSI, when asked) and its administration over the
+// admin API, and announces
 // itself in DIR/admin.json once everything listens. On SIGINT/SIGTERM it stops accepting,
 // lets NBD connections finish their in-flight requests, closes (flushes) the datastore,
 // removes admin.json and releases the lock. Storage logic lives in the datastore; this
@@ -9,6 +10,9 @@ import fs from 'node:fs';
 import { assert } from '../util/assert';
 import { CisternError, isCisternError } from '../util/errors';
 import { NbdServer } from '../frontend/nbd/server';
+import { IscsiServer } from '../frontend/iscsi/server';
+import { createLogicalUnit } from '../frontend/iscsi/scsi/logical-unit';
+import type { AccessProvider } from '../frontend/iscsi/access';
 import type { DatastoreAdmin } from '../volume/admin';
 import type { ExportProvider } from '../volume/backend';
 import { Datastore } from '../volume/datastore';
@@ -20,6 +24,11 @@ import { ClusterMember, ClusterOptions } from './cluster';
 
 export const NBD_DEFAULT_HOST = '127.0.0.1';
 export const NBD_DEFAULT_PORT = 10809;
+/**
+ * iSCSI's well-known port. `cistern daemon` serves iSCSI only when --iscsi is given (a
+ * host often runs its own target on 3260 already); `npm start` uses loopback:3260.
+ */
+export const ISCSI_DEFAULT_PORT = 3260;
 export const DEFAULT_DATA_DIR = '.cistern';
 /**
  * After a clean stop, the process should exit by itself; if a leaked handle keeps it
@@ -27,8 +36,11 @@ export const DEFAULT_DATA_DIR = '.cistern';
  */
 export const EXIT_WATCHDOG_MS = 5000;
 
-/** What the daemon needs of a datastore: administration, exports, and a flushing close. */
-export interface DaemonStore extends DatastoreAdmin, ExportProvider {
+/**
+ * What the daemon needs of a datastore: administration, exports, the volumes' iSCSI
+ * access rules, and a flushing close.
+ */
+export interface DaemonStore extends DatastoreAdmin, ExportProvider, AccessProvider {
   close(): Promise<void>;
 }
 
@@ -49,6 +61,8 @@ export interface DaemonOptions {
   dataDir: string;
   disks: Array<{ path: string; sizeBytes?: number }>;
   nbd?: HostPort;
+  /** Where to serve iSCSI; not served when absent. */
+  iscsi?: HostPort;
   admin?: HostPort;
   log: Log;
   /** Opens the storage; tests pass an in-memory one. Default: the real Datastore. */
@@ -61,6 +75,8 @@ export interface DaemonOptions {
 export interface RunningDaemon {
   readonly dataDir: string;
   readonly nbdAddress: HostPort;
+  /** Where iSCSI is served, when it is. */
+  readonly iscsiAddress: HostPort | undefined;
   readonly adminAddress: HostPort;
   readonly token: string;
   readonly store: DaemonStore;
@@ -118,8 +134,17 @@ export async function startDaemon(options: DaemonOptions): Promise<RunningDaemon
     const nbdText = formatHostPort(connectableAddress(nbdAddress));
     log('nbd.listening', { address: formatHostPort(nbdAddress) });
 
+    const iscsi = options.iscsi ? await serveIscsi(store, options.iscsi, log) : undefined;
+    if (iscsi) cleanups.push(() => iscsi.server.close());
+    const iscsiText = iscsi ? formatHostPort(connectableAddress(iscsi.address)) : undefined;
+
     const token = newAdminToken();
-    const adminServer = new AdminServer(store, { token, log, nbdAddress: nbdText });
+    const adminServer = new AdminServer(store, {
+      token,
+      log,
+      nbdAddress: nbdText,
+      ...(iscsiText !== undefined ? { iscsiAddress: iscsiText } : {}),
+    });
     cleanups.push(() => adminServer.close());
     const adminAddress = await listenOrExplain('admin', '--admin', () =>
       adminServer.listen(adminWanted.host, adminWanted.port),
@@ -138,23 +163,32 @@ export async function startDaemon(options: DaemonOptions): Promise<RunningDaemon
       token,
       pid: process.pid,
       nbd: nbdText,
+      ...(iscsiText !== undefined ? { iscsi: iscsiText } : {}),
     });
     cleanups.push(() => removeAdminFile(options.dataDir));
-    log('daemon.ready', { nbd: nbdText, admin: formatHostPort(adminAddress) });
+    log('daemon.ready', {
+      nbd: nbdText,
+      ...(iscsiText !== undefined ? { iscsi: iscsiText } : {}),
+      admin: formatHostPort(adminAddress),
+    });
 
     let stopping: Promise<void> | undefined;
     const stop = (reason = 'requested'): Promise<void> => {
       stopping ??= (async () => {
         log('daemon.stopping', { reason });
         // Order: the admin API first (no new administration against a closing store),
-        // then the file that advertises it, then NBD (connections finish in-flight
-        // requests), then the datastore (flushes), and the lock last. A step that fails
+        // then the file that advertises it, then NBD and iSCSI (connections finish
+        // in-flight requests), then the datastore (flushes), and the lock last. A step that fails
         // is logged and the rest still run, so a failed flush does not also leave a
         // stale admin.json and lock behind; the first failure is rethrown at the end.
+        const iscsiStep: Array<[string, () => Promise<void>]> = iscsi
+          ? [['iscsi.closed', () => iscsi.server.close()]]
+          : [];
         const steps: Array<[string, () => Promise<void> | void]> = [
           ['admin.closed', () => adminServer.close()],
           ['admin.file_removed', () => removeAdminFile(options.dataDir)],
           ['nbd.closed', () => nbd.close()],
+          ...iscsiStep,
           ['datastore.closed', () => store.close()],
           ['daemon.unlocked', () => lock.release()],
         ];
@@ -173,12 +207,54 @@ export async function startDaemon(options: DaemonOptions): Promise<RunningDaemon
       })();
       return stopping;
     };
-    return { dataDir: options.dataDir, nbdAddress, adminAddress, token, store, stop };
+    return {
+      dataDir: options.dataDir,
+      nbdAddress,
+      iscsiAddress: iscsi?.address,
+      adminAddress,
+      token,
+      store,
+      stop,
+    };
   } catch (error) {
     log('daemon.start_failed', { error });
     await undo();
     throw error;
   }
+}
+
+/** The iSCSI target over the same volumes: every volume a target, its disk at LUN 0. */
+async function serveIscsi(
+  store: DaemonStore,
+  wanted: HostPort,
+  log: Log,
+): Promise<{ server: IscsiServer; address: HostPort }> {
+  const server = new IscsiServer(store, store, {
+    createLogicalUnit,
+    onUnexpectedError: (error) => log('iscsi.unexpected_error', { error: stackOf(error) }),
+  });
+  let address: HostPort;
+  try {
+    address = await listenOrExplain('iSCSI', '--iscsi', () =>
+      server.listen(wanted.host, wanted.port),
+    );
+  } catch (error) {
+    await server.close();
+    throw error;
+  }
+  log('iscsi.listening', {
+    address: formatHostPort(address),
+    targets: 'iqn.2026-11.io.cistern:<volume>, LUN 0',
+  });
+  if (!isLoopback(address.host)) {
+    // Allowed, but by default any initiator may log in without CHAP.
+    log('iscsi.exposed', {
+      address: formatHostPort(address),
+      warning:
+        'iSCSI reachable from the network; restrict each volume with cistern volume access (initiators, CHAP)',
+    });
+  }
+  return { server, address };
 }
 
 async function listenOrExplain(

@@ -12,6 +12,7 @@ import type {
   VolumeInfo,
 } from '../../src/volume/admin';
 import type { ExportInfo, VolumeHandle } from '../../src/volume/backend';
+import type { VolumeAccess } from '../../src/frontend/iscsi/access';
 import { MemoryExportProvider } from '../../src/volume/memory-volume';
 
 export class FakeStore implements DaemonStore {
@@ -136,6 +137,12 @@ export class FakeStore implements DaemonStore {
 
   open(name: string, options: { readOnly: boolean }): Promise<VolumeHandle> {
     return this.exports.open(name, options);
+  }
+
+  /** Every volume open to any initiator without CHAP. */
+  async access(name: string): Promise<VolumeAccess> {
+    this.find(name);
+    return { allowedInitiators: [] };
   }
 
   async close(): Promise<void> {

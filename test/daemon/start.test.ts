@@ -1,9 +1,10 @@
 // Proves `npm start` (dist/tools/start.js) does what the README promises, in a temp
 // working directory: a daemon on ./.cistern with NBD on 127.0.0.1:10809, volume vol0 of
 // 8 GiB created on first start, the printed `qemu-img info nbd://127.0.0.1:10809/vol0`
-// works, the admin CLI finds it through ./.cistern, Ctrl-C (SIGINT) exits 0, and a
-// restart leaves the administrator's volumes alone (vol0 is not recreated once removed).
-// Skipped when the fixed ports are taken (e.g. by the developer's own `npm start`).
+// works and so does the printed iSCSI one (iSCSI on 127.0.0.1:3260), the admin CLI finds
+// it through ./.cistern, Ctrl-C (SIGINT) exits 0, and a restart leaves the
+// administrator's volumes alone (vol0 is not recreated once removed). Fails, saying why,
+// when the fixed ports are taken (e.g. by the developer's own `npm start`).
 
 import { strict as assert } from 'node:assert';
 import { ChildProcess, execFile, spawn } from 'node:child_process';
@@ -16,7 +17,7 @@ import { START_VOLUME_SIZE_BYTES } from '../../tools/start';
 import { cistern, killDaemons, tempDir } from './helpers';
 
 const startScript = path.join(__dirname, '..', '..', 'tools', 'start.js');
-const PORTS = [10809, 10810];
+const PORTS = [10809, 10810, 3260];
 const READY_TIMEOUT_MS = 20_000;
 const cwd = tempDir('start');
 const children = new Set<ChildProcess>();
@@ -89,6 +90,10 @@ test('npm start serves vol0 on 127.0.0.1:10809 and says how to connect', async (
       'nbd://127.0.0.1:10809/vol0',
     ]);
     assert.equal(JSON.parse(stdout)['virtual-size'], START_VOLUME_SIZE_BYTES);
+    const iscsiUrl = 'iscsi://127.0.0.1:3260/iqn.2026-11.io.cistern:vol0/0';
+    assert.ok(first.stdout.includes(`qemu-img info ${iscsiUrl}`), first.stdout);
+    const viaIscsi = await promisify(execFile)('qemu-img', ['info', '--output=json', iscsiUrl]);
+    assert.equal(JSON.parse(viaIscsi.stdout)['virtual-size'], START_VOLUME_SIZE_BYTES);
     const env = { ...process.env };
     delete env['CISTERN_DATA_DIR'];
     const rm = await cistern(['volume', 'rm', 'vol0'], { env, cwd });

@@ -4,7 +4,12 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { parseHostPort } from '../../src/daemon/address';
 import { ADMIN_DEFAULT_HOST, ADMIN_DEFAULT_PORT } from '../../src/daemon/admin-server';
-import { NBD_DEFAULT_HOST, NBD_DEFAULT_PORT, runDaemon } from '../../src/daemon/daemon';
+import {
+  ISCSI_DEFAULT_PORT,
+  NBD_DEFAULT_HOST,
+  NBD_DEFAULT_PORT,
+  runDaemon,
+} from '../../src/daemon/daemon';
 import { createLog } from '../../src/daemon/log';
 import { isCisternError } from '../../src/util/errors';
 import { parseSize } from '../../src/util/units';
@@ -46,13 +51,15 @@ export function parseDiskSpec(text: string): { path: string; sizeBytes?: number 
 
 export const daemon: Command = {
   path: ['daemon'],
-  summary: 'run the storage daemon in the foreground (NBD server and admin API)',
+  summary: 'run the storage daemon in the foreground (NBD and iSCSI servers, admin API)',
   description: `
 Opens the datastore in the data directory and serves its volumes over NBD (export name
-= volume name) and its administration over an HTTP admin API on loopback. On a new data
+= volume name), with --iscsi also over iSCSI (target iqn.2026-11.io.cistern:VOLUME,
+LUN 0; who may log in: cistern volume access), and its administration over an HTTP
+admin API on loopback. On a new data
 directory with no --disk, it creates three sparse 16 GiB disk files in DIR/disks; disks
 are remembered, so later starts need no --disk. Once everything listens it writes
-DIR/admin.json (mode 0600: admin address, bearer token, pid, NBD address) for the admin
+DIR/admin.json (mode 0600: admin address, bearer token, pid, NBD and iSCSI addresses) for the admin
 commands to find it; a second daemon on the same directory is refused. SIGINT or
 SIGTERM stops it cleanly: NBD requests in flight finish, the datastore is flushed, and
 admin.json is removed. Logs go to stderr, one line per event (--json: one JSON object).`,
@@ -70,6 +77,12 @@ admin.json is removed. Logs go to stderr, one line per event (--json: one JSON o
       valueName: 'HOST:PORT',
       default: `${NBD_DEFAULT_HOST}:${NBD_DEFAULT_PORT}`,
       help: 'where the NBD server listens (port 0: any free port)',
+    },
+    {
+      name: 'iscsi',
+      type: 'string',
+      valueName: 'HOST:PORT',
+      help: `also serve every volume as an iSCSI target here (e.g. 127.0.0.1:${ISCSI_DEFAULT_PORT}; port 0: any free port); off by default`,
     },
     {
       name: 'host-id',
@@ -129,6 +142,8 @@ admin.json is removed. Logs go to stderr, one line per event (--json: one JSON o
     const dataDir = path.resolve(resolveDataDir(args));
     const disks = opt<string[]>(args, 'disk').map(parseDiskSpec);
     const nbd = parseHostPort(opt<string>(args, 'nbd'), NBD_DEFAULT_HOST);
+    const iscsiText = opt<string | undefined>(args, 'iscsi');
+    const iscsi = iscsiText === undefined ? undefined : parseHostPort(iscsiText, NBD_DEFAULT_HOST);
     const admin = parseHostPort(opt<string>(args, 'admin'), ADMIN_DEFAULT_HOST);
     const log = createLog({ json: opt<boolean>(args, 'json') });
     const cluster = clusterOptions(args);
@@ -137,6 +152,7 @@ admin.json is removed. Logs go to stderr, one line per event (--json: one JSON o
       dataDir,
       disks,
       nbd,
+      ...(iscsi ? { iscsi } : {}),
       admin,
       log,
       bandwidth,

@@ -1,0 +1,464 @@
+// Benchmark of the iSCSI front end against tgt (the Linux user-space target, `tgtd`),
+// in the same run, on the same filesystem, through the same initiators (libiscsi):
+//  - `iscsi-perf` 4 KiB random reads and 4 KiB sequential reads, 32 outstanding, for a
+//    fixed time (IOPS);
+//  - `qemu-img bench -w -t none -d 32` 4 KiB writes (IOPS) and 1 MiB sequential writes
+//    over the whole volume (MiB/s), a fixed count each (the time is measured).
+// Cistern is the real daemon (`cistern daemon --iscsi`) on two file-backed disks, with
+// the benchmark volume in a pool of size 1 (and of size 2: every write on both disks).
+// tgtd serves a file of the same size with `bsoflags=direct` (O_DIRECT, like Cistern's
+// disks, so neither reads from the page cache) and, as a second figure, tgt's default
+// (buffered: reads may come from the page cache). Prints each figure, the ratios, server
+// CPU per I/O, the machine, the load average and the date.
+//
+//   npm run perf:iscsi -- [--seconds 10] [--size-gib 2] [--rounds 1] [--pool-sizes 1,2]
+//                         [--write-count 100000] [--only cistern] [--profile DIR]
+//
+// Fairness: every volume and the tgt file are written whole first (1 MiB writes), so
+// reads hit data everywhere (an unwritten Cistern volume would read zeros without I/O).
+// Servers are measured one at a time, in the same order every round, with `sync` after
+// each. tgtd runs in the foreground on its own portal (127.0.0.1, a free port) and its
+// own control socket, so a system tgt, if any, is untouched. Files go under
+// $CISTERN_PERF_DIR, else os.tmpdir(); tmpfs is refused (its O_DIRECT never reaches a
+// disk). With --profile DIR the Cistern daemon runs under `node --cpu-prof`.
+
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { isMemoryFilesystem } from '../src/engine/testing';
+import { readAdminFile } from '../src/daemon/data-dir';
+
+const MiB = 2 ** 20;
+const QUEUE_DEPTH = 32;
+/** Room for the object store's 1 MiB header and slot rounding beside the volume. */
+const DISK_SLACK_BYTES = 64 * MiB;
+const READY_TIMEOUT_MS = 60_000;
+/** tgtd leaves after `--op delete --mode system` within a few seconds; then SIGKILL. */
+const TGTD_STOP_TIMEOUT_MS = 10_000;
+/** One client run may not hang the benchmark: its own duration plus this. */
+const CLIENT_SLACK_MS = 120_000;
+const BIN = path.join(__dirname, '..', '..', 'bin', 'cistern');
+
+interface Pattern {
+  name: string;
+  key: string;
+  unit: 'IOPS' | 'MiB/s';
+  /** Runs the client against `url`; resolves to the figure and the I/Os it made. */
+  run(url: string, config: Settings): Promise<{ value: number; ios: number }>;
+}
+
+interface Server {
+  label: string;
+  url: string;
+  pid: number | undefined;
+  stop(): Promise<void>;
+}
+
+interface Figure {
+  value: number;
+  cpuUsPerIo: number;
+}
+
+interface Settings {
+  seconds: number;
+  sizeBytes: number;
+  rounds: number;
+  poolSizes: number[];
+  writeCount: number;
+  only: string | undefined;
+  profileDir: string | undefined;
+}
+
+function settings(): Settings {
+  const value = (name: string): string | undefined => {
+    const index = process.argv.indexOf(name);
+    return index < 0 ? undefined : process.argv[index + 1];
+  };
+  const positive = (name: string, fallback: number): number => {
+    const text = value(name);
+    if (text === undefined) return fallback;
+    const number = Number(text);
+    if (!Number.isFinite(number) || number <= 0) throw new Error(`${name} needs a positive number`);
+    return number;
+  };
+  const profile = value('--profile');
+  const sizeBytes = Math.round(positive('--size-gib', 2) * 1024) * MiB;
+  return {
+    seconds: positive('--seconds', 10),
+    sizeBytes,
+    rounds: positive('--rounds', 1),
+    poolSizes: (value('--pool-sizes') ?? '1,2').split(',').map(Number),
+    // Fewer 4 KiB writes than the volume holds: qemu-img bench must not run past its end.
+    writeCount: Math.min(positive('--write-count', 100_000), sizeBytes / 4096),
+    only: value('--only'),
+    profileDir: profile === undefined ? undefined : path.resolve(profile),
+  };
+}
+
+function run(command: string, args: string[], timeoutMs: number): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    child.on('error', reject);
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      if (code === 0) resolve(stdout + stderr);
+      else reject(new Error(`${command} ${args.join(' ')} failed (${code ?? signal}): ${stderr}`));
+    });
+  });
+}
+
+/** `iscsi-perf` for a fixed time; its last line is `iops average N (M MB/s)`. */
+function iscsiPerf(random: boolean): Pattern['run'] {
+  return async (url, config) => {
+    const args = ['-m', String(QUEUE_DEPTH), '-b', '8', '-t', String(config.seconds)];
+    const output = await run(
+      'iscsi-perf',
+      [...args, ...(random ? ['-r'] : []), url],
+      config.seconds * 1000 + CLIENT_SLACK_MS,
+    );
+    const averages = [...output.matchAll(/iops average (\d+)/g)];
+    const last = averages[averages.length - 1];
+    if (!last) throw new Error(`iscsi-perf printed no average:\n${output}`);
+    const iops = Number(last[1]);
+    return { value: iops, ios: iops * config.seconds };
+  };
+}
+
+/** `qemu-img bench -w`: a fixed count of writes; prints `Run completed in S seconds.` */
+function qemuBench(blockBytes: number, count: (config: Settings) => number): Pattern['run'] {
+  return async (url, config) => {
+    const writes = count(config);
+    const result = await run(
+      'qemu-img',
+      [
+        ...['bench', '-w', '-t', 'none', '-f', 'raw', '-d', String(QUEUE_DEPTH)],
+        ...['-c', String(writes), '-s', String(blockBytes), url],
+      ],
+      CLIENT_SLACK_MS * 5,
+    );
+    const match = /Run completed in ([\d.]+) seconds/.exec(result);
+    if (!match) throw new Error(`qemu-img bench printed no time:\n${result}`);
+    const seconds = Number(match[1]);
+    const value = blockBytes === 4096 ? writes / seconds : (writes * blockBytes) / MiB / seconds;
+    return { value, ios: writes };
+  };
+}
+
+const PATTERNS: Pattern[] = [
+  {
+    name: 'iscsi-perf 4 KiB random read',
+    key: 'randread',
+    unit: 'IOPS',
+    run: iscsiPerf(true),
+  },
+  { name: 'iscsi-perf 4 KiB sequential read', key: 'read', unit: 'IOPS', run: iscsiPerf(false) },
+  {
+    name: 'qemu-img bench -w 4 KiB',
+    key: 'write4k',
+    unit: 'IOPS',
+    run: qemuBench(4096, (c) => c.writeCount),
+  },
+  {
+    name: 'qemu-img bench -w 1 MiB sequential',
+    key: 'write1m',
+    unit: 'MiB/s',
+    run: qemuBench(MiB, (c) => c.sizeBytes / MiB),
+  },
+];
+
+function cpuTicks(pid: number): number {
+  const fields = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.split(' ') ?? [];
+  // utime and stime are fields 14 and 15 of stat(5), 12 and 13 after "pid (comm) ".
+  return Number(fields[11]) + Number(fields[12]);
+}
+
+async function measure(server: Server, pattern: Pattern, config: Settings): Promise<Figure> {
+  const pid = server.pid;
+  const before = pid === undefined ? 0 : cpuTicks(pid);
+  const { value, ios } = await pattern.run(server.url, config);
+  const ticks = pid === undefined ? NaN : cpuTicks(pid) - before;
+  const tickUs = 1e6 / Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout);
+  return { value, cpuUsPerIo: (ticks * tickUs) / ios };
+}
+
+/** A free TCP port on loopback (bound and released: tgtd must be told a number). */
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address();
+      const port = typeof address === 'object' && address ? address.port : 0;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+async function waitForPort(port: number, child: ChildProcess, name: string): Promise<void> {
+  const deadline = Date.now() + READY_TIMEOUT_MS;
+  while (Date.now() < deadline) {
+    if (child.exitCode !== null) throw new Error(`${name} exited with ${child.exitCode}`);
+    const connected = await new Promise<boolean>((resolve) => {
+      const probe = net.connect(port, '127.0.0.1');
+      probe.once('connect', () => {
+        probe.destroy();
+        resolve(true);
+      });
+      probe.once('error', () => resolve(false));
+    });
+    if (connected) return;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  throw new Error(`${name} did not listen on port ${port} within ${READY_TIMEOUT_MS} ms`);
+}
+
+function exited(child: ChildProcess): Promise<void> {
+  return new Promise((resolve) => {
+    if (child.exitCode !== null || child.signalCode !== null) return resolve();
+    child.once('exit', () => resolve());
+  });
+}
+
+/** Writes the whole file or volume once, 1 MiB at a time, so that reads hit data. */
+async function fill(target: string[], sizeBytes: number): Promise<void> {
+  await run(
+    'fio',
+    [
+      ...['--name=fill', ...target, `--size=${sizeBytes}`],
+      ...['--rw=write', '--bs=1M', '--iodepth=8', '--output-format=terse'],
+    ],
+    30 * 60_000,
+  );
+}
+
+/** tgtd in the foreground with its own control socket and portal; one target, LUN 1. */
+async function startTgt(label: string, file: string, direct: boolean): Promise<Server> {
+  const port = await freePort();
+  // The control "port" names /var/run/tgtd/socket.N: one of our own, never the system's 0.
+  const control = String(1000 + (process.pid % 50_000) + (direct ? 1 : 0));
+  const tgtadm = (...args: string[]): Promise<string> =>
+    run('tgtadm', ['-C', control, '--lld', 'iscsi', ...args], 30_000);
+  const child = spawn('tgtd', ['-f', '-C', control, '--iscsi', `portal=127.0.0.1:${port}`], {
+    stdio: 'ignore',
+  });
+  await waitForPort(port, child, label);
+  const target = `iqn.2026-11.io.cistern.perf:tgt${direct ? '-direct' : ''}`;
+  await tgtadm('--mode', 'target', '--op', 'new', '--tid', '1', '--targetname', target);
+  await tgtadm(
+    ...['--mode', 'logicalunit', '--op', 'new', '--tid', '1', '--lun', '1'],
+    ...['--backing-store', file, ...(direct ? ['--bsoflags', 'direct'] : [])],
+  );
+  await tgtadm('--mode', 'target', '--op', 'bind', '--tid', '1', '--initiator-address', 'ALL');
+  return {
+    label,
+    url: `iscsi://127.0.0.1:${port}/${target}/1`,
+    pid: child.pid,
+    stop: async () => {
+      await tgtadm('--mode', 'target', '--op', 'delete', '--tid', '1', '--force').catch(() => '');
+      await run('tgtadm', ['-C', control, '--mode', 'system', '--op', 'delete'], 30_000).catch(
+        () => '',
+      );
+      const timer = setTimeout(() => child.kill('SIGKILL'), TGTD_STOP_TIMEOUT_MS);
+      await exited(child);
+      clearTimeout(timer);
+    },
+  };
+}
+
+/** The real daemon on two disk files; the bench volume in a pool of `poolSize`. */
+async function startCistern(
+  directory: string,
+  poolSize: number,
+  sizeBytes: number,
+  profileDir: string | undefined,
+): Promise<Server> {
+  const dir = path.join(directory, `cistern-size-${poolSize}`);
+  fs.mkdirSync(dir);
+  const diskBytes = sizeBytes + DISK_SLACK_BYTES;
+  const disks = [0, 1].flatMap((i) => [
+    '--disk',
+    `${path.join(dir, `disk-${i}.img`)}:${diskBytes}`,
+  ]);
+  const profile = profileDir === undefined ? [] : ['--cpu-prof', `--cpu-prof-dir=${profileDir}`];
+  const child = spawn(
+    process.execPath,
+    [
+      ...profile,
+      ...[BIN, 'daemon', '--data-dir', dir, ...disks],
+      ...['--nbd', '127.0.0.1:0', '--admin', '127.0.0.1:0', '--iscsi', '127.0.0.1:0'],
+    ],
+    { stdio: ['ignore', 'ignore', 'pipe'] },
+  );
+  let log = '';
+  child.stderr?.on('data', (chunk: Buffer) => (log = (log + chunk.toString()).slice(-20_000)));
+  const label = `Cistern (pool size ${poolSize})`;
+  const deadline = Date.now() + READY_TIMEOUT_MS;
+  let admin = readAdminFile(dir);
+  while (admin === undefined || admin.pid !== child.pid || admin.iscsi === undefined) {
+    if (child.exitCode !== null) throw new Error(`${label} exited:\n${log}`);
+    if (Date.now() > deadline) throw new Error(`${label} did not start:\n${log}`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    admin = readAdminFile(dir);
+  }
+  const { nbd, iscsi } = admin;
+  const cli = (...args: string[]): Promise<string> =>
+    run(process.execPath, [BIN, ...args, '--data-dir', dir], 60_000);
+  await cli('pool', 'create', 'bench', '--size', String(poolSize), '--min-size', '1');
+  await cli('volume', 'create', 'bench', '--size', String(sizeBytes), '--pool', 'bench');
+  await fill(['--ioengine=nbd', `--uri=nbd://${nbd}/bench`], sizeBytes);
+  return {
+    label,
+    url: `iscsi://${iscsi}/iqn.2026-11.io.cistern:bench/0`,
+    pid: child.pid,
+    stop: async () => {
+      child.kill('SIGTERM');
+      await exited(child);
+    },
+  };
+}
+
+function machine(): string {
+  const cpus = os.cpus();
+  const version = (command: string, args: string[]): string => {
+    const result = spawnSync(command, args, { encoding: 'utf8' });
+    return `${result.stdout}${result.stderr}`.split('\n')[0]?.trim() ?? '?';
+  };
+  const tgt = spawnSync('dpkg-query', ['-W', '-f=${Version}', 'tgt'], { encoding: 'utf8' }).stdout;
+  const libiscsi = spawnSync('dpkg-query', ['-W', '-f=${Version}', 'libiscsi-bin'], {
+    encoding: 'utf8',
+  }).stdout;
+  return (
+    `${cpus[0]?.model ?? 'unknown CPU'}, ${cpus.length} cores, ` +
+    `${Math.round(os.totalmem() / 2 ** 30)} GiB, Linux ${os.release()}, node ${process.version}, ` +
+    `tgt ${tgt || '?'}, libiscsi ${libiscsi || '?'}, ${version('qemu-img', ['--version'])}`
+  );
+}
+
+function median(values: number[]): number {
+  const sorted = values.filter((v) => !Number.isNaN(v)).sort((a, b) => a - b);
+  if (sorted.length === 0) return NaN;
+  const high = sorted[Math.floor(sorted.length / 2)] as number;
+  const low = sorted[Math.ceil(sorted.length / 2) - 1] as number;
+  return (low + high) / 2;
+}
+
+function format(value: number, unit: Pattern['unit']): string {
+  return Number.isNaN(value) ? '–' : unit === 'IOPS' ? String(Math.round(value)) : value.toFixed(0);
+}
+
+const TGT_DIRECT = 'tgtd (bsoflags=direct)';
+const TGT_BUFFERED = 'tgtd (buffered)';
+
+async function main(): Promise<void> {
+  const config = settings();
+  const parent = process.env['CISTERN_PERF_DIR'] || os.tmpdir();
+  if (isMemoryFilesystem(parent)) {
+    throw new Error(`${parent} is tmpfs; set CISTERN_PERF_DIR to a directory on a real disk`);
+  }
+  const directory = fs.mkdtempSync(path.join(parent, 'cistern-iscsi-'));
+  const peerFile = path.join(directory, 'tgt.img');
+  const servers: Server[] = [];
+  const results = new Map<string, Map<string, Figure[]>>();
+  const record = (label: string, pattern: Pattern, figure: Figure): void => {
+    const byPattern = results.get(label) ?? new Map<string, Figure[]>();
+    results.set(label, byPattern);
+    byPattern.set(pattern.key, [...(byPattern.get(pattern.key) ?? []), figure]);
+  };
+  try {
+    console.log(`# iSCSI front end vs tgt — ${new Date().toISOString()}`);
+    console.log(`# ${machine()}`);
+    console.log(
+      `# ${config.sizeBytes / 2 ** 30} GiB volume/file in ${parent}, queue depth ${QUEUE_DEPTH}, ` +
+        `reads ${config.seconds} s, ${config.writeCount} 4 KiB writes, ${config.rounds} round(s), ` +
+        `medians; load average at start ${os
+          .loadavg()
+          .map((l) => l.toFixed(2))
+          .join(' ')}`,
+    );
+    const peers = config.only !== 'cistern';
+    if (peers) {
+      await fill(['--ioengine=libaio', '--direct=1', `--filename=${peerFile}`], config.sizeBytes);
+    }
+    const starters: Array<() => Promise<Server>> = peers
+      ? [() => startTgt(TGT_DIRECT, peerFile, true), () => startTgt(TGT_BUFFERED, peerFile, false)]
+      : [];
+    const cistern: Server[] = [];
+    for (const size of config.poolSizes) {
+      const server = await startCistern(directory, size, config.sizeBytes, config.profileDir);
+      servers.push(server);
+      cistern.push(server);
+    }
+    for (let round = 0; round < config.rounds; round++) {
+      const order = [...starters, ...cistern.map((server) => async () => server)];
+      for (const start of order) {
+        const server = await start();
+        try {
+          for (const pattern of PATTERNS) {
+            const figure = await measure(server, pattern, config);
+            record(server.label, pattern, figure);
+            console.error(
+              `round ${round + 1} ${server.label} ${pattern.name}: ${format(figure.value, pattern.unit)} ` +
+                `${pattern.unit}, ${figure.cpuUsPerIo.toFixed(1)} µs CPU/IO, ` +
+                `load ${os.loadavg()[0]?.toFixed(2)}`,
+            );
+          }
+        } finally {
+          if (!cistern.includes(server)) await server.stop();
+        }
+        await run('sync', [], 60_000);
+      }
+    }
+    report(results, config);
+  } finally {
+    for (const server of servers) await server.stop();
+    fs.rmSync(directory, { recursive: true, force: true });
+  }
+}
+
+function report(results: Map<string, Map<string, Figure[]>>, config: Settings): void {
+  const get = (label: string, key: string): Figure[] => results.get(label)?.get(key) ?? [];
+  const value = (label: string, key: string): number => median(get(label, key).map((f) => f.value));
+  const cpu = (label: string, key: string): number =>
+    median(get(label, key).map((f) => f.cpuUsPerIo));
+  const labels = [...results.keys()];
+  const ours = `Cistern (pool size ${config.poolSizes[0]})`;
+  console.log('');
+  console.log(`| pattern | ${labels.join(' | ')} | ours : tgt direct | ours : tgt buffered |`);
+  console.log(`| --- |${' ---: |'.repeat(labels.length + 2)}`);
+  for (const pattern of PATTERNS) {
+    const cells = labels.map((l) => format(value(l, pattern.key), pattern.unit));
+    const mine = value(ours, pattern.key);
+    console.log(
+      `| ${pattern.name} (${pattern.unit}) | ${cells.join(' | ')} | ` +
+        `${(mine / value(TGT_DIRECT, pattern.key)).toFixed(2)} | ` +
+        `${(mine / value(TGT_BUFFERED, pattern.key)).toFixed(2)} |`,
+    );
+  }
+  console.log('');
+  console.log('Server CPU (user + system) per I/O, µs:');
+  console.log(`| pattern | ${labels.join(' | ')} |`);
+  console.log(`| --- |${' ---: |'.repeat(labels.length)}`);
+  for (const pattern of PATTERNS) {
+    const cells = labels.map((l) => cpu(l, pattern.key).toFixed(1));
+    console.log(`| ${pattern.name} | ${cells.join(' | ')} |`);
+  }
+  console.log('');
+  console.log(
+    `load average at the end: ${os
+      .loadavg()
+      .map((l) => l.toFixed(2))
+      .join(' ')}`,
+  );
+}
+
+main().catch((error: unknown) => {
+  console.error(error);
+  process.exitCode = 1;
+});

@@ -8,6 +8,8 @@ import type { Failure } from './simulation';
 import {
   ACROSS_CRASH_TEXT,
   ALL_STALE_TEXT,
+  FAILED_TARGET_TEXT,
+  UNNOTICED_RESTART_TEXT,
   NO_UP_HOLDER_TEXT,
   CUT_OFF_TEXT,
   FAILED_WRITES_TEXT,
@@ -69,6 +71,27 @@ export const KNOWN_BUGS: KnownBug[] = [
       'has up holds it. Peering then treats the last member to go down — which missed the ' +
       'write — as authoritative, and recovery copies its older data over the write',
     matches: (f) => f.kind === 'inv1-durability' && f.text.includes(NO_UP_HOLDER_TEXT),
+  },
+  {
+    name: 'recovery-ignores-a-failing-target',
+    owner: 'peering (local.ts recoverObject / recovery.ts)',
+    what:
+      'a disk whose device failed while its host was marked away comes back up with its ' +
+      'host (the map records the host-away reason) and is stale; recovery writes to it, ' +
+      'gets EIO, logs recovery.failed and retries every 2 s forever: recoverObject does not ' +
+      'report device failures of the target (onDiskFailure) as client writes do, so the ' +
+      'disk is never taken out and the PG never becomes clean',
+    matches: (f) => f.kind === 'liveness' && f.text.includes(FAILED_TARGET_TEXT),
+  },
+  {
+    name: 'restart-within-lease-loses-cached-writes',
+    owner: 'peering (issue 5: activity record)',
+    what:
+      '(soak --quick-restarts) a daemon that loses power and is back before its lease ' +
+      'lapses is never marked down, so its disks are not stale; the acknowledged writes its ' +
+      'cache lost are missing there for good and its copies differ from the others. The ' +
+      'activity record (objects written since the last flush) is what will find them',
+    matches: (f) => f.kind === 'inv4-replicas-differ' && f.text.includes(UNNOTICED_RESTART_TEXT),
   },
   {
     name: 'partitioned-primary-serves-stale-reads',

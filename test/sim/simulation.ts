@@ -36,6 +36,12 @@ export const ACROSS_CRASH_TEXT = 'flush completed after a power loss following t
 export const NO_UP_HOLDER_TEXT = 'acknowledged when no disk the map had up held it';
 /** How a replica comparison says every differing write failed at its client. */
 export const FAILED_WRITES_TEXT = 'every differing write failed at its client';
+/** How a replica comparison says a member's host restarted within its lease. */
+export const UNNOTICED_RESTART_TEXT = "a member's host restarted before the monitor noticed";
+/** How a liveness failure says recovery keeps a failed disk in service. */
+export const FAILED_TARGET_TEXT = 'recovery target never taken out';
+/** A failed disk recovery writes to is down within this (virtual ms; retries are every 2 s). */
+const FAILED_DISK_NOTICED_MS = 30_000;
 /** How a liveness failure names the PGs whose every up member is stale. */
 export const ALL_STALE_TEXT =
   'PGs with every up member stale whose authoritative members failed for good:';
@@ -148,6 +154,8 @@ class Simulation {
   private readonly lastSeen = new Map<string, number>();
   private readonly downSince = new Map<string, number>();
   private firstFailureRecent: string[] | undefined;
+  /** Hosts that restarted before the monitor took their disks down. */
+  private readonly restartedUnnoticed = new Set<string>();
 
   constructor(private readonly options: SimOptions) {
     this.scheduler = new Scheduler(options.seed);
@@ -640,6 +648,7 @@ class Simulation {
       );
       return;
     }
+    if (!noticed) this.restartedUnnoticed.add(victim);
     host.start();
     this.log(victim, 'restart');
   }
@@ -710,6 +719,28 @@ class Simulation {
     this.heal();
     this.network.lossProbability = 0;
     for (const id of this.hostIds) this.restart(id);
+    // A failed disk that recovery keeps writing to must be taken out of service by the
+    // errors it answers, before any operator looks at it.
+    if (this.failedDisks.size > 0) {
+      const start = this.scheduler.elapsedMs;
+      await this.runUntil(() => false, start + FAILED_DISK_NOTICED_MS);
+      if (this.failures.length > 0) return;
+      const s = this.authority.state;
+      const stillUp = s.map.disks.filter(
+        (d) =>
+          this.failedDisks.has(d.id) &&
+          d.up &&
+          Object.values(s.staleMembers).some((members) => members.includes(d.id)),
+      );
+      if (stillUp.length > 0) {
+        this.fail(
+          'liveness',
+          `${FAILED_TARGET_TEXT}: disk(s) ${stillUp.map((d) => d.id).join(', ')} failed, up in the map ` +
+            `and stale in PGs recovery works on, ${FAILED_DISK_NOTICED_MS} ms after healing`,
+        );
+        return;
+      }
+    }
     // The operator replaces failed disks: out of the map, so their PGs are re-placed.
     if (this.failedDisks.size > 0) {
       this.authority.apply((s) => {
@@ -900,10 +931,14 @@ class Simulation {
           .flatMap((b) => b.versions);
         const newest = Math.max(...differing);
         const failedOnly = versions.some((v) => v.id === newest && v.failedAt !== undefined);
+        const hostOf = (disk: number): string | undefined =>
+          s.map.disks.find((d) => d.id === disk)?.host;
+        const unnoticed = members.some((d) => this.restartedUnnoticed.has(hostOf(d) ?? ''));
         this.fail(
           'inv4-replicas-differ',
           `object ${object} (PG ${pg}, row ${[...pgRow(table, pg)].join(',')}) differs` +
             (failedOnly ? ` (${FAILED_WRITES_TEXT})` : '') +
+            (unnoticed ? ` (${UNNOTICED_RESTART_TEXT})` : '') +
             ': ' +
             members.map((d, i) => `disk ${d} [${copies[i]}]`).join(' vs '),
         );

@@ -7,7 +7,7 @@
 
 import { assert } from '../util/assert';
 import { PlacementTable, computeTable, pgRow } from '../placement/straw2';
-import { ClusterState, pgKey } from './state';
+import { ClusterState, actingMembers, pgKey } from './state';
 
 export interface RecoveryStatus {
   /** PGs with at least one stale member. */
@@ -20,6 +20,17 @@ export interface RecoveryStatus {
    */
   objectsToCopy: number;
   bytesToCopy: number;
+  /**
+   * Object copies missing: per PG, `size` minus its up, up-to-date acting members (row
+   * and retained), times the objects of one copy. Redundancy is below the pool's size.
+   */
+  objectsDegraded: number;
+  /**
+   * Object copies in the wrong place: per PG, the stale members whose data still exists
+   * in full on a retained former member (a rebalance copying), times the objects of one
+   * copy. Redundancy is whole; placement is not yet.
+   */
+  objectsMisplaced: number;
   /** The figures are upper bounds (from provisioned sizes: the map does not know what is written). */
   upperBound: boolean;
   /** Aggregate recovery bandwidth: the per-daemon bound × daemons with PGs to recover. */
@@ -61,15 +72,43 @@ export function recoveryStatus(
     if (host !== undefined) recoveringHosts.add(host);
   }
   const bytesPerSecond = bytesPerSecondPerHost * Math.max(1, recoveringHosts.size);
+  const { degraded, misplaced } = copiesOutOfPlace(state, perPgCopy, tables);
   return {
     pgsRecovering,
     staleMembers,
     objectsToCopy: Math.ceil(objectsToCopy),
     bytesToCopy: Math.ceil(bytesToCopy),
+    objectsDegraded: Math.ceil(degraded),
+    objectsMisplaced: Math.ceil(misplaced),
     upperBound,
     bytesPerSecond,
     seconds: Math.ceil(bytesToCopy / bytesPerSecond),
   };
+}
+
+/** Degraded and misplaced object copies over every PG of every placeable pool. */
+function copiesOutOfPlace(
+  state: ClusterState,
+  perPgCopy: (poolId: number) => PgCopySize,
+  tables: Map<number, PlacementTable | undefined>,
+): { degraded: number; misplaced: number } {
+  let degraded = 0;
+  let misplaced = 0;
+  for (const pool of state.map.pools) {
+    if (!tables.has(pool.id)) tables.set(pool.id, tableOrNone(state, pool.id));
+    const table = tables.get(pool.id);
+    if (!table) continue;
+    const objects = perPgCopy(pool.id).objects;
+    for (let pg = 0; pg < table.pgCount; pg += 1) {
+      const acting = actingMembers(state, table, pg);
+      const good = acting.filter((member) => !member.stale).length;
+      const stale = acting.length - good;
+      const missing = Math.max(0, pool.size - good);
+      degraded += missing * objects;
+      misplaced += Math.max(0, stale - missing) * objects;
+    }
+  }
+  return { degraded, misplaced };
 }
 
 /** The host that recovers a PG: the one of its first up member that is not stale. */

@@ -1,8 +1,10 @@
 // Proves the bookkeeping of scrub and recovery figures on literal states, no daemon:
 // scrub requests get increasing ids, at most SCRUB_REQUESTS_MAX are kept, an unknown
 // pool is refused; a report lands under its request and the request is done once every
-// live host reported; old requests are not acted on; and the recovery estimate counts
-// stale members, bytes to copy and time at the bandwidth bound, which status prints.
+// live host reported; old requests are not acted on; the recovery estimate counts
+// stale members, bytes to copy and time at the bandwidth bound, which status prints; and
+// object copies are degraded (missing: a member down, or stale with nothing retained)
+// or misplaced (a stale member whose data a retained former member still holds).
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -18,6 +20,7 @@ import {
   scrubStatusOf,
 } from './scrub-state';
 import { recoveryStatus } from './recovery-status';
+import { computeTable, pgRow } from '../placement/straw2';
 import { formatStatus } from '../../tools/commands/status';
 
 function cluster(): state.ClusterState {
@@ -106,9 +109,61 @@ test('recovery estimate: stale members × one PG copy ÷ bandwidth, printed by s
   });
   assert.ok(
     lines.some((line) =>
-      /^recovery: 3 PG members stale in 2 PGs, ~192 MiB to copy \(~48 objects misplaced\), ~\d+ s at \d+ MiB\/s$/.test(
+      /^recovery: 3 PG members stale in 2 PGs, ~192 MiB to copy \(~48 objects\), ~\d+ s at \d+ MiB\/s$/.test(
         line,
       ),
+    ),
+    lines.join('\n'),
+  );
+});
+
+test('degraded and misplaced object copies, and the status line that shows them', () => {
+  const MiB = 2 ** 20;
+  const copy = () => ({ objects: 10, bytes: 40 * MiB });
+  const clean = cluster();
+  const none = recoveryStatus(clean, copy, false, 64 * MiB);
+  assert.deepEqual([none.objectsDegraded, none.objectsMisplaced], [0, 0]);
+
+  // A rebalance: pg 0's third member is new (stale) and a former member still holds it.
+  const table = computeTable(clean.map, 1);
+  const row = [...pgRow(table, 0)];
+  const former = clean.map.disks.map((d) => d.id).find((d) => !row.includes(d))!;
+  const moving = structuredClone(clean);
+  moving.staleMembers = { '1:0': [row[2]!] };
+  moving.retainedMembers = { '1:0': [former] };
+  const rebalance = recoveryStatus(moving, copy, false, 64 * MiB);
+  assert.deepEqual([rebalance.objectsDegraded, rebalance.objectsMisplaced], [0, 10]);
+
+  // The same without the former member (it failed): a copy is missing, not misplaced.
+  const failed = structuredClone(moving);
+  failed.retainedMembers = {};
+  const lost = recoveryStatus(failed, copy, false, 64 * MiB);
+  assert.deepEqual([lost.objectsDegraded, lost.objectsMisplaced], [10, 0]);
+
+  // A disk down (not yet out): every PG it is in misses one copy.
+  const down = structuredClone(clean);
+  state.markDiskDown(down, 3, 'host h3 is down');
+  const downTable = computeTable(down.map, 1);
+  let withDisk = 0;
+  for (let pg = 0; pg < 8; pg += 1) if (pgRow(downTable, pg).includes(3)) withDisk += 1;
+  const degraded = recoveryStatus(down, copy, true, 64 * MiB);
+  assert.deepEqual([degraded.objectsDegraded, degraded.objectsMisplaced], [withDisk * 10, 0]);
+
+  const lines = formatStatus({
+    health: 'degraded',
+    messages: [],
+    epoch: 3,
+    hosts: 4,
+    disks: [],
+    pools: [],
+    volumes: 0,
+    capacityBytes: 0,
+    usedBytes: 0,
+    recovery: degraded,
+  });
+  assert.ok(
+    lines.includes(
+      `objects: ≤${withDisk * 10} degraded (copies missing), ≤0 misplaced (copies on former members until recovery)`,
     ),
     lines.join('\n'),
   );

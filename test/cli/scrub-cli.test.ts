@@ -84,5 +84,6 @@ test('status shows PG states and recovery figures', async () => {
   assert.equal(report.recovery.staleMembers, 0);
   assert.equal(report.recovery.bytesToCopy, 0);
   assert.equal(report.recovery.upperBound, false);
+  assert.deepEqual([report.recovery.objectsDegraded, report.recovery.objectsMisplaced], [0, 0]);
   assert.equal(report.recovery.bytesPerSecond, RECOVERY_MIB_PER_S * MiB, '--recovery-bandwidth');
 });

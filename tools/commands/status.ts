@@ -28,12 +28,19 @@ export function formatStatus(report: StatusReport): string[] {
     lines.push(`pgs: ${states.join(', ')}`);
   }
   const recovery = report.recovery;
+  if (recovery && (recovery.objectsDegraded > 0 || recovery.objectsMisplaced > 0)) {
+    const about = recovery.upperBound ? '≤' : '~';
+    lines.push(
+      `objects: ${about}${recovery.objectsDegraded} degraded (copies missing), ` +
+        `${about}${recovery.objectsMisplaced} misplaced (copies on former members until recovery)`,
+    );
+  }
   if (recovery && recovery.staleMembers > 0) {
     const about = recovery.upperBound ? '≤' : '~';
     lines.push(
       `recovery: ${recovery.staleMembers} PG members stale in ${plural(recovery.pgsRecovering, 'PG')}, ` +
         `${about}${formatSize(recovery.bytesToCopy)} to copy (${about}${recovery.objectsToCopy} ` +
-        `objects misplaced), ${about}${formatDuration(recovery.seconds)} at ` +
+        `objects), ${about}${formatDuration(recovery.seconds)} at ` +
         `${formatSize(recovery.bytesPerSecond)}/s`,
     );
   }

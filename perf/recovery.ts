@@ -108,6 +108,8 @@ interface Outcome {
   recoveryMs: number;
   /** Out to the status poll that first saw every PG clean (an upper bound). */
   statusCleanMs: number;
+  /** I/O errors fio saw over the whole run (see --continue_on_error). */
+  clientErrors: number;
   without: Iops;
   during: Iops;
   copyMiBs: number;
@@ -117,6 +119,16 @@ interface Iops {
   read: number;
   write: number;
   samples: number;
+}
+
+/** fio's count of I/O errors (`total_err`) from its JSON report. */
+function fioErrors(stdout: string): number {
+  const start = stdout.indexOf('{');
+  if (start < 0) throw new Error(`no JSON in fio's output:\n${stdout.slice(0, 2000)}`);
+  const report = JSON.parse(stdout.slice(start)) as { jobs: Array<{ total_err?: number }> };
+  const errors = report.jobs[0]?.total_err;
+  if (errors === undefined) throw new Error("fio's JSON has no total_err");
+  return errors;
 }
 
 /** One log line of a daemon: `ISO-time event key=value…`. */
@@ -192,6 +204,10 @@ async function measureOne(
       ...['--time_based', `--runtime=${FIO_RUNTIME_MAX_S}`, '--norandommap', '--randrepeat=0'],
       ...[`--write_iops_log=${logPrefix}`, `--log_avg_msec=${IOPS_LOG_AVERAGE_MS}`],
       ...['--log_unix_epoch=1', '--output-format=json'],
+      // An I/O error is counted and reported, not the end of the run: the gateway may
+      // fail a request while it fails over from the killed host (the failure test's
+      // workload retries those; fio does not).
+      '--continue_on_error=io',
     ]);
     const fioStarted = Date.now();
     await sleep(baselineSeconds * 1000);
@@ -205,6 +221,7 @@ async function measureOne(
     );
     const cleanAt = await waitForRecovery(network, client, etcd.url, victim, fio);
     await fio.stop('SIGINT', 60_000);
+    const clientErrors = fioErrors(fio.stdout());
 
     const outLine = findLine(
       survivors,
@@ -224,6 +241,7 @@ async function measureOne(
       killToOutMs: outAt - killedAt,
       recoveryMs: lastDoneAt - outAt,
       statusCleanMs: cleanAt - outAt,
+      clientErrors,
       without: iopsBetween(`${logPrefix}_iops.1.log`, fioStarted + RAMP_MS, killedAt),
       during: iopsBetween(`${logPrefix}_iops.1.log`, outAt, lastDoneAt),
     };
@@ -231,8 +249,20 @@ async function measureOne(
     const copyMiBs = rawCopy(runDir, outcome.bytes);
     return { ...outcome, copyMiBs };
   } finally {
+    keepLogs(network, setting);
     await network.destroy();
     fs.rmSync(runDir, { recursive: true, force: true });
+  }
+}
+
+/** With $CISTERN_PERF_LOG_DIR set, every process's output is kept there (post-mortems). */
+function keepLogs(network: TestNetwork, setting: number): void {
+  const keep = process.env['CISTERN_PERF_LOG_DIR'];
+  if (keep === undefined) return;
+  fs.mkdirSync(keep, { recursive: true });
+  for (const child of network.running()) {
+    const name = `bw${setting}-${child.host.name}-${child.pid}.log`;
+    fs.writeFileSync(path.join(keep, name), child.lines().join('\n'));
   }
 }
 
@@ -257,7 +287,7 @@ async function waitForRecovery(
     const clean = status.pgStates['active+degraded'] === 0 && status.pgStates.inactive === 0;
     if (out && clean) return Date.now();
     assert(Date.now() < deadline, `not clean within ${RECOVERY_TIMEOUT_MS} ms: ${result.stdout}`);
-    assert(fio.exit() === undefined, `the client's fio stopped: ${fio.stderr()}`);
+    assert(fio.exit() === undefined, `the client's fio stopped: ${fio.stderr().slice(0, 2000)}`);
     await sleep(STATUS_POLL_MS);
   }
 }
@@ -341,7 +371,7 @@ function printTable(outcomes: readonly Outcome[]): void {
     console.log(
       `${o.bandwidthMiBs} MiB/s: kill -9 → out ${(o.killToOutMs / 1000).toFixed(1)} s; out → every PG clean in ` +
         `status ${(o.statusCleanMs / 1000).toFixed(1)} s (1 s polls); samples ${o.without.samples} without, ` +
-        `${o.during.samples} during.`,
+        `${o.during.samples} during; client I/O errors over the run: ${o.clientErrors}.`,
     );
   }
   console.log(`Load after the run: ${loadAverage()} (1, 5, 15 min).`);

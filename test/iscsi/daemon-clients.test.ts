@@ -53,6 +53,10 @@ test('the portal is logged, in admin.json and status, and volume info gives the 
   assert.match(daemon.stderr(), new RegExp(`iscsi\\.listening address=${daemon.portal}`));
   const status = JSON.parse(await admin('status', '--json'));
   assert.equal(status.iscsi, daemon.portal);
+  assert.match(
+    await admin('status'),
+    new RegExp(`; NBD on [^;]+; iSCSI on ${daemon.portal}$`, 'm'),
+  );
   const info = await admin('volume', 'info', 'alpha');
   assert.match(info, /^iscsi target:\s+iqn\.2026-11\.io\.cistern:alpha \(LUN 0\)$/m);
   assert.ok(info.includes(`iscsi://${daemon.portal}/iqn.2026-11.io.cistern:alpha/0`), info);

@@ -17,7 +17,12 @@ export function formatStatus(report: StatusReport): string[] {
     plural(report.pools.length, 'pool'),
     plural(report.volumes, 'volume'),
   ];
-  lines.push('', counts.join(', ') + (report.nbd ? `; NBD on ${report.nbd}` : ''));
+  lines.push(
+    '',
+    counts.join(', ') +
+      (report.nbd ? `; NBD on ${report.nbd}` : '') +
+      (report.iscsi ? `; iSCSI on ${report.iscsi}` : ''),
+  );
   const cluster = report as Partial<ClusterStatusReport>; // with --etcd
   if (cluster.hostsUp && cluster.hostsDown) {
     const down = cluster.hostsDown.length > 0 ? ` (${cluster.hostsDown.join(', ')})` : '';

@@ -17,6 +17,8 @@ export type Release = () => void;
 export class RangeLock {
   /** Held and waiting entries, in arrival order. */
   private readonly entries: Entry[] = [];
+  /** Entries not yet granted: when none wait, a release has nobody to wake (the common case). */
+  private waiting = 0;
 
   /** Resolves once [start, end) is held by the caller; call the result exactly once. */
   async acquire(start: number, end: number): Promise<Release> {
@@ -25,7 +27,12 @@ export class RangeLock {
     const granted = new Promise<void>((resolve) => (grant = resolve));
     const entry: Entry = { start, end, granted: false, grant };
     this.entries.push(entry);
-    this.grantWaiting();
+    // Only the newcomer can be granted now: nothing ahead of it changed.
+    if (this.entries.some((other) => other !== entry && overlaps(other, entry))) this.waiting += 1;
+    else {
+      entry.granted = true;
+      grant();
+    }
     await granted;
     let released = false;
     return () => {
@@ -34,7 +41,7 @@ export class RangeLock {
       const index = this.entries.indexOf(entry);
       assert(index >= 0 && entry.granted, 'released a range that was not held');
       this.entries.splice(index, 1);
-      this.grantWaiting();
+      if (this.waiting > 0) this.grantWaiting();
     };
   }
 
@@ -53,6 +60,7 @@ export class RangeLock {
       }
       if (!blocked) {
         entry.granted = true;
+        this.waiting -= 1;
         entry.grant();
       }
     }

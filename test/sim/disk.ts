@@ -52,6 +52,7 @@ export class DiskMedium {
 
   /** Debugging: sees every change as it completes (simulation.ts wires TRACE_OBJECT). */
   onChange: ((change: Change) => void) | undefined;
+  onPersist: ((persisted: number, left: number) => void) | undefined;
 
   constructor(readonly id: number) {}
 
@@ -67,6 +68,7 @@ export class DiskMedium {
   persist(count: number): void {
     if (this.flushLies) return;
     const done = this.unflushed.splice(0, count);
+    this.onPersist?.(done.length, this.unflushed.length);
     for (const change of done) applyTo(this.durable, change);
   }
 

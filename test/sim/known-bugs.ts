@@ -9,6 +9,8 @@ import {
   ACROSS_CRASH_TEXT,
   ALL_STALE_TEXT,
   FAILED_TARGET_TEXT,
+  LEFT_IN_CACHE_TEXT,
+  NOT_DURABLE_TEXT,
   UNNOTICED_RESTART_TEXT,
   NO_UP_HOLDER_TEXT,
   CUT_OFF_TEXT,
@@ -66,11 +68,14 @@ export const KNOWN_BUGS: KnownBug[] = [
     owner: 'peering (local.ts mutate; authoritativeMembers)',
     what:
       'LocalReplication.mutate counts the members a write succeeded on, then awaits ' +
-      'taking the failed ones down; meanwhile other hosts may have taken the successful ' +
-      'ones down too, and the write is acknowledged (even FUA) although no member the map ' +
-      'has up holds it. Peering then treats the last member to go down — which missed the ' +
-      'write — as authoritative, and recovery copies its older data over the write',
-    matches: (f) => f.kind === 'inv1-durability' && f.text.includes(NO_UP_HOLDER_TEXT),
+      'taking the failed ones down; meanwhile the successful ones may have been taken down ' +
+      'or come back stale (other hosts could not reach them), and the write is ' +
+      'acknowledged (even FUA, even flushed later) although no good member — up, not ' +
+      'stale — holds it. Peering then treats the last good member, which missed the write, ' +
+      'as authoritative, and recovery copies its older data over the write (seed 1439)',
+    matches: (f) =>
+      (f.kind === 'inv1-durability' || f.kind === 'inv3-read-your-writes') &&
+      f.text.includes(NO_UP_HOLDER_TEXT),
   },
   {
     name: 'recovery-ignores-a-failing-target',
@@ -92,6 +97,30 @@ export const KNOWN_BUGS: KnownBug[] = [
       'cache lost are missing there for good and its copies differ from the others. The ' +
       'activity record (objects written since the last flush) is what will find them',
     matches: (f) => f.kind === 'inv4-replicas-differ' && f.text.includes(UNNOTICED_RESTART_TEXT),
+  },
+  {
+    name: 'gateway-flush-forgets-writes-in-flight',
+    owner: 'peering (gateway.ts flush)',
+    what:
+      'Gateway marks a primary as written when a write is sent, and a FLUSH takes and ' +
+      'clears those marks. A flush by another client through the same gateway while a ' +
+      'write is still in flight (e.g. waiting on a slow replica) clears the mark, the ' +
+      "primary's own dirty set does not have the write yet, and once the write is " +
+      'acknowledged no later flush through that gateway asks that primary again: the FLUSH ' +
+      'returns while the write is durable nowhere (seed 1592: lost in the power loss). ' +
+      'Marking the primary again when the write returns would fix it',
+    matches: (f) => f.kind === 'inv1-durability' && f.text.includes(NOT_DURABLE_TEXT),
+  },
+  {
+    name: 'flush-skips-members-taken-down',
+    owner: 'peering (local.ts flush; authoritativeMembers)',
+    what:
+      'LocalReplication.flush skips a dirty disk the map has down (`if (!store) return`) ' +
+      'and still succeeds; a member that took an acknowledged write and was taken down ' +
+      'before the FLUSH keeps it only in its cache. If that member is then the one peering ' +
+      'makes authoritative and its host loses power, recovery spreads its older data and ' +
+      'the flushed write is gone (seed 1461)',
+    matches: (f) => f.kind === 'inv1-durability' && f.text.includes(LEFT_IN_CACHE_TEXT),
   },
   {
     name: 'partitioned-primary-serves-stale-reads',

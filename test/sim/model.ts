@@ -26,8 +26,10 @@ export interface Version {
   ackedAt?: number;
   durableAt?: number;
   failedAt?: number;
-  /** When acknowledged, no disk the map had up held it (see known-bugs.ts). */
+  /** When acknowledged, no good member (up, not stale) held it (see known-bugs.ts). */
   ackedWithNoUpHolder?: boolean;
+  /** Disks whose cache still held it, unflushed, when a FLUSH covering it returned. */
+  leftInCacheOf?: number[];
 }
 
 export interface BlockModel {

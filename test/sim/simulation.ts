@@ -33,11 +33,15 @@ export const CUT_OFF_TEXT = 'gateway cut off from etcd';
 /** How a durability failure says the flush covering the lost write came after a power loss. */
 export const ACROSS_CRASH_TEXT = 'flush completed after a power loss following the ack';
 /** How a durability failure says its write was acknowledged when no up disk held it. */
-export const NO_UP_HOLDER_TEXT = 'acknowledged when no disk the map had up held it';
+export const NO_UP_HOLDER_TEXT = 'acknowledged when no good member (up, not stale) held it';
 /** How a replica comparison says every differing write failed at its client. */
 export const FAILED_WRITES_TEXT = 'every differing write failed at its client';
 /** How a replica comparison says a member's host restarted within its lease. */
 export const UNNOTICED_RESTART_TEXT = "a member's host restarted before the monitor noticed";
+/** How a durability failure says the flush covering it left it in some disk's cache only. */
+export const LEFT_IN_CACHE_TEXT = 'the FLUSH left it unflushed on disk(s)';
+/** How a flush check says a covered write is on no disk's durable state. */
+export const NOT_DURABLE_TEXT = 'not durable on member disk(s)';
 /** How a liveness failure says recovery keeps a failed disk in service. */
 export const FAILED_TARGET_TEXT = 'recovery target never taken out';
 /** A failed disk recovery writes to is down within this (virtual ms; retries are every 2 s). */
@@ -238,6 +242,8 @@ class Simulation {
                   : 'deleted';
             this.log(`disk${medium.id}`, 'change', { what });
           };
+          medium.onPersist = (persisted, left) =>
+            this.log(`disk${medium.id}`, 'persist', { persisted, left });
         }
       }
     }
@@ -451,7 +457,7 @@ class Simulation {
         const at = this.scheduler.now;
         blocks.forEach((b, i) => {
           this.model.acked(b, versions[i]!, at, fua);
-          versions[i]!.ackedWithNoUpHolder = !this.heldByAnUpDisk(key, b.block, versions[i]!.id);
+          versions[i]!.ackedWithNoUpHolder = !this.heldByAGoodMember(key, b.block, versions[i]!.id);
           if (!fua) client.unflushed.push({ block: b, version: versions[i]! });
         });
         this.scheduler.note(`ack w${versions.map((v) => v.id).join(',')}`);
@@ -495,7 +501,7 @@ class Simulation {
       (gateway) => gateway.flush(),
       () => {
         this.stats.flushesOk! += 1;
-        for (const { version } of covered) version.durableAt ??= this.scheduler.now;
+        this.flushed(covered, host);
       },
       (error) => {
         this.operationFailed(error);
@@ -506,12 +512,81 @@ class Simulation {
     );
   }
 
-  /** Whether a disk the map has up holds the write now (in its cache or durably). */
-  private heldByAnUpDisk(key: ObjectKey, block: number, id: number): boolean {
-    const up = new Set(this.authority.state.map.disks.filter((d) => d.up).map((d) => d.id));
+  /**
+   * A FLUSH completed: the writes it covers are durable from now on (the model), and
+   * each must be durable right now on every good member of its PG (up, not stale, as the
+   * map has it) whose cache holds it (invariant 1, checked at the flush rather than at
+   * the next power loss). A write a power loss may have taken since its ack, or one
+   * acknowledged with no up holder, is left to the read checks (known bugs of their own).
+   */
+  private flushed(covered: Array<{ block: BlockModel; version: Version }>, host: string): void {
+    const now = this.scheduler.now;
+    for (const { block, version } of covered) {
+      version.durableAt ??= now;
+      const crashed = this.model.crashes.some((t) => t > version.ackedAt!);
+      if (crashed || version.ackedWithNoUpHolder) continue;
+      version.leftInCacheOf = this.cachedOnlyOn(block, version.id, false);
+      const missing = this.cachedOnlyOn(block, version.id, true);
+      if (missing.length === 0) continue;
+      this.fail(
+        'inv1-durability',
+        `a FLUSH through ${host} returned while write ${version.id} (object ${block.object} ` +
+          `block ${block.block}, acknowledged at ${at(version.ackedAt!)}) is ${NOT_DURABLE_TEXT} ` +
+          `${missing.join(', ')} (in its cache only)`,
+      );
+    }
+  }
+
+  /**
+   * Disks whose cache holds write `id` of the block but whose medium does not: good
+   * members of its PG only (up, not stale), or any disk.
+   */
+  private cachedOnlyOn(block: BlockModel, id: number, goodMembersOnly: boolean): number[] {
+    const s = this.authority.state;
+    const key = this.key(block.object);
+    const media = new Map<number, DiskMedium>();
+    for (const host of this.hosts.values()) for (const [d, m] of host.media) media.set(d, m);
+    let disks = [...media.keys()];
+    if (goodMembersOnly) {
+      try {
+        const table = computeTable(s.map, this.poolId);
+        const pg = objectToPg(table.pool, key.volume, key.object);
+        disks = state
+          .actingMembers(s, table, pg)
+          .filter((m) => !m.stale)
+          .map((m) => m.disk);
+      } catch {
+        return [];
+      }
+    }
+    const idOf = (bytes: Uint8Array | undefined): number =>
+      bytes ? new DataView(bytes.buffer, bytes.byteOffset).getUint32(0) : 0;
+    return disks.filter((disk) => {
+      const medium = media.get(disk);
+      if (!medium || medium.failed) return false;
+      const cached = idOf(medium.current.get(keyName(key))?.blocks.get(block.block));
+      const durable = idOf(medium.durable.get(keyName(key))?.blocks.get(block.block));
+      return cached === id && durable < id;
+    });
+  }
+
+  /**
+   * Whether a good member of the object's PG (up and not stale in the map: one that
+   * serves reads and counts for min-size) holds the write now, in its cache or durably.
+   */
+  private heldByAGoodMember(key: ObjectKey, block: number, id: number): boolean {
+    const s = this.authority.state;
+    let members: state.ActingMember[];
+    try {
+      const table = computeTable(s.map, this.poolId);
+      members = state.actingMembers(s, table, objectToPg(table.pool, key.volume, key.object));
+    } catch {
+      return false;
+    }
+    const good = new Set(members.filter((m) => !m.stale).map((m) => m.disk));
     for (const host of this.hosts.values()) {
       for (const [disk, medium] of host.media) {
-        if (!up.has(disk)) continue;
+        if (!good.has(disk)) continue;
         const bytes = medium.block(key, block);
         if (new DataView(bytes.buffer, bytes.byteOffset).getUint32(0) === id) return true;
       }
@@ -554,6 +629,7 @@ class Simulation {
       kind,
       `${where} returned write ${decoded.id}; allowed ${[...ids].join(',')} (floor ${floor}` +
         `${durableFloor ? ', flushed' : ''}${acrossCrash ? `, ${ACROSS_CRASH_TEXT}` : ''}` +
+        `${floorVersion?.leftInCacheOf?.length ? `, ${LEFT_IN_CACHE_TEXT} ${floorVersion.leftInCacheOf.join(' ')}` : ''}` +
         `${floorVersion?.ackedWithNoUpHolder ? `, ${NO_UP_HOLDER_TEXT}` : ''}); ` +
         `history ${describeVersions(block.versions)}`,
     );
@@ -855,7 +931,7 @@ class Simulation {
         return true;
       });
       if (!ok) return false;
-      for (const { version } of covered) version.durableAt ??= this.scheduler.now;
+      this.flushed(covered, host);
     }
     return true;
   }

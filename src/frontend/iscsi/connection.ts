@@ -309,7 +309,7 @@ export class IscsiConnection {
         });
         this.send(bhs, answer.data);
         if (answer.next === 'close') {
-          this.socket.end();
+          this.hangUp();
           this.phase = 'closed';
           return;
         }
@@ -876,7 +876,7 @@ export class IscsiConnection {
           this.send(
             P.encodeTaskManagementResponse({ ...this.sequence(true), response, itt: request.itt }),
           );
-          if (request.function === P.TmfFunction.TARGET_COLD_RESET) this.socket.end();
+          if (request.function === P.TmfFunction.TARGET_COLD_RESET) this.hangUp();
         },
         (error: unknown) => this.fatal(error),
       );
@@ -945,7 +945,7 @@ export class IscsiConnection {
         () => {
           if (this.phase === 'closed') return;
           this.sendLogoutResponse(request.itt, P.LogoutResponseCode.CLOSED);
-          this.socket.end();
+          this.hangUp();
         },
         (error: unknown) => this.fatal(error),
       );
@@ -986,7 +986,7 @@ export class IscsiConnection {
     this.phase = 'logout';
     this.updateFlowControl();
     await this.settleTasks();
-    this.socket.end();
+    this.hangUp();
   }
 
   private async onClosed(): Promise<void> {
@@ -1002,6 +1002,14 @@ export class IscsiConnection {
   }
 
   // ---- Sending ---------------------------------------------------------------------------------
+
+  /**
+   * Closes our side once what was sent has gone out, then the socket: an initiator that
+   * keeps its side open after a logout or a refused login must not keep the connection.
+   */
+  private hangUp(): void {
+    this.socket.end(() => this.socket.destroy());
+  }
 
   private nextStatSN(): number {
     const statSN = this.statSN;

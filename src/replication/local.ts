@@ -188,19 +188,24 @@ export class LocalReplication implements ObjectIo {
       if (!destination) {
         throw new CisternError('UNAVAILABLE', `disk ${target} is not an up member of ${name}'s PG`);
       }
-      const extents = await source[1].blockStatus(key, 0, objectSizeBytes);
+      // A device failure of either side takes that disk out, as in a client write:
+      // otherwise a failed target stays up and stale, and every pass retries it forever.
+      const epoch = this.replicas.table(key.pool).topology.map.epoch;
+      const from = this.reportingFailures(source[0], source[1], key.pool, epoch);
+      const to = this.reportingFailures(target, destination[1], key.pool, epoch);
+      const extents = await from.blockStatus(key, 0, objectSizeBytes);
       if (extents.every((extent) => extent.hole)) {
-        await destination[1].deleteObject(key);
+        await to.deleteObject(key);
         return 0;
       }
       let offset = 0;
       let copied = 0;
       for (const extent of extents) {
         if (extent.hole || extent.zero) {
-          await destination[1].zero(key, offset, extent.length);
+          await to.zero(key, offset, extent.length);
         } else {
-          const data = await source[1].read(key, offset, extent.length);
-          await destination[1].write(key, offset, data);
+          const data = await from.read(key, offset, extent.length);
+          await to.write(key, offset, data);
           copied += extent.length;
         }
         offset += extent.length;
@@ -243,6 +248,48 @@ export class LocalReplication implements ObjectIo {
     const store = this.replicas.store(disk);
     if (!store) throw new CisternError('UNAVAILABLE', `disk ${disk} is not up`);
     await store.flush();
+  }
+
+  /**
+   * Takes `disk` out when `error` is a device failure (EIO, CORRUPT, unreachable), as a
+   * client write would — for failures met outside this engine's client operations
+   * (recovery listing or flushing a member). Any other error is left to the caller.
+   */
+  async reportFailure(disk: number, error: unknown): Promise<void> {
+    if (isDeviceFailure(error)) await this.replicas.onDiskFailure(disk, error as CisternError);
+  }
+
+  /**
+   * `store`, each device failure it answers reported (the disk taken out) before it is
+   * thrown — if the map is still at `epoch`, the one the calls were issued at. A remote
+   * host answers EIO for a disk its map has down; that answer arriving after the map
+   * brought the disk back up says nothing about its device, and taking it out for it
+   * would record a device error that keeps it out for good. The caller retries anyway.
+   */
+  private reportingFailures(
+    disk: number,
+    store: ObjectEndpoint,
+    pool: number,
+    epoch: number,
+  ): ObjectEndpoint {
+    const guard = async <T>(operation: () => Promise<T>): Promise<T> => {
+      try {
+        return await operation();
+      } catch (error) {
+        if (this.replicas.table(pool).topology.map.epoch === epoch)
+          await this.reportFailure(disk, error);
+        throw error;
+      }
+    };
+    return {
+      read: (key, offset, length) => guard(() => store.read(key, offset, length)),
+      write: (key, offset, data, options) => guard(() => store.write(key, offset, data, options)),
+      trim: (key, offset, length) => guard(() => store.trim(key, offset, length)),
+      zero: (key, offset, length) => guard(() => store.zero(key, offset, length)),
+      blockStatus: (key, offset, length) => guard(() => store.blockStatus(key, offset, length)),
+      deleteObject: (key) => guard(() => store.deleteObject(key)),
+      flush: () => guard(() => store.flush()),
+    };
   }
 
   /**

@@ -241,12 +241,45 @@ export class RecoveryWorker {
       if (aheadMs > 0)
         await (this.context.sleep ?? ((ms: number) => this.clock.sleep(ms)))(aheadMs);
     }
-    await this.context.primary.flushDisk(item.disk);
+    const epoch = this.context.cluster.current().map.epoch;
+    try {
+      await this.context.primary.flushDisk(item.disk);
+    } catch (error) {
+      await this.diskFailed(item.disk, error, epoch);
+      throw error;
+    }
     return { ...item, objects, bytes, ms: this.clock.now() - started };
   }
 
-  /** Every object of one PG on one disk (local store, or a remote host's disk). */
+  /**
+   * Every object of one PG on one disk (local store, or a remote host's disk). A disk
+   * whose device fails the listing is taken out, as a client write would take it out.
+   */
   private async listPg(
+    disk: { id: number; host: string },
+    pool: number,
+    pg: number,
+  ): Promise<ObjectKey[]> {
+    const epoch = this.context.cluster.current().map.epoch;
+    try {
+      return await this.listPgOnce(disk, pool, pg);
+    } catch (error) {
+      await this.diskFailed(disk.id, error, epoch);
+      throw error;
+    }
+  }
+
+  /**
+   * Takes a disk out for a device failure of operations issued at `epoch` — only if the
+   * map is still there: a host answers EIO for a disk its map has down, and that answer
+   * arriving once the disk is back up says nothing about its device.
+   */
+  private async diskFailed(disk: number, error: unknown, epoch: number): Promise<void> {
+    if (this.context.cluster.current().map.epoch === epoch)
+      await this.context.primary.reportFailure(disk, error);
+  }
+
+  private async listPgOnce(
     disk: { id: number; host: string },
     pool: number,
     pg: number,

@@ -8,7 +8,6 @@ import type { Failure } from './simulation';
 import {
   ACROSS_CRASH_TEXT,
   ALL_STALE_TEXT,
-  FAILED_TARGET_TEXT,
   LEFT_IN_CACHE_TEXT,
   NOT_DURABLE_TEXT,
   UNNOTICED_RESTART_TEXT,
@@ -76,17 +75,6 @@ export const KNOWN_BUGS: KnownBug[] = [
     matches: (f) =>
       (f.kind === 'inv1-durability' || f.kind === 'inv3-read-your-writes') &&
       f.text.includes(NO_UP_HOLDER_TEXT),
-  },
-  {
-    name: 'recovery-ignores-a-failing-target',
-    owner: 'peering (local.ts recoverObject / recovery.ts)',
-    what:
-      'a disk whose device failed while its host was marked away comes back up with its ' +
-      'host (the map records the host-away reason) and is stale; recovery writes to it, ' +
-      'gets EIO, logs recovery.failed and retries every 2 s forever: recoverObject does not ' +
-      'report device failures of the target (onDiskFailure) as client writes do, so the ' +
-      'disk is never taken out and the PG never becomes clean',
-    matches: (f) => f.kind === 'liveness' && f.text.includes(FAILED_TARGET_TEXT),
   },
   {
     name: 'restart-within-lease-loses-cached-writes',

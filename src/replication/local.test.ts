@@ -1,0 +1,197 @@
+// Proves how the primary engine (LocalReplication) and recovery treat members that fail
+// or change under them, on in-memory disks and a MemoryClusterStore (one host, three
+// disks, pool size 3 / min-size 2, one PG): recovery takes a target disk whose device
+// fails out of service — when copying to it, flushing it, or listing it — as a client
+// write does, instead of retrying it forever (a regression the simulator found).
+
+import { strict as assert } from 'node:assert';
+import { test } from 'node:test';
+import { CisternError } from '../util/errors';
+import { ObjectKey, ObjectKeyFilter } from '../store/key';
+import { Extent } from '../volume/backend';
+import * as state from '../cluster/state';
+import { MemoryClusterStore } from '../cluster/memory';
+import { PlacementTable, computeTable, pgRow } from '../placement/straw2';
+import { LocalDisk } from './endpoint';
+import { LocalReplication } from './local';
+import { RecoveryWorker } from './recovery';
+
+const OBJECT_BYTES = 64 * 1024;
+
+/** One disk's objects in memory; `failing` makes every call answer EIO, as a dead device. */
+class MemoryDisk implements LocalDisk {
+  readonly objects = new Map<string, { key: ObjectKey; data: Uint8Array }>();
+  failing = false;
+  writes = 0;
+
+  constructor(readonly id: number) {}
+
+  private check(): void {
+    if (this.failing) throw new CisternError('EIO', `disk ${this.id} failed`);
+  }
+
+  private object(key: ObjectKey): Uint8Array {
+    const name = `${key.pool}/${key.volume}/${key.object}`;
+    let entry = this.objects.get(name);
+    if (!entry) {
+      entry = { key, data: new Uint8Array(OBJECT_BYTES) };
+      this.objects.set(name, entry);
+    }
+    return entry.data;
+  }
+
+  async read(key: ObjectKey, offset: number, length: number): Promise<Uint8Array> {
+    this.check();
+    return this.object(key).slice(offset, offset + length);
+  }
+
+  async write(key: ObjectKey, offset: number, data: Uint8Array): Promise<void> {
+    this.check();
+    this.writes += 1;
+    this.object(key).set(data, offset);
+  }
+
+  async trim(key: ObjectKey, offset: number, length: number): Promise<void> {
+    this.check();
+    this.object(key).fill(0, offset, offset + length);
+  }
+
+  async zero(key: ObjectKey, offset: number, length: number): Promise<void> {
+    await this.trim(key, offset, length);
+  }
+
+  async blockStatus(key: ObjectKey, _offset: number, length: number): Promise<Extent[]> {
+    this.check();
+    const held = this.objects.has(`${key.pool}/${key.volume}/${key.object}`);
+    return [{ length, hole: !held, zero: false }];
+  }
+
+  async deleteObject(key: ObjectKey): Promise<boolean> {
+    this.check();
+    return this.objects.delete(`${key.pool}/${key.volume}/${key.object}`);
+  }
+
+  async flush(): Promise<void> {
+    this.check();
+  }
+
+  async *listObjects(filter: ObjectKeyFilter = {}): AsyncIterable<ObjectKey> {
+    this.check();
+    for (const { key } of this.objects.values()) {
+      if (filter.pool === undefined || filter.pool === key.pool) yield key;
+    }
+  }
+}
+
+interface Harness {
+  cluster: MemoryClusterStore;
+  disks: MemoryDisk[];
+  replication: LocalReplication;
+  table(): PlacementTable;
+  row: number[];
+  key: ObjectKey;
+  up(disk: number): boolean;
+}
+
+function harness(): Harness {
+  const initial = state.emptyState();
+  state.addHost(initial, 'h1', 'r1');
+  for (let d = 0; d < 3; d += 1)
+    state.addDisk(initial, 'h1', { path: `d${d}`, uuid: `u${d}`, sizeBytes: 1 << 30 });
+  const pool = state.createPool(initial, {
+    name: 'p',
+    size: 3,
+    minSize: 2,
+    failureDomain: 'disk',
+    pgCount: 1,
+  });
+  const volume = state.createVolume(initial, 'v', 1 << 30, 'p');
+  volume.objectSizeBytes = OBJECT_BYTES;
+  const cluster = new MemoryClusterStore(initial);
+  const disks = [0, 1, 2].map((id) => new MemoryDisk(id));
+  const table = (): PlacementTable => computeTable(cluster.current().map, pool.id);
+  const up = (disk: number): boolean =>
+    cluster.current().map.disks.find((d) => d.id === disk)?.up === true;
+  const replication = new LocalReplication({
+    table,
+    store: (disk) => (up(disk) ? disks[disk] : undefined),
+    acting: (t, pg) => state.actingMembers(cluster.current(), t, pg),
+    onDiskFailure: async (disk, error) => {
+      await cluster.update((s) => state.markDiskDown(s, disk, `${error.code}: ${error.message}`));
+    },
+  });
+  return {
+    cluster,
+    disks,
+    replication,
+    table,
+    row: [...pgRow(table(), 0)],
+    key: { pool: pool.id, volume: volume.id, object: 7 },
+    up,
+  };
+}
+
+/** Marks `disk` a stale member of the one PG, as a map change bringing it back would. */
+async function markStale(h: Harness, disk: number): Promise<void> {
+  await h.cluster.update((s) => {
+    s.staleMembers[state.pgKey(h.key.pool, 0)] = [disk];
+    s.staleSince[state.staleKey(h.key.pool, 0, disk)] = s.map.epoch + 1;
+  });
+}
+
+test('recovery copying to a target whose device fails takes the target out', async () => {
+  const h = harness();
+  await h.replication.write(h.key, 0, new Uint8Array(4096).fill(7), false);
+  const target = h.row[2] as number;
+  await markStale(h, target);
+  h.disks[target]!.failing = true;
+  await assert.rejects(h.replication.recoverObject(h.key, target, OBJECT_BYTES), /EIO|failed/);
+  assert.equal(h.up(target), false, 'the failed target is down in the map');
+  assert.match(h.cluster.current().disks[String(target)]!.error ?? '', /^EIO/);
+  for (const disk of h.row.slice(0, 2)) assert.equal(h.up(disk), true, `source disk ${disk}`);
+});
+
+function worker(h: Harness, events: string[]): RecoveryWorker {
+  return new RecoveryWorker({
+    hostId: 'h1',
+    cluster: h.cluster,
+    table: () => h.table(),
+    primaryOfPg: () => ({ id: h.row[0] as number, host: 'h1' }),
+    primary: h.replication,
+    localStore: (disk) => (h.up(disk) ? h.disks[disk] : undefined),
+    transport: undefined,
+    log: (event) => events.push(event),
+    sleep: async () => undefined,
+  });
+}
+
+test('a recovery pass whose target cannot even be listed takes the target out', async () => {
+  const h = harness();
+  await h.replication.write(h.key, 0, new Uint8Array(4096).fill(9), false);
+  const target = h.row[2] as number;
+  await markStale(h, target);
+  h.disks[target]!.failing = true;
+  const events: string[] = [];
+  const recovery = worker(h, events);
+  recovery.start();
+  await recovery.idle();
+  await recovery.close();
+  assert.equal(h.up(target), false, `target taken out (events: ${events.join(' ')})`);
+  assert.ok(events.includes('recovery.failed'));
+});
+
+test('a recovery pass whose target fails only its flush takes the target out', async () => {
+  const h = harness();
+  const target = h.row[1] as number;
+  await markStale(h, target);
+  const disk = h.disks[target]!;
+  disk.flush = async () => {
+    throw new CisternError('EIO', `disk ${target} failed its flush`);
+  };
+  const events: string[] = [];
+  const recovery = worker(h, events);
+  recovery.start();
+  await recovery.idle();
+  await recovery.close();
+  assert.equal(h.up(target), false, `target taken out (events: ${events.join(' ')})`);
+});

@@ -20,6 +20,7 @@ import { Gateway } from '../../src/replication/gateway';
 import { RECOVERY_BYTES_PER_SECOND_DEFAULT, RecoveryWorker } from '../../src/replication/recovery';
 import { BackgroundThrottle } from '../../src/replication/throttle';
 import { StrayCollector } from '../../src/replication/strays';
+import { ScrubWorker } from '../../src/replication/scrub';
 import { RemoteDisk } from '../../src/replication/remote-disk';
 import { makeHandler } from '../../src/replication/handler';
 import { SimAuthority, HostView } from './cluster';
@@ -168,6 +169,17 @@ export class SimHost {
       log: (event, fields) => this.log(this.id, event, fields),
       clock: this.scheduler.clock(alive, `${label}.strays`),
     });
+    const scrubber = new ScrubWorker({
+      hostId: this.id,
+      cluster: view,
+      table,
+      primaryHostOfPg: (poolId, pg) => gateway.primaryOfPg(poolId, pg).host,
+      replication,
+      localStore: upStore,
+      transport,
+      log: (event, fields) => this.log(this.id, event, fields),
+      clock: this.scheduler.clock(alive, `${label}.scrub`),
+    });
     const incarnation: Incarnation = {
       number,
       get alive() {
@@ -185,6 +197,7 @@ export class SimHost {
     this.running = incarnation;
     recovery.start();
     strays.start();
+    scrubber.start();
     // A disk whose medium failed while the daemon was down cannot be opened: down, as
     // Datastore.openKnownDisk marks it (a no-op when the map has it down already).
     for (const [id, medium] of this.media) {

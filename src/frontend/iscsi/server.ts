@@ -109,6 +109,8 @@ export class IscsiServer {
   /** Units being closed: a new login to the volume waits for the close to finish. */
   private readonly unitsClosing = new Map<string, Promise<void>>();
   private nextTsih = 1;
+  /** Admissions under way (opening a volume): close() waits for them and what they opened. */
+  private readonly admitting = new Set<Promise<void>>();
   private closing: Promise<void> | undefined;
   private readonly createLogicalUnit: LogicalUnitFactory;
   private readonly onSessionStarted: (session: Session) => void;
@@ -205,6 +207,7 @@ export class IscsiServer {
     const connections = [...this.connections];
     for (const connection of connections) connection.shutdown();
     await Promise.all(connections.map((connection) => connection.closed));
+    await Promise.all(this.admitting);
     await Promise.all(listenersClosed);
     await Promise.all(this.unitsClosing.values());
   }
@@ -286,7 +289,16 @@ export class IscsiServer {
       portalGroupTag: this.config.portalGroupTag,
       resolveTarget: (name) => this.resolveTarget(name),
       access: (volume) => this.accessProvider.access(volume),
-      admit: (login) => this.admit(connection, login),
+      admit: (login) => {
+        const admitted = this.admit(connection, login);
+        const settled = admitted.then(
+          () => undefined,
+          () => undefined,
+        );
+        this.admitting.add(settled);
+        void settled.then(() => this.admitting.delete(settled));
+        return admitted;
+      },
       randomBytes: (count) => crypto.randomBytes(count),
     };
   }

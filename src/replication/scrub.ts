@@ -29,6 +29,14 @@ import { PassRunner } from './passes';
 
 /** Default bound on the bytes one daemon's scrub reads per second (all members together). */
 export const SCRUB_BYTES_PER_SECOND_DEFAULT = 64 * 2 ** 20;
+/**
+ * Times one object's checksums (or one disk's listing) are taken again after the map
+ * moved under them. Each retry needs a new epoch, so this bounds the map changes one
+ * object's scrub rides out.
+ */
+const SCRUB_RETRIES_MAX = 3;
+/** How long a retry waits for this daemon's map to catch up with a refusing member's. */
+const SCRUB_RETRY_WAIT_MS = 200;
 /** Pages of a remote listing (each at most LIST_OBJECTS_MAX keys) before giving up. */
 const LIST_PAGES_MAX = 100_000;
 
@@ -197,7 +205,7 @@ export class ScrubWorker {
     const disks = new Set([...members.values()].flat());
     for (const disk of disks) {
       try {
-        for await (const key of this.listDisk(disk, pool)) {
+        for (const key of await this.listDiskSettled(disk, pool)) {
           const pg = objectToPg(table.pool, key.volume, key.object);
           if (!members.get(pg)?.includes(disk)) continue;
           let inPg = keys.get(pg);
@@ -232,9 +240,8 @@ export class ScrubWorker {
     const name = `${key.pool}/${key.volume}/${key.object}`;
     const note = (text: string): void => noteExample(totals, `${name}: ${text}`);
     const replication = this.context.replication;
-    const sums = await replication.scrubObject(key, volume.objectSizeBytes);
+    const sums = await this.checksumsSettled(key, volume.objectSizeBytes, totals);
     totals.objects += 1;
-    totals.bytesRead += sums.reduce((sum, s) => sum + s.bytesRead, 0);
     const failed = sums.filter((s) => s.error !== undefined);
     const primary = sums[0];
     if (!primary || primary.digest === undefined) {
@@ -266,6 +273,57 @@ export class ScrubWorker {
     } catch (error) {
       if (!isCisternError(error)) throw error;
       note(`disk ${which} differed from disk ${primary.disk}; repair failed: ${error.message}`);
+    }
+  }
+
+  /**
+   * The members' checksums of one object, taken again (bounded) when a member failed to
+   * answer and the map has moved since: every cluster-state update bumps the epoch —
+   * another daemon recording its scrub report is one — and a member already on the new
+   * epoch refuses a request of the old one (STALE_EPOCH). That is not an error of the
+   * object; a member that fails with the map unchanged is, and is not asked again.
+   * Found by the deterministic simulator (test/sim/).
+   */
+  private async checksumsSettled(
+    key: ObjectKey,
+    objectSizeBytes: number,
+    totals: Totals,
+  ): Promise<Awaited<ReturnType<LocalReplication['scrubObject']>>> {
+    const replication = this.context.replication;
+    let epoch = this.context.cluster.current().map.epoch;
+    let sums = await replication.scrubObject(key, objectSizeBytes);
+    totals.bytesRead += sums.reduce((sum, s) => sum + s.bytesRead, 0);
+    for (let retry = 0; retry < SCRUB_RETRIES_MAX; retry += 1) {
+      if (!sums.some((s) => s.error !== undefined)) break;
+      // Our map may trail the refusing member's by a watch event: give it time to arrive.
+      await this.clock.sleep(SCRUB_RETRY_WAIT_MS);
+      const now = this.context.cluster.current().map.epoch;
+      if (now === epoch || this.closed) break;
+      epoch = now;
+      sums = await replication.scrubObject(key, objectSizeBytes);
+      totals.bytesRead += sums.reduce((sum, s) => sum + s.bytesRead, 0);
+    }
+    return sums;
+  }
+
+  /**
+   * listDisk, listed again (bounded) when it failed and the map moved meanwhile: a
+   * member on a newer epoch refuses the listing of an older one (see checksumsSettled).
+   */
+  private async listDiskSettled(disk: number, pool: number): Promise<ObjectKey[]> {
+    let epoch = this.context.cluster.current().map.epoch;
+    for (let retry = 0; ; retry += 1) {
+      try {
+        const keys: ObjectKey[] = [];
+        for await (const key of this.listDisk(disk, pool)) keys.push(key);
+        return keys;
+      } catch (error) {
+        if (!isCisternError(error) || retry >= SCRUB_RETRIES_MAX || this.closed) throw error;
+        await this.clock.sleep(SCRUB_RETRY_WAIT_MS);
+        const now = this.context.cluster.current().map.epoch;
+        if (now === epoch) throw error;
+        epoch = now;
+      }
     }
   }
 

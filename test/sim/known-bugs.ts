@@ -8,7 +8,6 @@ import type { Failure } from './simulation';
 import {
   ACROSS_CRASH_TEXT,
   ALL_STALE_TEXT,
-  SCRUB_STALE_EPOCH_TEXT,
   LEFT_IN_CACHE_TEXT,
   NOT_DURABLE_TEXT,
   UNNOTICED_RESTART_TEXT,
@@ -110,17 +109,6 @@ export const KNOWN_BUGS: KnownBug[] = [
       'makes authoritative and its host loses power, recovery spreads its older data and ' +
       'the flushed write is gone (seed 1461)',
     matches: (f) => f.kind === 'inv1-durability' && f.text.includes(LEFT_IN_CACHE_TEXT),
-  },
-  {
-    name: 'scrub-errors-on-any-map-change',
-    owner: 'scrub (scrub.ts; local.ts scrubObject)',
-    what:
-      'every cluster-state update bumps the epoch — each host recording its scrub report ' +
-      'is one — so while several daemons scrub, the checksum requests of one are refused ' +
-      'by members already on the next epoch (STALE_EPOCH) and counted as errors, never ' +
-      'retried: a scrub of identical replicas across hosts reports errors. In-process ' +
-      'tests share one map and never see it. A retry once the map caught up would fix it',
-    matches: (f) => f.kind === 'inv4-replicas-differ' && f.text.includes(SCRUB_STALE_EPOCH_TEXT),
   },
   {
     name: 'partitioned-primary-serves-stale-reads',

@@ -2,7 +2,10 @@
 // or change under them, on in-memory disks and a MemoryClusterStore (one host, three
 // disks, pool size 3 / min-size 2, one PG): recovery takes a target disk whose device
 // fails out of service — when copying to it, flushing it, or listing it — as a client
-// write does, instead of retrying it forever (a regression the simulator found).
+// write does, instead of retrying it forever; and a change goes out only while this host
+// is the PG's primary at the map it goes out with — not when the map moved another host
+// in while the change waited in the object's ordering queue (regressions the simulator
+// found).
 
 import { strict as assert } from 'node:assert';
 import { test } from 'node:test';
@@ -93,16 +96,22 @@ interface Harness {
   up(disk: number): boolean;
 }
 
-function harness(): Harness {
+/**
+ * One host with the three disks, or (`spread`) three hosts with one each; the engine
+ * runs as `hostId` (by default the host of the PG's first member).
+ */
+function harness(options: { spread?: boolean; hostId?: string } = {}): Harness {
   const initial = state.emptyState();
-  state.addHost(initial, 'h1', 'r1');
-  for (let d = 0; d < 3; d += 1)
-    state.addDisk(initial, 'h1', { path: `d${d}`, uuid: `u${d}`, sizeBytes: 1 << 30 });
+  for (let d = 0; d < 3; d += 1) {
+    const host = options.spread ? `h${d + 1}` : 'h1';
+    state.addHost(initial, host, `r${d + 1}`);
+    state.addDisk(initial, host, { path: `d${d}`, uuid: `u${d}`, sizeBytes: 1 << 30 });
+  }
   const pool = state.createPool(initial, {
     name: 'p',
     size: 3,
     minSize: 2,
-    failureDomain: 'disk',
+    failureDomain: options.spread ? 'host' : 'disk',
     pgCount: 1,
   });
   const volume = state.createVolume(initial, 'v', 1 << 30, 'p');
@@ -112,6 +121,7 @@ function harness(): Harness {
   const table = (): PlacementTable => computeTable(cluster.current().map, pool.id);
   const up = (disk: number): boolean =>
     cluster.current().map.disks.find((d) => d.id === disk)?.up === true;
+  const first = pgRow(table(), 0)[0] as number;
   const replication = new LocalReplication({
     table,
     store: (disk) => (up(disk) ? disks[disk] : undefined),
@@ -119,6 +129,7 @@ function harness(): Harness {
     onDiskFailure: async (disk, error) => {
       await cluster.update((s) => state.markDiskDown(s, disk, `${error.code}: ${error.message}`));
     },
+    hostId: options.hostId ?? initial.map.disks.find((d) => d.id === first)!.host,
   });
   return {
     cluster,
@@ -194,4 +205,50 @@ test('a recovery pass whose target fails only its flush takes the target out', a
   await recovery.idle();
   await recovery.close();
   assert.equal(h.up(target), false, `target taken out (events: ${events.join(' ')})`);
+});
+
+test('a write that waited while another host became primary is refused, sent to no member', async () => {
+  const h = harness({ spread: true });
+  const [primary, second] = h.row as [number, number];
+  // The first write holds the object's ordering: its write to `second` waits on a gate.
+  let open: () => void = () => undefined;
+  const gate = new Promise<void>((resolve) => (open = resolve));
+  const disk = h.disks[second]!;
+  const write = disk.write.bind(disk);
+  let gated = true;
+  disk.write = async (key, offset, data) => {
+    if (gated) {
+      gated = false;
+      await gate;
+    }
+    return write(key, offset, data);
+  };
+  const first = h.replication.write(h.key, 0, new Uint8Array(4096).fill(1), false);
+  const later = h.replication.write(h.key, 0, new Uint8Array(4096).fill(2), false);
+  // Meanwhile the map makes the primary's disk stale: `second`'s host is primary now.
+  await markStale(h, primary);
+  const before = h.disks.map((d) => d.writes);
+  open();
+  await first; // checked and sent before the change: acknowledged
+  await assert.rejects(later, (error: unknown) => (error as CisternError).code === 'STALE_EPOCH');
+  assert.deepEqual(
+    h.disks.map((d) => d.writes),
+    before.map((count, i) => (i === second ? count + 1 : count)),
+    'only the first write’s gated replica write landed after the change',
+  );
+});
+
+test('recovery stops changing the target once another host is primary', async () => {
+  const h = harness({ spread: true });
+  await h.replication.write(h.key, 0, new Uint8Array(4096).fill(3), false);
+  const [primary, , target] = h.row as [number, number, number];
+  await h.cluster.update((s) => {
+    s.staleMembers[state.pgKey(h.key.pool, 0)] = [primary, target];
+  });
+  const before = h.disks[target]!.writes;
+  await assert.rejects(
+    h.replication.recoverObject(h.key, target, OBJECT_BYTES),
+    (error: unknown) => (error as CisternError).code === 'STALE_EPOCH',
+  );
+  assert.equal(h.disks[target]!.writes, before);
 });

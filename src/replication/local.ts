@@ -26,6 +26,11 @@ export interface ReplicaSet {
   acting(table: PlacementTable, pg: number): readonly ActingMember[];
   /** Takes a failed disk out of service; resolves once the map says so. */
   onDiskFailure(diskId: number, error: CisternError): Promise<void>;
+  /**
+   * This host. Given (as daemons do), a change is sent to the members only while this
+   * host holds the PG's primary at the map the change goes out with (primaryHere).
+   */
+  hostId?: string;
 }
 
 /** Errors that mean the disk itself is failing, not that the request was bad. */
@@ -62,6 +67,37 @@ export class LocalReplication implements ObjectIo {
       if (store) up.push([member.disk, store, !member.stale]);
     }
     return { up, minSize: table.pool.minSize, size: table.pool.size };
+  }
+
+  /**
+   * Throws STALE_EPOCH unless this host holds the object's PG primary in the map of the
+   * moment (the first good acting member, as Gateway.primaryOfPg and the peer handler
+   * choose it). *Why here, right before changes go out:* the handler checks primacy as
+   * a request arrives, and recovery as a pass starts, but the changes follow later —
+   * after waiting in the object's ordering queue, after listing a PG, between the steps
+   * of a copy — and each replica request carries the epoch of the map at the moment it
+   * is sent (RemoteDisk reads it per call). A check made in the same synchronous step
+   * as the sends means every change carries an epoch at which its sender was primary,
+   * and a replica that has moved past it refuses the change (fencing). The check is the
+   * sender's, not the replica's: at the fenced epoch a replica would compute the same
+   * answer, and tools and tests write single replicas directly. STALE_EPOCH makes the
+   * gateway wait for a newer map and send the operation to the new primary; recovery
+   * retries on its next pass.
+   */
+  private primaryHere(key: ObjectKey): void {
+    const hostId = this.replicas.hostId;
+    if (hostId === undefined) return;
+    const table = this.replicas.table(key.pool);
+    const members = this.replicas.acting(table, objectToPg(table.pool, key.volume, key.object));
+    const chosen = members.find((m) => !m.stale) ?? members[0];
+    const primary = chosen ? table.topology.disksById.get(chosen.disk)?.host : undefined;
+    if (primary !== hostId) {
+      throw new CisternError(
+        'STALE_EPOCH',
+        `host ${hostId} is no longer the primary of object ${key.pool}/${key.volume}/${key.object} ` +
+          `at epoch ${table.topology.map.epoch} (${primary ?? 'none'} is)`,
+      );
+    }
   }
 
   private unavailable(key: ObjectKey, up: number, minSize: number): CisternError {
@@ -151,6 +187,7 @@ export class LocalReplication implements ObjectIo {
       const { up, minSize } = this.members(key);
       const readable = up.filter(([, , ok]) => ok).length;
       if (readable < minSize) throw this.unavailable(key, readable, minSize);
+      this.primaryHere(key); // the sends below go out in this same step, at this map
       const results = await Promise.allSettled(up.map(([, store]) => operation(store)));
       let succeeded = 0;
       let requestError: unknown;
@@ -192,7 +229,10 @@ export class LocalReplication implements ObjectIo {
       // otherwise a failed target stays up and stale, and every pass retries it forever.
       const epoch = this.replicas.table(key.pool).topology.map.epoch;
       const from = this.reportingFailures(source[0], source[1], key.pool, epoch);
-      const to = this.reportingFailures(target, destination[1], key.pool, epoch);
+      const to = this.asPrimary(
+        key,
+        this.reportingFailures(target, destination[1], key.pool, epoch),
+      );
       const extents = await from.blockStatus(key, 0, objectSizeBytes);
       if (extents.every((extent) => extent.hole)) {
         await to.deleteObject(key);
@@ -257,6 +297,23 @@ export class LocalReplication implements ObjectIo {
    */
   async reportFailure(disk: number, error: unknown): Promise<void> {
     if (isDeviceFailure(error)) await this.replicas.onDiskFailure(disk, error as CisternError);
+  }
+
+  /** `store`, whose changes to `key` are each sent only while this host is its primary. */
+  private asPrimary(key: ObjectKey, store: ObjectEndpoint): ObjectEndpoint {
+    const checked = async <T>(operation: () => Promise<T>): Promise<T> => {
+      this.primaryHere(key); // in the same step as the send: the change carries this map
+      return operation();
+    };
+    return {
+      read: (k, offset, length) => store.read(k, offset, length),
+      write: (k, offset, data, options) => checked(() => store.write(k, offset, data, options)),
+      trim: (k, offset, length) => checked(() => store.trim(k, offset, length)),
+      zero: (k, offset, length) => checked(() => store.zero(k, offset, length)),
+      blockStatus: (k, offset, length) => store.blockStatus(k, offset, length),
+      deleteObject: (k) => checked(() => store.deleteObject(k)),
+      flush: () => store.flush(),
+    };
   }
 
   /**

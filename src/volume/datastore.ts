@@ -128,6 +128,7 @@ export class Datastore implements DatastoreAdmin, ExportProvider, AccessProvider
       store: (diskId) => this.endpoint(diskId),
       acting: (table, pg) => state.actingMembers(this.cluster.current(), table, pg),
       onDiskFailure: (diskId, error) => this.diskFailed(diskId, error),
+      hostId: this.hostId,
     });
     const multi = options.cluster;
     this.gateway = multi

@@ -114,6 +114,7 @@ export class SimHost {
       store: endpoint,
       acting: (t, pg) => state.actingMembers(view.current(), t, pg),
       onDiskFailure: diskFailed,
+      hostId: this.id,
     });
     const gateway = new Gateway({
       hostId: this.id,

@@ -39,19 +39,6 @@ export const KNOWN_BUGS: KnownBug[] = [
       f.text.includes('other PGs with every up member stale: []'),
   },
   {
-    name: 'replica-write-at-current-epoch',
-    owner: 'peering (remote-disk.ts / local.ts)',
-    what:
-      'the primacy check is made once (handler.asPrimary as the request arrives, or ' +
-      'RecoveryWorker.work as a pass starts), but the replica writes go out later — after ' +
-      "waiting in the object's RangeOrdering queue, or after listing the PG — carrying " +
-      'the epoch of the map at that moment (RemoteDisk reads it per call). When the map ' +
-      'made another host primary meanwhile, the replica accepts a write from a host that ' +
-      'is not the primary at the epoch the write carries: the fence is passed, and two ' +
-      'primaries may order writes to one object',
-    matches: (f) => f.kind === 'inv5-not-primary',
-  },
-  {
     name: 'flush-vouches-for-writes-lost-in-a-crash',
     owner: 'peering (issue 5: activity record; gateway.ts / local.ts flush)',
     what:

@@ -22,8 +22,9 @@ export const systemClock: ThrottleClock = {
 
 /**
  * Share of the bandwidth background copying gets while clients write here. Measured on
- * the 2-core CI machine (perf/recovery.ts, perf/RESULTS.md): at 1/4 recovery still took
- * more than half of the client's IOPS; at 1/16 the client kept over half.
+ * the shared 2-core CI machine (perf/recovery.ts, perf/RESULTS.md): with no throttle the
+ * client kept 0.18 of its IOPS during recovery at 128 MiB/s, with 1/8 0.21, with 1/16
+ * 0.85 (at 128 and at 32 MiB/s).
  */
 export const CLIENT_BUSY_SHARE = 1 / 16;
 /**

@@ -817,11 +817,18 @@ class Simulation {
       await this.runUntil(() => false, start + FAILED_DISK_NOTICED_MS);
       if (this.failures.length > 0) return;
       const s = this.authority.state;
+      // Only PGs recovery works on: those with a good member (up, not stale) to be their
+      // primary. A PG whose every up member is stale is inactive — nothing writes to its
+      // failed member — and the liveness check below reports it.
+      const table = computeTable(s.map, this.poolId);
+      const active = Object.entries(s.staleMembers).filter(([key]) =>
+        state.actingMembers(s, table, Number(key.split(':')[1])).some((m) => !m.stale),
+      );
       const stillUp = s.map.disks.filter(
         (d) =>
           this.failedDisks.has(d.id) &&
           d.up &&
-          Object.values(s.staleMembers).some((members) => members.includes(d.id)),
+          active.some(([, members]) => members.includes(d.id)),
       );
       if (stillUp.length > 0) {
         this.fail(

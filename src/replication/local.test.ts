@@ -4,8 +4,10 @@
 // fails out of service — when copying to it, flushing it, or listing it — as a client
 // write does, instead of retrying it forever; and a change goes out only while this host
 // is the PG's primary at the map it goes out with — not when the map moved another host
-// in while the change waited in the object's ordering queue (regressions the simulator
-// found).
+// in while the change waited in the object's ordering queue; and a write is acknowledged
+// only if, once its failed members are out, min-size members the map still has good
+// hold it — not when other hosts took the members that took it down (or back, stale)
+// meanwhile (regressions the simulator found).
 
 import { strict as assert } from 'node:assert';
 import { test } from 'node:test';
@@ -100,7 +102,14 @@ interface Harness {
  * One host with the three disks, or (`spread`) three hosts with one each; the engine
  * runs as `hostId` (by default the host of the PG's first member).
  */
-function harness(options: { spread?: boolean; hostId?: string } = {}): Harness {
+function harness(
+  options: {
+    spread?: boolean;
+    hostId?: string;
+    /** Runs as a failed disk is being taken out, before the map says so. */
+    whileTakingOut?: (disk: number, cluster: MemoryClusterStore) => Promise<void>;
+  } = {},
+): Harness {
   const initial = state.emptyState();
   for (let d = 0; d < 3; d += 1) {
     const host = options.spread ? `h${d + 1}` : 'h1';
@@ -127,6 +136,7 @@ function harness(options: { spread?: boolean; hostId?: string } = {}): Harness {
     store: (disk) => (up(disk) ? disks[disk] : undefined),
     acting: (t, pg) => state.actingMembers(cluster.current(), t, pg),
     onDiskFailure: async (disk, error) => {
+      await options.whileTakingOut?.(disk, cluster);
       await cluster.update((s) => state.markDiskDown(s, disk, `${error.code}: ${error.message}`));
     },
     hostId: options.hostId ?? initial.map.disks.find((d) => d.id === first)!.host,
@@ -251,4 +261,65 @@ test('recovery stops changing the target once another host is primary', async ()
     (error: unknown) => (error as CisternError).code === 'STALE_EPOCH',
   );
   assert.equal(h.disks[target]!.writes, before);
+});
+
+/**
+ * A harness whose third member answers EIO to writes; `meanwhile` changes the map (as
+ * other hosts would) while the primary is taking that member out.
+ */
+function racing(meanwhile: (cluster: MemoryClusterStore, holders: number[]) => Promise<void>): {
+  h: Harness;
+  failing: number;
+} {
+  let failing = -1;
+  let holders: number[] = [];
+  const h = harness({
+    spread: true,
+    whileTakingOut: async (disk, cluster) => {
+      if (disk === failing) await meanwhile(cluster, holders);
+    },
+  });
+  failing = h.row[2] as number;
+  holders = h.row.slice(0, 2);
+  const disk = h.disks[failing]!;
+  disk.write = async () => {
+    throw new CisternError('EIO', `disk ${failing} failed`);
+  };
+  return { h, failing };
+}
+
+test('a write whose holders were taken down while a failed member was taken out is not acknowledged', async () => {
+  const { h, failing } = racing(async (cluster, holders) => {
+    // Other hosts could not reach the members that took the write: down in the map.
+    for (const disk of holders)
+      await cluster.update((s) => state.markDiskDown(s, disk, 'UNREACHABLE: other host'));
+  });
+  await assert.rejects(
+    h.replication.write(h.key, 0, new Uint8Array(4096).fill(5), true),
+    (error: unknown) => (error as CisternError).code === 'STALE_EPOCH',
+  );
+  assert.equal(h.up(failing), false, 'the failed member is out');
+  // Peering records the failed member — the last good one — as authoritative: that is
+  // right only because the write it missed was never acknowledged.
+  assert.deepEqual(h.cluster.current().authoritativeMembers[state.pgKey(h.key.pool, 0)], [failing]);
+});
+
+test('a write whose holders came back stale meanwhile is not acknowledged', async () => {
+  const { h } = racing(async (cluster, holders) => {
+    // One holder was taken down and came back: stale, so it does not count.
+    const disk = holders[0]!;
+    await cluster.update((s) => state.markDiskDown(s, disk, 'UNREACHABLE: other host'));
+    await cluster.update((s) => {
+      s.map.disks.find((d) => d.id === disk)!.up = true;
+    });
+    assert.deepEqual(cluster.current().staleMembers[state.pgKey(1, 0)], [disk]);
+  });
+  const write = h.replication.write(h.key, 0, new Uint8Array(4096).fill(6), false);
+  await assert.rejects(write, (error: unknown) => (error as CisternError).code === 'STALE_EPOCH');
+});
+
+test('a write held by min-size good members after a failed one is out is acknowledged', async () => {
+  const { h, failing } = racing(async () => undefined);
+  await h.replication.write(h.key, 0, new Uint8Array(4096).fill(7), false);
+  assert.equal(h.up(failing), false);
 });

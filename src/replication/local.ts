@@ -191,11 +191,13 @@ export class LocalReplication implements ObjectIo {
       const results = await Promise.allSettled(up.map(([, store]) => operation(store)));
       let succeeded = 0;
       let requestError: unknown;
+      const took = new Set<number>();
       for (let i = 0; i < results.length; i += 1) {
         const result = results[i] as PromiseSettledResult<void>;
         const [disk, , counts] = up[i] as [number, ObjectEndpoint, boolean];
         if (result.status === 'fulfilled') {
           if (counts) succeeded += 1;
+          took.add(disk);
           if (!fua) this.dirty.add(disk);
         } else if (isDeviceFailure(result.reason)) {
           await this.replicas.onDiskFailure(disk, result.reason as CisternError);
@@ -205,7 +207,30 @@ export class LocalReplication implements ObjectIo {
       }
       if (requestError !== undefined) throw requestError;
       if (succeeded < minSize) throw this.unavailable(key, succeeded, minSize);
+      this.heldByGoodMembers(key, took, minSize);
     });
+  }
+
+  /**
+   * The acknowledgement rule: a change is acknowledged only if, in the map as it is now —
+   * after the members that failed it were taken out, which awaited map updates during
+   * which other hosts may have taken out or re-admitted (stale) the members that took
+   * it — at least `minSize` good members (up, not stale) hold it. So at every
+   * acknowledgement every good member holds the change, or was taken down before it:
+   * the members peering later records as authoritative (good members when the PG loses
+   * them, state.ts peerPg) hold every acknowledged write. Otherwise STALE_EPOCH: the map
+   * moved under the write, which is retried on the new map (the gateway waits for it and
+   * goes to the PG's primary there); the members that took it meanwhile hold a write of
+   * unknown outcome, which a client may see either way.
+   */
+  private heldByGoodMembers(key: ObjectKey, took: ReadonlySet<number>, minSize: number): void {
+    const good = this.members(key).up.filter(([disk, , readable]) => readable && took.has(disk));
+    if (good.length >= minSize) return;
+    throw new CisternError(
+      'STALE_EPOCH',
+      `object ${key.pool}/${key.volume}/${key.object}: the map changed during the write; ` +
+        `${good.length} good member(s) now hold it, the pool needs ${minSize}: retry`,
+    );
   }
 
   /**

@@ -11,7 +11,6 @@ import {
   LEFT_IN_CACHE_TEXT,
   NOT_DURABLE_TEXT,
   UNNOTICED_RESTART_TEXT,
-  NO_UP_HOLDER_TEXT,
   CUT_OFF_TEXT,
   FAILED_WRITES_TEXT,
 } from './simulation';
@@ -48,20 +47,6 @@ export const KNOWN_BUGS: KnownBug[] = [
       'lost write is durable (invariant 1). A flush must fail (EIO) when a member that ' +
       'took writes since the last flush restarted meanwhile',
     matches: (f) => f.kind === 'inv1-durability' && f.text.includes(ACROSS_CRASH_TEXT),
-  },
-  {
-    name: 'ack-counts-members-taken-down-meanwhile',
-    owner: 'peering (local.ts mutate; authoritativeMembers)',
-    what:
-      'LocalReplication.mutate counts the members a write succeeded on, then awaits ' +
-      'taking the failed ones down; meanwhile the successful ones may have been taken down ' +
-      'or come back stale (other hosts could not reach them), and the write is ' +
-      'acknowledged (even FUA, even flushed later) although no good member — up, not ' +
-      'stale — holds it. Peering then treats the last good member, which missed the write, ' +
-      'as authoritative, and recovery copies its older data over the write (seed 1439)',
-    matches: (f) =>
-      (f.kind === 'inv1-durability' || f.kind === 'inv3-read-your-writes') &&
-      f.text.includes(NO_UP_HOLDER_TEXT),
   },
   {
     name: 'restart-within-lease-loses-cached-writes',

@@ -61,7 +61,7 @@ test('faulty runs: no failure but the known bugs, each printed with its seeds', 
       `KNOWN BUG ${bug.name} (${bug.owner}): ${hit.length} seed(s)` +
         (hit.length > 0
           ? `, e.g. ${replayLine(hit[0]!)}; seeds ${hit.join(' ')}`
-          : ' — fixed? remove it'),
+          : ' in this range (rare here, or fixed: soak before removing it)'),
     );
     console.log(`  ${bug.what}`);
   }

@@ -31,6 +31,19 @@ export interface ObjectEndpoint {
     key: ObjectKey,
     objectSizeBytes: number,
   ): Promise<{ digest: string; bytesRead: number }>;
+  /**
+   * Peering: the keys of `pool`'s objects in this disk's activity record, in key order.
+   * Contract: a key is in the record from before any change to the object (write, trim,
+   * zero, delete) reaches the disk — the record is durable first and survives a crash
+   * of the host — until the change is durable and the object has then been left alone
+   * for a while (ACTIVITY_MARK_RETAIN_MS in object-store.ts: longer than a dead primary
+   * takes to leave the map plus the peer timeout that ends its writes in flight). So
+   * an object not listed has had no change that is still in flight or not yet durable:
+   * members that took the same acknowledged writes hold the same content of it. Listing
+   * more than that is allowed (a superset only costs a comparison); listing less is not.
+   * About ACTIVITY_MARKS_MAX keys at most per disk.
+   */
+  activeObjects(pool: number): Promise<ObjectKey[]>;
 }
 
 /**

@@ -7,7 +7,13 @@ import { CisternError } from '../util/errors';
 import { ObjectKey, encodeObjectKey } from '../store/key';
 import { LocalDisk, ObjectIo } from './endpoint';
 import { checksumObject, checksumSizeValid } from './checksum';
-import { MessageType, parseDiskRequest, parseListObjects, parseObjectRequest } from './messages';
+import {
+  MessageType,
+  parseActiveObjects,
+  parseDiskRequest,
+  parseListObjects,
+  parseObjectRequest,
+} from './messages';
 
 export interface HandlerContext {
   hostId: string;
@@ -143,6 +149,20 @@ export function makeHandler(
         if (!checksumSizeValid(r.length))
           throw new CisternError('BAD_REQUEST', `no checksum over ${r.length} bytes`);
         return { metadata: await checksumObject(disk(r.disk), r.key, r.length) };
+      }
+      case MessageType.DiskActiveObjects: {
+        const r = parseActiveObjects(request.metadata);
+        const after = r.after ? encodeObjectKey(r.after) : undefined;
+        const all = await disk(r.disk).activeObjects(r.pool);
+        const rest = after
+          ? all.filter((key) => Buffer.compare(encodeObjectKey(key), after) > 0)
+          : all;
+        return {
+          metadata: {
+            keys: rest.slice(0, LIST_OBJECTS_MAX),
+            truncated: rest.length > LIST_OBJECTS_MAX,
+          },
+        };
       }
       case MessageType.ListObjects: {
         const r = parseListObjects(request.metadata);

@@ -258,25 +258,76 @@ export class LocalReplication implements ObjectIo {
         key,
         this.reportingFailures(target, destination[1], key.pool, epoch),
       );
-      const extents = await from.blockStatus(key, 0, objectSizeBytes);
-      if (extents.every((extent) => extent.hole)) {
-        await to.deleteObject(key);
-        return 0;
-      }
-      let offset = 0;
-      let copied = 0;
-      for (const extent of extents) {
-        if (extent.hole || extent.zero) {
-          await to.zero(key, offset, extent.length);
-        } else {
-          const data = await from.read(key, offset, extent.length);
-          await to.write(key, offset, data);
-          copied += extent.length;
-        }
-        offset += extent.length;
-      }
-      return copied;
+      return this.copyObject(from, to, key, objectSizeBytes);
     });
+  }
+
+  /** Copies one object's content between two members; the caller holds the ordering. */
+  private async copyObject(
+    source: ObjectEndpoint,
+    destination: ObjectEndpoint,
+    key: ObjectKey,
+    objectSizeBytes: number,
+  ): Promise<number> {
+    const extents = await source.blockStatus(key, 0, objectSizeBytes);
+    if (extents.every((extent) => extent.hole)) {
+      await destination.deleteObject(key);
+      return 0;
+    }
+    let offset = 0;
+    let copied = 0;
+    for (const extent of extents) {
+      if (extent.hole || extent.zero) {
+        await destination.zero(key, offset, extent.length);
+      } else {
+        const data = await source.read(key, offset, extent.length);
+        await destination.write(key, offset, data);
+        copied += extent.length;
+      }
+      offset += extent.length;
+    }
+    return copied;
+  }
+
+  /**
+   * Peering after a primary change or a crash: makes one object — one that a member's
+   * activity record lists, so a write to it may have reached some members and not
+   * others — identical on every readable member, from the first one's copy (the new
+   * primary's). Every acknowledged write is on every readable member, so only writes
+   * never acknowledged can differ, and for those either version is allowed; what is not
+   * allowed is members answering differently. Content checksums are compared first, so
+   * only members that differ are written. Under the object's write ordering: a client
+   * write waits, then reaches every member like any other. Returns the disks rewritten.
+   */
+  reconcileObject(key: ObjectKey, objectSizeBytes: number): Promise<number[]> {
+    const name = `${key.pool}/${key.volume}/${key.object}`;
+    return this.ordering.run(name, 0, objectSizeBytes, async () => {
+      const readable = this.members(key).up.filter(([, , ok]) => ok);
+      if (readable.length < 2) return [];
+      const digests = await Promise.all(
+        readable.map(async ([, store]) =>
+          store.checksum
+            ? (await store.checksum(key, objectSizeBytes)).digest
+            : (await checksumObject(store, key, objectSizeBytes)).digest,
+        ),
+      );
+      const [source] = readable as [[number, ObjectEndpoint, boolean]];
+      const rewritten: number[] = [];
+      for (let i = 1; i < readable.length; i += 1) {
+        if (digests[i] === digests[0]) continue;
+        const [disk, store] = readable[i] as [number, ObjectEndpoint, boolean];
+        await this.copyObject(source[1], store, key, objectSizeBytes);
+        rewritten.push(disk);
+      }
+      return rewritten;
+    });
+  }
+
+  /** Peering: one member disk's activity record for a pool (local store or remote disk). */
+  async activeObjectsOf(disk: number, pool: number): Promise<ObjectKey[]> {
+    const store = this.replicas.store(disk);
+    if (!store) throw new CisternError('UNAVAILABLE', `disk ${disk} is not up`);
+    return store.activeObjects(pool);
   }
 
   /**
@@ -338,6 +389,7 @@ export class LocalReplication implements ObjectIo {
       blockStatus: (k, offset, length) => store.blockStatus(k, offset, length),
       deleteObject: (k) => checked(() => store.deleteObject(k)),
       flush: () => store.flush(),
+      activeObjects: (pool) => store.activeObjects(pool),
     };
   }
 
@@ -371,6 +423,7 @@ export class LocalReplication implements ObjectIo {
       blockStatus: (key, offset, length) => guard(() => store.blockStatus(key, offset, length)),
       deleteObject: (key) => guard(() => store.deleteObject(key)),
       flush: () => guard(() => store.flush()),
+      activeObjects: (pool) => guard(() => store.activeObjects(pool)),
     };
   }
 

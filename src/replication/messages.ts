@@ -29,6 +29,8 @@ export const enum MessageType {
   DiskFlush = 26,
   /** Scrub: the content checksum of one object on one disk (length = object size). */
   DiskChecksum = 27,
+  /** Peering: a page of one disk's activity record for one pool (ObjectEndpoint.activeObjects). */
+  DiskActiveObjects = 28,
 
   ListObjects = 40,
 }
@@ -51,6 +53,13 @@ export interface ListObjectsRequest {
   volume?: number;
   /** Only this disk of the receiving host (recovery lists one replica). */
   disk?: number;
+  /** Keys after this one (pagination: a reply holds at most LIST_OBJECTS_MAX keys). */
+  after?: ObjectKey;
+}
+
+export interface ActiveObjectsRequest {
+  disk: number;
+  pool: number;
   /** Keys after this one (pagination: a reply holds at most LIST_OBJECTS_MAX keys). */
   after?: ObjectKey;
 }
@@ -112,6 +121,17 @@ export function parseListObjects(metadata: unknown): ListObjectsRequest {
   if (metadata['volume'] !== undefined)
     request.volume = integer(metadata['volume'], 'volume', 0xffffffff);
   if (metadata['disk'] !== undefined) request.disk = integer(metadata['disk'], 'disk', 0x7fffffff);
+  if (metadata['after'] !== undefined)
+    request.after = parseObjectRequest({ key: metadata['after'] }).key;
+  return request;
+}
+
+export function parseActiveObjects(metadata: unknown): ActiveObjectsRequest {
+  if (!isRecord(metadata)) throw invalid('activity record request needs a disk and a pool');
+  const request: ActiveObjectsRequest = {
+    disk: integer(metadata['disk'], 'disk', 0x7fffffff),
+    pool: integer(metadata['pool'], 'pool', 0xffffffff),
+  };
   if (metadata['after'] !== undefined)
     request.after = parseObjectRequest({ key: metadata['after'] }).key;
   return request;

@@ -5,10 +5,16 @@
 // started from (a disk that left and came back meanwhile is recovered again). Runs in
 // the background on every daemon for the PGs it is primary of, one PG at a time, with
 // a bandwidth bound so that client I/O keeps its service.
+//
+// Before backfill, each pass peers the PGs this host has become primary of (or all of
+// its PGs after it started): it asks every readable member for the PG's objects in its
+// activity record — objects a write may have reached on some members and not others
+// when the former primary died, or that a crash may have set back — and makes each of
+// them identical on every member from the new primary's copy (reconcileObject).
 
 import { CisternError, isCisternError } from '../util/errors';
 import { ObjectKey } from '../store/key';
-import { ClusterState, clearStale, staleKey } from '../cluster/state';
+import { ClusterState, actingMembers, clearStale, pgKey, staleKey } from '../cluster/state';
 import { ClusterStore } from '../cluster/store';
 import { PlacementTable, objectToPg } from '../placement/straw2';
 import { LocalDisk, PeerTransport } from './endpoint';
@@ -65,11 +71,28 @@ interface Recovered extends Work {
   ms: number;
 }
 
+/** A PG to peer: this host is its primary, as disk `primary`. */
+interface PeerWork {
+  pg: number;
+  primary: number;
+  /** Its readable (up, not stale) members, the primary first. */
+  members: number[];
+}
+
 export class RecoveryWorker {
   private timer: Timer | undefined;
   private unsubscribe: (() => void) | undefined;
   /** Recovered PG members, for status and tests. */
   recoveredTotal = 0;
+  /** Objects peering found different on some member and made identical (tests, status). */
+  reconciledTotal = 0;
+  /**
+   * Per PG (`pool:pg`) this host is primary of: the primary disk it was peered as. A
+   * PG not here (this host just became its primary, or just started) is peered.
+   */
+  private readonly peered = new Map<string, number>();
+  /** Epoch of the last peering pass that left nothing to do. */
+  private peeredEpoch = -1;
 
   private readonly runner: PassRunner;
   private readonly clock: Clock;
@@ -135,6 +158,7 @@ export class RecoveryWorker {
   }
 
   private async pass(): Promise<void> {
+    await this.peerPass();
     const recovered: Recovered[] = [];
     let batchStarted = 0;
     try {
@@ -154,6 +178,118 @@ export class RecoveryWorker {
     } finally {
       if (recovered.length > 0 && !this.closed) await this.clearMarks(recovered);
     }
+  }
+
+  /** The PGs of `pool` this host must peer now; forgets those it is no longer primary of. */
+  private peerWork(state: ClusterState, poolId: number, pgCount: number): PeerWork[] {
+    let table: PlacementTable;
+    try {
+      table = this.context.table(poolId);
+    } catch {
+      return []; // unplaceable: nothing is served
+    }
+    const work: PeerWork[] = [];
+    for (let pg = 0; pg < pgCount; pg += 1) {
+      const key = pgKey(poolId, pg);
+      const members = actingMembers(state, table, pg)
+        .filter((m) => !m.stale)
+        .map((m) => m.disk);
+      let primary: { id: number; host: string };
+      try {
+        primary = this.context.primaryOfPg(poolId, pg);
+      } catch {
+        this.peered.delete(key);
+        continue;
+      }
+      if (primary.host !== this.context.hostId || members[0] !== primary.id) {
+        this.peered.delete(key);
+        continue;
+      }
+      if (this.peered.get(key) !== primary.id) work.push({ pg, primary: primary.id, members });
+    }
+    return work;
+  }
+
+  /**
+   * Peers every PG this host has newly become primary of: fetches each readable member
+   * disk's activity record once per pool, sorts the keys into PGs, and reconciles each
+   * listed object of those PGs. A PG whose member could not be asked, or whose object
+   * could not be reconciled, is peered again by the next pass.
+   */
+  private async peerPass(): Promise<void> {
+    const state = this.context.cluster.current();
+    if (state.map.epoch === this.peeredEpoch) return;
+    let pending = 0;
+    for (const pool of state.map.pools) {
+      const work = this.peerWork(state, pool.id, pool.pgCount);
+      if (work.length === 0) continue;
+      const table = this.context.table(pool.id);
+      const disks = new Set(work.flatMap((w) => w.members));
+      const records = new Map<number, ObjectKey[] | undefined>();
+      for (const disk of disks) {
+        try {
+          records.set(disk, await this.context.primary.activeObjectsOf(disk, pool.id));
+        } catch (error) {
+          if (!isCisternError(error)) throw error;
+          records.set(disk, undefined);
+          this.context.log('peering.failed', { pool: pool.id, disk, error: error.message });
+        }
+      }
+      for (const item of work) {
+        if (this.closed) return;
+        if (!(await this.peerPg(pool.id, item, table, records))) pending += 1;
+      }
+    }
+    if (pending === 0) this.peeredEpoch = state.map.epoch;
+  }
+
+  /** Reconciles one PG's listed objects; returns whether it is peered. */
+  private async peerPg(
+    pool: number,
+    item: PeerWork,
+    table: PlacementTable,
+    records: Map<number, ObjectKey[] | undefined>,
+  ): Promise<boolean> {
+    const listed = new Map<string, ObjectKey>();
+    for (const disk of item.members) {
+      const keys = records.get(disk);
+      if (keys === undefined) return false;
+      for (const key of keys) {
+        if (objectToPg(table.pool, key.volume, key.object) !== item.pg) continue;
+        listed.set(`${key.volume}/${key.object}`, key);
+      }
+    }
+    let rewritten = 0;
+    try {
+      for (const key of listed.values()) {
+        const volume = this.context.cluster.current().volumes.find((v) => v.id === key.volume);
+        if (!volume) continue; // removed: garbage collection deletes its objects
+        const disks = await this.context.primary.reconcileObject(key, volume.objectSizeBytes);
+        if (disks.length > 0) {
+          rewritten += 1;
+          this.reconciledTotal += 1;
+        }
+      }
+      for (const disk of item.members.slice(1)) {
+        if (rewritten > 0) await this.context.primary.flushDisk(disk);
+      }
+    } catch (error) {
+      if (!isCisternError(error)) throw error;
+      this.context.log('peering.failed', { pool, pg: item.pg, error: error.message });
+      return false;
+    }
+    this.peered.set(pgKey(pool, item.pg), item.primary);
+    if (listed.size > 0) {
+      this.context.log('peering.done', {
+        pool,
+        pg: item.pg,
+        primary: item.primary,
+        members: item.members.length,
+        listed: listed.size,
+        rewritten,
+      });
+    }
+    return true;
   }
 
   /**

@@ -7,7 +7,10 @@ import { CisternError, isCisternError } from '../util/errors';
 import { ObjectKey } from '../store/key';
 import { Extent } from '../volume/backend';
 import { ObjectEndpoint, PeerTransport } from './endpoint';
-import { MessageType } from './messages';
+import { MessageType, parseObjectRequest } from './messages';
+
+/** Pages of one activity record listing (each at most LIST_OBJECTS_MAX keys) before giving up. */
+const ACTIVE_OBJECT_PAGES_MAX = 64;
 import { ObjectChecksum } from './checksum';
 
 export class RemoteDisk implements ObjectEndpoint {
@@ -18,7 +21,7 @@ export class RemoteDisk implements ObjectEndpoint {
     private readonly epoch: () => number,
   ) {}
 
-  private async call(
+  private call(
     type: MessageType,
     key: ObjectKey,
     offset: number,
@@ -26,14 +29,16 @@ export class RemoteDisk implements ObjectEndpoint {
     extra: Record<string, unknown> = {},
     payload?: Uint8Array,
   ): Promise<{ metadata: unknown; payload?: Uint8Array }> {
+    return this.request(type, { disk: this.disk, key, offset, length, ...extra }, payload);
+  }
+
+  private async request(
+    type: MessageType,
+    metadata: Record<string, unknown>,
+    payload?: Uint8Array,
+  ): Promise<{ metadata: unknown; payload?: Uint8Array }> {
     try {
-      return await this.transport.request(
-        this.hostId,
-        type,
-        this.epoch(),
-        { disk: this.disk, key, offset, length, ...extra },
-        payload,
-      );
+      return await this.transport.request(this.hostId, type, this.epoch(), metadata, payload);
     } catch (error) {
       if (isCisternError(error, 'UNAVAILABLE') || isCisternError(error, 'CLOSED')) {
         throw new CisternError(
@@ -103,6 +108,29 @@ export class RemoteDisk implements ObjectEndpoint {
       );
     }
     return { digest, bytesRead };
+  }
+
+  /** Peering: this disk's activity record for `pool`, fetched page by page. */
+  async activeObjects(pool: number): Promise<ObjectKey[]> {
+    const keys: ObjectKey[] = [];
+    let after: ObjectKey | undefined;
+    for (let page = 0; page < ACTIVE_OBJECT_PAGES_MAX; page += 1) {
+      const reply = await this.request(MessageType.DiskActiveObjects, {
+        disk: this.disk,
+        pool,
+        ...(after ? { after } : {}),
+      });
+      const { keys: batch, truncated } = (reply.metadata ?? {}) as {
+        keys?: unknown;
+        truncated?: unknown;
+      };
+      if (!Array.isArray(batch))
+        throw new CisternError('EIO', `disk ${this.disk} on ${this.hostId} sent no key list`);
+      for (const raw of batch) keys.push(parseObjectRequest({ key: raw }).key);
+      if (truncated !== true || batch.length === 0) return keys;
+      after = keys[keys.length - 1];
+    }
+    throw new CisternError('EIO', `activity record of disk ${this.disk} did not end`);
   }
 
   async flush(): Promise<void> {

@@ -9,6 +9,8 @@
 //   0x00 'superblock'        → the superblock bytes (a copy, to tie index and disk together)
 //   0x01 + ObjectKey (13 B)  → object record: version u8, slot u48, written-block count u32,
 //                              bitmap of written 4 KiB blocks (objectSizeBytes / 32 KiB bytes)
+//   0x02 + ObjectKey (13 B)  → empty: the activity record — the object may have been
+//                              changed since the last flush (replicas may differ on it)
 
 import { randomUUID } from 'node:crypto';
 import { crc32 } from 'node:zlib';
@@ -144,6 +146,7 @@ export function decodeSuperblock(raw: Uint8Array, where: string): Geometry | nul
 
 export const SUPERBLOCK_INDEX_KEY = Buffer.concat([Buffer.from([0x00]), Buffer.from('superblock')]);
 const OBJECT_TABLE = 0x01;
+const ACTIVITY_TABLE = 0x02;
 
 export function objectIndexKey(keyBytes: Uint8Array): Buffer {
   assert(keyBytes.length === OBJECT_KEY_BYTES, 'object key length');
@@ -151,6 +154,28 @@ export function objectIndexKey(keyBytes: Uint8Array): Buffer {
   indexKey[0] = OBJECT_TABLE;
   indexKey.set(keyBytes, 1);
   return indexKey;
+}
+
+/** The activity record's index key of an object (see the schema above). */
+export function activityIndexKey(keyBytes: Uint8Array): Buffer {
+  assert(keyBytes.length === OBJECT_KEY_BYTES, 'object key length');
+  const indexKey = Buffer.allocUnsafe(1 + OBJECT_KEY_BYTES);
+  indexKey[0] = ACTIVITY_TABLE;
+  indexKey.set(keyBytes, 1);
+  return indexKey;
+}
+
+/** [gte, lt) bounds of every activity record key. */
+export function activityIndexRange(): { gte: Buffer; lt: Buffer } {
+  return { gte: Buffer.from([ACTIVITY_TABLE]), lt: Buffer.from([ACTIVITY_TABLE + 1]) };
+}
+
+export function objectKeyOfActivityKey(indexKey: Uint8Array): Uint8Array {
+  assert(
+    indexKey.length === 1 + OBJECT_KEY_BYTES && indexKey[0] === ACTIVITY_TABLE,
+    'not an activity record key',
+  );
+  return indexKey.subarray(1);
 }
 
 /** [gte, lt) bounds of the index keys of objects whose key starts with `prefix`. */

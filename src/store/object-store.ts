@@ -31,6 +31,8 @@ import {
   OBJECT_SIZE_DEFAULT_BYTES,
   SUPERBLOCK_BYTES,
   SUPERBLOCK_INDEX_KEY,
+  activityIndexKey,
+  activityIndexRange,
   checkObjectSize,
   decodeRecord,
   decodeSuperblock,
@@ -39,6 +41,7 @@ import {
   newGeometry,
   objectIndexKey,
   objectIndexRange,
+  objectKeyOfActivityKey,
   objectKeyOfIndexKey,
   type Geometry,
 } from './layout';
@@ -54,6 +57,20 @@ export const MAX_DIRTY_OBJECTS = 8192;
 export const MAX_COMMIT_BATCH_RECORDS = 8192;
 /** Clean object records kept in memory (about 200 bytes each at 4 MiB objects). */
 export const MAX_CACHED_OBJECTS = 65536;
+/**
+ * The activity record (objects that may have changed since the last flush, so replicas
+ * may differ on them after a crash) keeps a mark at least this long after the object's
+ * last change, and past a commit. Longer than it takes a dead primary to reach the map
+ * (a 10 s lease, a monitor tick) plus the 30 s peer request timeout that ends the
+ * writes it had in flight: the new primary asks for the marks before they go.
+ */
+export const ACTIVITY_MARK_RETAIN_MS = 60_000;
+/**
+ * Marks kept at most, about: beyond it a commit clears every mark idle for one commit
+ * interval whatever its age (the retention above shortens under extreme load rather
+ * than the record growing). Peering compares or copies each marked object after a crash.
+ */
+export const ACTIVITY_MARKS_MAX = 16_384;
 /** How far eviction looks for a clean, idle record before giving up for now. */
 const EVICTION_SCAN_MAX = 64;
 
@@ -86,6 +103,20 @@ export interface StoreStats {
   objectsDirty: number;
   objectsCached: number;
   commits: number;
+}
+
+interface Mark {
+  keyBytes: Buffer;
+  /** `snapshots` when the object last began a change: kept while a commit may miss it. */
+  changedAtSnapshot: number;
+  changedAtMs: number;
+  /** Changes running now: a mark is never cleared under one. */
+  changing: number;
+}
+
+interface Waiter {
+  resolve: () => void;
+  reject: (error: unknown) => void;
 }
 
 interface Entry {
@@ -129,6 +160,18 @@ export class ObjectStore {
   /** Device buffers reused across reads and staged writes (buffer-cache.ts says why). */
   private readonly buffers = new BufferCache((lengthBytes) => this.allocate(lengthBytes));
 
+  /** Durable activity marks by cache key: when the object last changed, in commits and ms. */
+  private readonly marks = new Map<string, Mark>();
+  /** Marks waiting for the next mark batch (one synced LevelDB batch for all of them). */
+  private pendingMarks = new Map<string, { keyBytes: Buffer; waiters: Array<Waiter> }>();
+  private markBatchRunning = false;
+  /** Marks a running commit is deleting: a new change waits for that commit, then marks again. */
+  private clearingMarks = new Set<string>();
+  /** Commits that have taken their snapshot (a mark records the count at its last change). */
+  private snapshots = 0;
+  /** Injectable for tests: milliseconds for the activity record's retention. */
+  now: () => number = Date.now;
+
   private constructor(
     private readonly device: BlockDevice,
     private readonly db: Db,
@@ -160,6 +203,7 @@ export class ObjectStore {
         : await formatDisk(device, db, options.objectSizeBytes ?? OBJECT_SIZE_DEFAULT_BYTES);
       const store = new ObjectStore(device, db, geometry);
       await store.rebuildAllocator();
+      await store.loadMarks();
       return store;
     } catch (error) {
       await db.close();
@@ -208,7 +252,9 @@ export class ObjectStore {
       // Commits run inside the operation so that close() (which waits for operations)
       // never closes the index under one.
       if (this.dirty.size >= MAX_DIRTY_OBJECTS) await this.requestCommit();
-      if (data.length > 0) await this.writeBlocks(entry, offset, data);
+      await this.changing(entry, async () => {
+        if (data.length > 0) await this.writeBlocks(entry, offset, data);
+      });
       // FUA shares the group commit: the commit flushes the device, then the metadata.
       if (options.fua) await this.requestCommit();
     });
@@ -218,14 +264,18 @@ export class ObjectStore {
   async trim(key: ObjectKey, offset: number, length: number): Promise<void> {
     this.checkRange(key, offset, length);
     if (length === 0) return;
-    await this.operate(key, true, (entry) => this.discard(entry, offset, length, false));
+    await this.operate(key, true, (entry) =>
+      this.changing(entry, () => this.discard(entry, offset, length, false)),
+    );
   }
 
   /** The range reads as zeros: whole blocks are freed, partial blocks get zeros written. */
   async zero(key: ObjectKey, offset: number, length: number): Promise<void> {
     this.checkRange(key, offset, length);
     if (length === 0) return;
-    await this.operate(key, true, (entry) => this.discard(entry, offset, length, true));
+    await this.operate(key, true, (entry) =>
+      this.changing(entry, () => this.discard(entry, offset, length, true)),
+    );
   }
 
   /** Extents exactly covering the range: written blocks are data, the rest holes of zeros. */
@@ -240,10 +290,32 @@ export class ObjectStore {
     checkObjectKey(key);
     return this.operate(key, true, async (entry) => {
       if (entry.slot === null) return false;
-      this.clearWritten(entry, 0, this.blocksPerObject);
-      await this.releaseSlot(entry);
+      await this.changing(entry, async () => {
+        this.clearWritten(entry, 0, this.blocksPerObject);
+        await this.releaseSlot(entry);
+      });
       return true;
     });
+  }
+
+  /**
+   * The activity record: objects that may have changed since the last flush (marked
+   * durably before a change reaches the device; cleared lazily by a commit once idle for
+   * ACTIVITY_MARK_RETAIN_MS), so after a crash — of this host or of a primary writing to
+   * it — these are the objects whose replicas may differ. Sorted by key.
+   */
+  async activeObjects(pool?: number): Promise<ObjectKey[]> {
+    this.checkOpen();
+    const prefix = objectKeyPrefix(pool === undefined ? {} : { pool });
+    const keys: string[] = [];
+    for (const [cacheKey, mark] of this.marks) {
+      if (mark.keyBytes.subarray(0, prefix.length).equals(prefix)) keys.push(cacheKey);
+    }
+    for (const [cacheKey, pending] of this.pendingMarks) {
+      if (!this.marks.has(cacheKey) && pending.keyBytes.subarray(0, prefix.length).equals(prefix))
+        keys.push(cacheKey);
+    }
+    return keys.sort().map(cacheKeyToKey);
   }
 
   /** Objects holding a slot, in key order, including changes not yet committed. */
@@ -722,6 +794,136 @@ export class ObjectStore {
     assert(this.slotsUsed <= this.geometry.slotCount, 'more records than slots');
   }
 
+  // ---- activity record ---------------------------------------------------------------
+
+  /**
+   * Runs one change of an object with its activity mark durable first. Concurrent first
+   * changes of different objects share one synced batch; an object already marked pays
+   * nothing.
+   */
+  private async changing<T>(entry: Entry, change: () => Promise<T>): Promise<T> {
+    let mark = this.marks.get(entry.cacheKey);
+    // A commit over the record's bound may clear a fresh mark before we use it: again.
+    for (let attempt = 0; !mark; attempt += 1) {
+      assert(attempt < 64, 'activity mark cleared again and again');
+      await this.markDurably(entry);
+      mark = this.marks.get(entry.cacheKey);
+    }
+    mark.changedAtSnapshot = this.snapshots;
+    mark.changing += 1;
+    try {
+      return await change();
+    } finally {
+      mark.changing -= 1;
+      mark.changedAtSnapshot = this.snapshots;
+      mark.changedAtMs = this.now();
+    }
+  }
+
+  private async markDurably(entry: Entry): Promise<void> {
+    // A commit deleting this object's old mark must land before the new one is put.
+    while (this.clearingMarks.has(entry.cacheKey)) await this.runningCommit?.catch(() => undefined);
+    if (this.marks.has(entry.cacheKey)) return;
+    if (this.marks.size >= ACTIVITY_MARKS_MAX) await this.requestCommit();
+    await new Promise<void>((resolve, reject) => {
+      const pending = this.pendingMarks.get(entry.cacheKey);
+      if (pending) pending.waiters.push({ resolve, reject });
+      else
+        this.pendingMarks.set(entry.cacheKey, {
+          keyBytes: entry.keyBytes,
+          waiters: [{ resolve, reject }],
+        });
+      if (!this.markBatchRunning) void this.writeMarks();
+    });
+  }
+
+  /** Writes every pending mark in one synced batch, again while more arrived meanwhile. */
+  private async writeMarks(): Promise<void> {
+    this.markBatchRunning = true;
+    try {
+      while (this.pendingMarks.size > 0) {
+        const batch = this.pendingMarks;
+        this.pendingMarks = new Map();
+        try {
+          await this.db.batch(
+            [...batch.values()].map((m) => ({
+              type: 'put' as const,
+              key: activityIndexKey(m.keyBytes),
+              value: Buffer.alloc(0),
+            })),
+            { sync: true },
+          );
+        } catch (error) {
+          const failure = asCisternError(error, 'activity record write failed');
+          for (const m of batch.values()) for (const w of m.waiters) w.reject(failure);
+          continue;
+        }
+        const now = this.now();
+        for (const [cacheKey, m] of batch) {
+          this.marks.set(cacheKey, {
+            keyBytes: m.keyBytes,
+            changedAtSnapshot: this.snapshots,
+            changedAtMs: now,
+            changing: 0,
+          });
+          for (const w of m.waiters) w.resolve();
+        }
+      }
+    } finally {
+      this.markBatchRunning = false;
+    }
+  }
+
+  /** Marks left by the last run (a crash, or changes too recent to clear): kept as fresh. */
+  private async loadMarks(): Promise<void> {
+    const now = this.now();
+    for await (const indexKey of this.db.keys(activityIndexRange())) {
+      const keyBytes = Buffer.from(objectKeyOfActivityKey(indexKey));
+      this.marks.set(keyBytes.toString('latin1'), {
+        keyBytes,
+        changedAtSnapshot: this.snapshots,
+        changedAtMs: now,
+        changing: 0,
+      });
+    }
+  }
+
+  /**
+   * At a commit's snapshot: the marks this commit may delete — objects with no change
+   * running, none since the previous snapshot (their changes are all before this
+   * commit's device flush), and none for the retention time (unless the record is over
+   * its bound). They leave `marks` now, so a change arriving meanwhile marks anew.
+   */
+  private marksToClear(): Buffer[] {
+    const retainMs = this.marks.size >= ACTIVITY_MARKS_MAX ? 0 : ACTIVITY_MARK_RETAIN_MS;
+    const now = this.now();
+    const cleared: Buffer[] = [];
+    for (const [cacheKey, mark] of this.marks) {
+      if (mark.changing > 0 || mark.changedAtSnapshot >= this.snapshots) continue;
+      if (now - mark.changedAtMs < retainMs) continue;
+      this.marks.delete(cacheKey);
+      this.clearingMarks.add(cacheKey);
+      cleared.push(activityIndexKey(mark.keyBytes));
+    }
+    return cleared;
+  }
+
+  /** A failed commit deleted no mark for sure: they are marks again. */
+  private restoreMarks(cleared: Buffer[]): void {
+    for (const key of cleared) {
+      const keyBytes = Buffer.from(objectKeyOfActivityKey(key));
+      const cacheKey = keyBytes.toString('latin1');
+      if (!this.marks.has(cacheKey)) {
+        this.marks.set(cacheKey, {
+          keyBytes,
+          changedAtSnapshot: this.snapshots,
+          changedAtMs: this.now(),
+          changing: 0,
+        });
+      }
+    }
+  }
+
   // ---- group commit -----------------------------------------------------------------
 
   private requestCommit(): Promise<void> {
@@ -773,6 +975,8 @@ export class ObjectStore {
     assert(this.committingFree.length === 0, 'frees of an earlier commit still in flight');
     this.committingFree = this.pendingFree;
     this.pendingFree = [];
+    const clearedMarks = this.marksToClear();
+    this.snapshots += 1;
     try {
       await this.device.flush();
       for (let first = 0; first < snapshot.length; first += MAX_COMMIT_BATCH_RECORDS) {
@@ -786,10 +990,21 @@ export class ObjectStore {
           { sync: true },
         );
       }
+      // After the records: a mark goes only once what it covers is durable. Not synced:
+      // a lost delete only leaves a mark that peering checks once more.
+      for (let first = 0; first < clearedMarks.length; first += MAX_COMMIT_BATCH_RECORDS) {
+        const chunk = clearedMarks.slice(first, first + MAX_COMMIT_BATCH_RECORDS);
+        await this.db.batch(chunk.map((key) => ({ type: 'del' as const, key })));
+      }
     } catch (error) {
       this.pendingFree = this.committingFree.concat(this.pendingFree);
       this.committingFree = [];
+      this.restoreMarks(clearedMarks);
       throw asCisternError(error, 'commit failed');
+    } finally {
+      for (const key of clearedMarks) {
+        this.clearingMarks.delete(Buffer.from(objectKeyOfActivityKey(key)).toString('latin1'));
+      }
     }
     for (const slot of this.committingFree) clearBit(this.slotBusy, slot);
     this.committingFree = [];

@@ -100,36 +100,50 @@ function good(s: state.ClusterState, pg: number): number[] {
     .map((m) => m.disk);
 }
 
-test('the member that went down last with every write is made good again; the others wait', () => {
+test('the members good when the PG fell below min-size are authoritative; the others wait', () => {
   const { s, pg, row, key } = onePg();
   const [a, b, c] = row as [number, number, number];
-  // c, then b go down while a keeps serving (min-size 2 stops acks, a has all of them).
-  let now = down(down(s, c), b);
+  // c goes: two good members remain, min-size 2 still met, nothing recorded.
+  let now = down(s, c);
   assert.deepEqual(now.authoritativeMembers, {});
+  // b goes: below min-size, nothing more can be acknowledged; a and b hold every ack.
+  now = down(now, b);
+  assert.deepEqual(now.authoritativeMembers[key], [a, b]);
   now = down(now, a);
-  assert.deepEqual(now.authoritativeMembers[key], [a], 'a was the last good member');
-  now = up(now, b);
+  assert.deepEqual(now.authoritativeMembers[key], [a, b], 'a going does not narrow it');
   now = up(now, c);
-  assert.deepEqual(
-    now.staleMembers[key],
-    [b, c].sort((x, y) => x - y),
-  );
-  assert.deepEqual(good(now, pg), [], 'b and c missed writes: nobody serves');
+  assert.deepEqual(now.staleMembers[key], [c]);
+  assert.deepEqual(good(now, pg), [], 'c missed writes: nobody serves');
+  now = up(now, b);
+  assert.deepEqual(good(now, pg), [b], 'b, good when the PG fell below min-size, serves');
+  assert.equal(now.staleSince[state.staleKey(1, pg, b)], undefined);
   now = up(now, a);
-  assert.deepEqual(good(now, pg), [a], 'a came back: it is the good member');
   assert.deepEqual(
     now.staleMembers[key],
-    [b, c].sort((x, y) => x - y),
-    'b, c still to recover',
+    [a, c].sort((x, y) => x - y),
+    'a, c to recover',
   );
-  assert.equal(now.staleSince[state.staleKey(1, pg, a)], undefined);
-  assert.equal(now.authoritativeMembers[key], undefined, 'the record goes once used');
-  // Recovery from a then clears the others as before.
-  for (const disk of [b, c]) {
+  // Recovery from b then clears the others as before.
+  for (const disk of [a, c]) {
     const since = now.staleSince[state.staleKey(1, pg, disk)]!;
     assert.ok(state.clearStale(now, 1, pg, disk, since));
   }
   assert.deepEqual(good(now, pg).sort(), [...row].sort());
+  // The next placement change sees min-size met again: the record goes.
+  now = change(now, (n) => state.addHost(n, 'h9', 'r9'));
+  assert.equal(now.authoritativeMembers[key], undefined);
+});
+
+test('an authoritative member lost for good: another one of the record serves', () => {
+  const { s, pg, row, key } = onePg();
+  const [a, b, c] = row as [number, number, number];
+  let now = down(down(s, c), b); // record [a, b]
+  now = down(now, a);
+  // a's disk fails for good (it never comes back); b and c return.
+  now = up(now, c);
+  now = up(now, b);
+  assert.deepEqual(good(now, pg), [b]);
+  assert.deepEqual(now.authoritativeMembers[key], [a, b], 'kept until min-size is met again');
 });
 
 test('a member stale when it went down is never authoritative, even if it was up last', () => {

@@ -378,7 +378,7 @@ export function markNewMembersStale(before: ClusterState, after: ClusterState): 
       const retained = new Set(
         stale.size === 0 ? [] : good.filter((d) => !now.includes(d) && upAfter.get(d) === true),
       );
-      peerPg(after, key, now, good, stale, retained, upAfter);
+      peerPg(after, key, pool.minSize, now, good, stale, retained, upAfter);
       for (const disk of now) {
         if (!stale.has(disk)) delete after.staleSince[staleKey(pool.id, pg, disk)];
       }
@@ -393,19 +393,25 @@ export function markNewMembersStale(before: ClusterState, after: ClusterState): 
 
 /**
  * Peering, the part decided in the map: which members of a PG hold every acknowledged
- * write. Each write was acknowledged only once every acting member had it, so every
- * good member (up, not stale) holds all of them. When a change takes the last good
- * member away (the PG's good members went down while the others were stale — a network
- * cut with requests in flight, a whole-cluster restart), the good members just before
- * it are recorded as the PG's authoritative members; nothing can be acknowledged
- * without one. When the first of them is up again (ties: placement order), its stale
- * mark is cleared — or it is kept as a retained member if it left the set — and the
- * record goes: recovery then copies from it to the others. `stale` and `retained` are
- * this change's results for the PG, updated in place.
+ * write. A write is acknowledged only once every acting member has it and at least
+ * `minSize` good members (up, not stale) do, so every good member holds all of them,
+ * and nothing is acknowledged while fewer than `minSize` are good. Hence when a change
+ * takes the PG below `minSize` good members, the good members just before it are a
+ * complete record — each holds every write the PG ever acknowledged, and no later one
+ * is acknowledged until it has `minSize` good members again — and are kept as its
+ * `authoritativeMembers` until then (ordered as placement lists them). When the PG
+ * has no good member left (the last went down while the others were stale: a network
+ * cut with requests in flight, a whole-cluster restart), the first of those that is up
+ * (ties: placement order) has its stale mark cleared in the same update — or is kept
+ * as a retained member if it left the set — and recovery copies from it to the others.
+ * A member that was stale when the PG fell below `minSize` is never in the record,
+ * however recently it was up. `stale` and `retained` are this change's results for
+ * the PG, updated in place.
  */
 function peerPg(
   after: ClusterState,
   key: string,
+  minSize: number,
   now: ArrayLike<number> & Iterable<number>,
   goodBefore: readonly number[],
   stale: Set<number>,
@@ -413,21 +419,27 @@ function peerPg(
   upAfter: ReadonlyMap<number, boolean>,
 ): void {
   const row = [...now];
-  const goodNow = (): boolean =>
-    row.some((d) => upAfter.get(d) === true && !stale.has(d)) ||
-    [...retained].some((d) => upAfter.get(d) === true);
-  if (goodNow()) {
+  const goodNow = (): number =>
+    row.filter((d) => upAfter.get(d) === true && !stale.has(d)).length +
+    [...retained].filter((d) => upAfter.get(d) === true && !row.includes(d)).length;
+  const good = goodNow();
+  if (good >= minSize) {
     delete after.authoritativeMembers[key];
     return;
   }
-  if (goodBefore.length > 0) after.authoritativeMembers[key] = [...goodBefore];
+  // Fell below min-size in this change (or had no record yet): the good members before it.
+  if (
+    goodBefore.length >= minSize ||
+    (after.authoritativeMembers[key] === undefined && goodBefore.length > 0)
+  )
+    after.authoritativeMembers[key] = [...goodBefore];
+  if (good > 0) return;
   const authoritative = after.authoritativeMembers[key] ?? [];
   const back = authoritative.find((d) => upAfter.get(d) === true);
   if (back === undefined) return;
   if (row.includes(back)) stale.delete(back);
   else if (stale.size > 0) retained.add(back);
-  else return; // a set with nothing to recover and the holder outside it: wait for placement
-  delete after.authoritativeMembers[key];
+  // else: a set with nothing to recover and the holder outside it: wait for placement
 }
 
 export interface ActingMember {

@@ -40,8 +40,12 @@ export interface GatewayOptions {
 }
 
 export class Gateway implements ObjectIo {
-  /** Primaries (hosts) written through since the last flush. */
-  private readonly written = new Set<string>();
+  /**
+   * Primaries (hosts) written through since the last flush, with the incarnation of
+   * the daemon that acknowledged those writes (handler.ts): a daemon restarted since
+   * cannot flush what its former self replicated, so the flush must reach every host.
+   */
+  private readonly written = new Map<string, { incarnation?: string; restarted: boolean }>();
 
   constructor(private readonly options: GatewayOptions) {}
 
@@ -88,7 +92,7 @@ export class Gateway implements ObjectIo {
       const host = primary.host;
       try {
         if (host === this.options.hostId) return await local();
-        if (mutates) this.written.add(host);
+        if (mutates && !this.written.has(host)) this.written.set(host, { restarted: false });
         return await remote(host, epoch);
       } catch (error) {
         // Only a primary we could not reach leaves the acting set. A refusal it sent
@@ -127,6 +131,27 @@ export class Gateway implements ObjectIo {
     return this.options.transport.request(host, type, epoch, metadata, payload);
   }
 
+  /** A mutation sent to a primary; notes which incarnation of it acknowledged. */
+  private async mutateRemote(
+    host: string,
+    epoch: number,
+    type: MessageType,
+    metadata: unknown,
+    payload?: Uint8Array,
+  ): Promise<void> {
+    const reply = await this.request(host, epoch, type, metadata, payload);
+    this.noteIncarnation(host, reply.metadata);
+  }
+
+  private noteIncarnation(host: string, metadata: unknown): void {
+    const incarnation = (metadata as { incarnation?: unknown } | undefined)?.incarnation;
+    if (typeof incarnation !== 'string') return;
+    const seen = this.written.get(host) ?? { restarted: false };
+    if (seen.incarnation !== undefined && seen.incarnation !== incarnation) seen.restarted = true;
+    seen.incarnation = incarnation;
+    this.written.set(host, seen);
+  }
+
   /** A copy the caller owns (readLeased lends the store's buffer instead). */
   async read(key: ObjectKey, offset: number, length: number): Promise<Uint8Array> {
     const lease = await this.readLeased(key, offset, length);
@@ -162,7 +187,7 @@ export class Gateway implements ObjectIo {
       key,
       () => this.options.local.write(key, offset, data, fua),
       async (host, epoch) => {
-        await this.request(
+        await this.mutateRemote(
           host,
           epoch,
           MessageType.ObjectWrite,
@@ -179,7 +204,7 @@ export class Gateway implements ObjectIo {
       key,
       () => this.options.local.trim(key, offset, length, fua),
       async (host, epoch) => {
-        await this.request(host, epoch, MessageType.ObjectTrim, { key, offset, length, fua });
+        await this.mutateRemote(host, epoch, MessageType.ObjectTrim, { key, offset, length, fua });
       },
       true,
     );
@@ -190,7 +215,7 @@ export class Gateway implements ObjectIo {
       key,
       () => this.options.local.zero(key, offset, length, fua),
       async (host, epoch) => {
-        await this.request(host, epoch, MessageType.ObjectZero, { key, offset, length, fua });
+        await this.mutateRemote(host, epoch, MessageType.ObjectZero, { key, offset, length, fua });
       },
       true,
     );
@@ -214,7 +239,11 @@ export class Gateway implements ObjectIo {
       key,
       () => this.options.local.deleteObject(key),
       async (host, epoch) => {
-        await this.request(host, epoch, MessageType.ObjectDelete, { key, offset: 0, length: 0 });
+        await this.mutateRemote(host, epoch, MessageType.ObjectDelete, {
+          key,
+          offset: 0,
+          length: 0,
+        });
       },
       true,
     );
@@ -225,19 +254,25 @@ export class Gateway implements ObjectIo {
    * holds it. Each primary written through flushes what it replicated. A primary that
    * cannot be reached cannot be asked: its disks leave the acting set, and every other
    * host flushes all its disks instead — the replicas that primary wrote to are among
-   * them, so what it acknowledged is durable on them.
+   * them, so what it acknowledged is durable on them. A primary that answers as another
+   * incarnation than the one that acknowledged the writes restarted meanwhile: every host
+   * flushes, and the FLUSH fails with EIO, since the restart may have lost some.
    */
   async flush(): Promise<void> {
     const hosts = [...this.written];
     this.written.clear();
     const lost: string[] = [];
+    const restarted: string[] = [];
     try {
       await Promise.all([
         this.untilEpochSettles(() => this.options.local.flush()),
-        ...hosts.map(async (host) => {
+        ...hosts.map(async ([host, seen]) => {
           try {
             await this.untilEpochSettles(async (epoch) => {
-              await this.request(host, epoch, MessageType.PrimaryFlush, {});
+              const reply = await this.request(host, epoch, MessageType.PrimaryFlush, {});
+              const now = (reply.metadata as { incarnation?: unknown } | undefined)?.incarnation;
+              if (seen.restarted || (seen.incarnation !== undefined && now !== seen.incarnation))
+                restarted.push(host);
             });
           } catch (error) {
             if (
@@ -253,10 +288,24 @@ export class Gateway implements ObjectIo {
           }
         }),
       ]);
-      if (lost.length > 0) await this.flushEveryHost(lost);
+      if (lost.length > 0 || restarted.length > 0) await this.flushEveryHost(lost);
     } catch (error) {
-      for (const host of hosts) this.written.add(host); // not known durable: flush them again next time
+      // Not known durable: again next time — unless EIO already told the client they
+      // may be lost, after which the next FLUSH starts afresh.
+      if (!isCisternError(error, 'EIO'))
+        for (const [host, seen] of hosts) this.written.set(host, seen);
       throw error;
+    }
+    if (restarted.length > 0) {
+      // The daemon that acknowledged our writes is gone, and its own copies of them may
+      // have gone with its caches. Every host flushed all its disks, which keeps them
+      // wherever they survived, but saying "durable" could still be a lie (invariant 1):
+      // EIO. The next FLUSH starts afresh (the client has been told).
+      throw new CisternError(
+        'EIO',
+        `primary ${restarted.join(', ')} restarted after acknowledging writes this flush ` +
+          'covers: they may be lost',
+      );
     }
   }
 

@@ -3,6 +3,7 @@
 // holds the primary of the object's PG at the (fenced, hence current) epoch. Disk
 // operations arrive from primaries and are served by one of this host's up disks.
 
+import { randomUUID } from 'node:crypto';
 import { CisternError } from '../util/errors';
 import { ObjectKey, encodeObjectKey } from '../store/key';
 import { LocalDisk, ObjectIo } from './endpoint';
@@ -25,6 +26,12 @@ export interface HandlerContext {
   localStore(disk: number): LocalDisk | undefined;
   /** Every up disk of this host. */
   localStores(): LocalDisk[];
+  /**
+   * Names this handler's daemon run; a random one by default. Mutations and PrimaryFlush
+   * answer with it, so a gateway notices a primary that restarted between its writes
+   * and its FLUSH (the new run has not got the old one's replica writes to flush).
+   */
+  incarnation?: string;
 }
 
 export interface HandlerRequest {
@@ -46,6 +53,8 @@ export function makeHandler(
   context: HandlerContext,
 ): (request: HandlerRequest) => Promise<HandlerReply> {
   const ok: HandlerReply = { metadata: {} };
+  const incarnation = context.incarnation ?? randomUUID();
+  const acknowledged: HandlerReply = { metadata: { incarnation } };
 
   const asPrimary = (key: ObjectKey): ObjectIo => {
     const primary = context.primaryOf(key);
@@ -80,17 +89,17 @@ export function makeHandler(
         if (data.length !== r.length)
           throw new CisternError('BAD_REQUEST', 'write length and payload differ');
         await asPrimary(r.key).write(r.key, r.offset, data, r.fua === true);
-        return ok;
+        return acknowledged;
       }
       case MessageType.ObjectTrim: {
         const r = parseObjectRequest(request.metadata);
         await asPrimary(r.key).trim(r.key, r.offset, r.length, r.fua === true);
-        return ok;
+        return acknowledged;
       }
       case MessageType.ObjectZero: {
         const r = parseObjectRequest(request.metadata);
         await asPrimary(r.key).zero(r.key, r.offset, r.length, r.fua === true);
-        return ok;
+        return acknowledged;
       }
       case MessageType.ObjectBlockStatus: {
         const r = parseObjectRequest(request.metadata);
@@ -101,11 +110,11 @@ export function makeHandler(
       case MessageType.ObjectDelete: {
         const r = parseObjectRequest(request.metadata);
         await asPrimary(r.key).deleteObject(r.key);
-        return ok;
+        return acknowledged;
       }
       case MessageType.PrimaryFlush:
         await context.primary.flush();
-        return ok;
+        return acknowledged;
       case MessageType.HostFlush:
         await Promise.all(context.localStores().map((store) => store.flush()));
         return ok;
@@ -119,17 +128,17 @@ export function makeHandler(
         if (data.length !== r.length)
           throw new CisternError('BAD_REQUEST', 'write length and payload differ');
         await disk(r.disk).write(r.key, r.offset, data, { fua: r.fua === true });
-        return ok;
+        return acknowledged;
       }
       case MessageType.DiskTrim: {
         const r = parseDiskRequest(request.metadata);
         await disk(r.disk).trim(r.key, r.offset, r.length);
-        return ok;
+        return acknowledged;
       }
       case MessageType.DiskZero: {
         const r = parseDiskRequest(request.metadata);
         await disk(r.disk).zero(r.key, r.offset, r.length);
-        return ok;
+        return acknowledged;
       }
       case MessageType.DiskBlockStatus: {
         const r = parseDiskRequest(request.metadata);
@@ -137,12 +146,14 @@ export function makeHandler(
       }
       case MessageType.DiskDelete: {
         const r = parseDiskRequest(request.metadata);
-        return { metadata: { existed: await disk(r.disk).deleteObject(r.key) } };
+        return {
+          metadata: { incarnation, existed: await disk(r.disk).deleteObject(r.key) },
+        };
       }
       case MessageType.DiskFlush: {
         const r = parseDiskRequest(request.metadata);
         await disk(r.disk).flush();
-        return ok;
+        return acknowledged;
       }
       case MessageType.DiskChecksum: {
         const r = parseDiskRequest(request.metadata);

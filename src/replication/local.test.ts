@@ -50,6 +50,12 @@ class MemoryDisk implements LocalDisk {
     return this.object(key).slice(offset, offset + length);
   }
 
+  /** Every object it holds: the superset ObjectEndpoint.activeObjects allows. */
+  async activeObjects(pool: number): Promise<ObjectKey[]> {
+    this.check();
+    return [...this.objects.values()].filter((o) => o.key.pool === pool).map((o) => o.key);
+  }
+
   async write(key: ObjectKey, offset: number, data: Uint8Array): Promise<void> {
     this.check();
     this.writes += 1;

@@ -46,6 +46,12 @@ export class LocalReplication implements ObjectIo {
   private readonly ordering = new RangeOrdering();
   /** Disks written since their last flush. */
   private readonly dirty = new Set<number>();
+  /**
+   * Per PG, the disks that took every write of it acknowledged since the last flush
+   * (the intersection of their member sets): a flush vouches for those writes only if
+   * one of these disks is flushed — a member taken down meanwhile cannot be.
+   */
+  private holders = new Map<string, Set<number>>();
 
   constructor(private readonly replicas: ReplicaSet) {}
 
@@ -208,7 +214,16 @@ export class LocalReplication implements ObjectIo {
       if (requestError !== undefined) throw requestError;
       if (succeeded < minSize) throw this.unavailable(key, succeeded, minSize);
       this.heldByGoodMembers(key, took, minSize);
+      if (!fua) this.noteHolders(key, took);
     });
+  }
+
+  private noteHolders(key: ObjectKey, took: Set<number>): void {
+    const table = this.replicas.table(key.pool);
+    const pg = `${key.pool}:${objectToPg(table.pool, key.volume, key.object)}`;
+    const known = this.holders.get(pg);
+    if (!known) this.holders.set(pg, took);
+    else for (const disk of known) if (!took.has(disk)) known.delete(disk);
   }
 
   /**
@@ -429,26 +444,47 @@ export class LocalReplication implements ObjectIo {
 
   /**
    * Makes every write acknowledged before the call durable on every disk that took
-   * it. A disk that fails to flush is taken out; the others still hold the writes.
+   * it. A disk that fails to flush is taken out; the others still hold the writes —
+   * unless no disk that took all of a PG's writes since the last flush could be flushed
+   * (every one failed or was taken down meanwhile): then EIO, since saying "durable"
+   * would vouch for writes that may exist only in lost caches (invariant 1).
    */
   async flush(): Promise<void> {
     const disks = [...this.dirty];
     this.dirty.clear();
-    await Promise.all(
-      disks.map(async (disk) => {
-        const store = this.replicas.store(disk);
-        if (!store) return;
-        try {
-          await store.flush();
-        } catch (error) {
-          if (!isDeviceFailure(error)) {
-            this.dirty.add(disk);
-            throw error;
+    const holders = this.holders;
+    this.holders = new Map();
+    const flushed = new Set<number>();
+    try {
+      await Promise.all(
+        disks.map(async (disk) => {
+          const store = this.replicas.store(disk);
+          if (!store) return;
+          try {
+            await store.flush();
+            flushed.add(disk);
+          } catch (error) {
+            if (!isDeviceFailure(error)) {
+              this.dirty.add(disk);
+              throw error;
+            }
+            await this.replicas.onDiskFailure(disk, error as CisternError);
           }
-          await this.replicas.onDiskFailure(disk, error as CisternError);
-        }
-      }),
-    );
+        }),
+      );
+    } catch (error) {
+      for (const [pg, set] of holders) if (!this.holders.has(pg)) this.holders.set(pg, set);
+      throw error;
+    }
+    const unsound = [...holders].filter(([, set]) => ![...set].some((d) => flushed.has(d)));
+    if (unsound.length > 0) {
+      throw new CisternError(
+        'EIO',
+        `writes acknowledged in pg ${unsound.map(([pg]) => pg).join(', ')} since the last ` +
+          'flush are on no disk that could be flushed (their disks failed or were taken ' +
+          'out): they may be lost',
+      );
+    }
   }
 
   /** Objects being written now (for tests and status). */

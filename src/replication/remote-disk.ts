@@ -14,12 +14,28 @@ const ACTIVE_OBJECT_PAGES_MAX = 64;
 import { ObjectChecksum } from './checksum';
 
 export class RemoteDisk implements ObjectEndpoint {
+  /**
+   * The incarnation of the daemon that took this disk's changes since the last flush
+   * (handler.ts), and whether more than one did: a flush answered by another one would
+   * vouch for changes the restarted daemon may have lost.
+   */
+  private changedBy: { incarnation?: string; restarted: boolean } = { restarted: false };
+
   constructor(
     private readonly transport: PeerTransport,
     readonly hostId: string,
     readonly disk: number,
     private readonly epoch: () => number,
   ) {}
+
+  /** A change's reply: notes which incarnation of the disk's daemon took it. */
+  private noteChange(metadata: unknown): void {
+    const incarnation = (metadata as { incarnation?: unknown } | undefined)?.incarnation;
+    if (typeof incarnation !== 'string') return;
+    const seen = this.changedBy.incarnation;
+    if (seen !== undefined && seen !== incarnation) this.changedBy.restarted = true;
+    this.changedBy.incarnation = incarnation;
+  }
 
   private call(
     type: MessageType,
@@ -69,7 +85,7 @@ export class RemoteDisk implements ObjectEndpoint {
     data: Uint8Array,
     options: { fua?: boolean } = {},
   ): Promise<void> {
-    await this.call(
+    const reply = await this.call(
       MessageType.DiskWrite,
       key,
       offset,
@@ -77,14 +93,15 @@ export class RemoteDisk implements ObjectEndpoint {
       { fua: options.fua === true },
       data,
     );
+    this.noteChange(reply.metadata);
   }
 
   async trim(key: ObjectKey, offset: number, length: number): Promise<void> {
-    await this.call(MessageType.DiskTrim, key, offset, length);
+    this.noteChange((await this.call(MessageType.DiskTrim, key, offset, length)).metadata);
   }
 
   async zero(key: ObjectKey, offset: number, length: number): Promise<void> {
-    await this.call(MessageType.DiskZero, key, offset, length);
+    this.noteChange((await this.call(MessageType.DiskZero, key, offset, length)).metadata);
   }
 
   async blockStatus(key: ObjectKey, offset: number, length: number): Promise<Extent[]> {
@@ -94,6 +111,7 @@ export class RemoteDisk implements ObjectEndpoint {
 
   async deleteObject(key: ObjectKey): Promise<boolean> {
     const reply = await this.call(MessageType.DiskDelete, key, 0, 0);
+    this.noteChange(reply.metadata);
     return (reply.metadata as { existed?: unknown } | undefined)?.existed === true;
   }
 
@@ -133,8 +151,28 @@ export class RemoteDisk implements ObjectEndpoint {
     throw new CisternError('EIO', `activity record of disk ${this.disk} did not end`);
   }
 
+  /**
+   * Flushes the disk. When the daemon answering is not the one that took the changes
+   * since the last flush (it restarted), those may be lost: UNREACHABLE, so the primary
+   * takes the disk out (it comes back stale and is recovered) rather than count it.
+   */
   async flush(): Promise<void> {
-    await this.call(MessageType.DiskFlush, { pool: 0, volume: 0, object: 0 }, 0, 0);
+    const changedBy = this.changedBy;
+    this.changedBy = { restarted: false };
+    const reply = await this.call(MessageType.DiskFlush, { pool: 0, volume: 0, object: 0 }, 0, 0);
+    const now = (reply.metadata as { incarnation?: unknown } | undefined)?.incarnation;
+    if (
+      changedBy.restarted ||
+      (changedBy.incarnation !== undefined &&
+        typeof now === 'string' &&
+        now !== changedBy.incarnation)
+    ) {
+      throw new CisternError(
+        'UNREACHABLE',
+        `disk ${this.disk} on host ${this.hostId}: its daemon restarted after taking writes ` +
+          'not yet flushed; they may be lost',
+      );
+    }
   }
 }
 

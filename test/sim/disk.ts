@@ -232,6 +232,18 @@ export class SimDisk implements LocalDisk {
     );
   }
 
+  /**
+   * Peering's activity record (ObjectEndpoint.activeObjects). The simulated medium keeps
+   * none, so this lists every object the disk holds in the pool: a superset, which the
+   * contract allows — an object members differ on exists on at least one of them, which
+   * lists it — at the cost of comparing more objects than a real store would.
+   */
+  async activeObjects(pool: number): Promise<ObjectKey[]> {
+    const keys: ObjectKey[] = [];
+    for await (const key of this.listObjects({ pool })) keys.push(key);
+    return keys;
+  }
+
   async *listObjects(filter: ObjectKeyFilter = {}): AsyncGenerator<ObjectKey> {
     const keys = await this.complete('list', () =>
       [...this.medium.current.values()]

@@ -994,11 +994,27 @@ class Simulation {
       const covered = client.unflushed;
       client.unflushed = [];
       const gateway = this.hosts.get(host)!.running!.gateway;
-      const ok = await this.settle(`final flush via ${host}`, async () => {
-        await gateway.flush();
-        return true;
+      // EIO is a flush's honest answer when writes it covers may have been lost (their
+      // holders failed or restarted): they are then not durable, and the next flush
+      // starts afresh — which must succeed.
+      const outcome = await this.settle(`final flush via ${host}`, async () => {
+        try {
+          await gateway.flush();
+          return 'durable' as const;
+        } catch (error) {
+          if (isCisternError(error, 'EIO')) return 'maybe lost' as const;
+          throw error;
+        }
       });
-      if (!ok) return false;
+      if (!outcome) return false;
+      if (outcome === 'maybe lost') {
+        const again = await this.settle(`final flush via ${host} after an EIO`, async () => {
+          await gateway.flush();
+          return true;
+        });
+        if (!again) return false;
+        continue;
+      }
       this.flushed(covered, host);
     }
     return true;

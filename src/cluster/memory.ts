@@ -36,9 +36,24 @@ export class MemoryClusterStore implements ClusterStore {
     return () => this.listeners.delete(listener);
   }
 
-  /** Resolves true once the epoch is reached (immediately: every reader shares the state). */
-  async waitForEpoch(epoch: number): Promise<boolean> {
-    return this.state.map.epoch >= epoch;
+  /**
+   * Resolves true once the epoch is reached — at once if it is (every reader shares the
+   * state), else when an update brings it or false after `timeoutMs` (0: no wait).
+   */
+  async waitForEpoch(epoch: number, timeoutMs = 0): Promise<boolean> {
+    if (this.state.map.epoch >= epoch) return true;
+    if (timeoutMs <= 0 || this.closed) return false;
+    return new Promise<boolean>((resolve) => {
+      const done = (reached: boolean): void => {
+        clearTimeout(timer);
+        unsubscribe();
+        resolve(reached);
+      };
+      const timer = setTimeout(() => done(false), timeoutMs);
+      const unsubscribe = this.subscribe((next) => {
+        if (next.map.epoch >= epoch) done(true);
+      });
+    });
   }
 
   async close(): Promise<void> {

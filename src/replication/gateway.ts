@@ -19,6 +19,15 @@ import { PeerRemoteError } from './peer';
 export const GATEWAY_ATTEMPTS_MAX = 8;
 /** How long one attempt waits for this daemon's map to reach a newer epoch. */
 export const EPOCH_WAIT_MS = 5000;
+/**
+ * How long a request waits for its PG to have `minSize` up-to-date members again (a
+ * host coming back, a recovery finishing) before it fails UNAVAILABLE. Below min-size
+ * I/O waits rather than risk invariant 1, but boundedly: within the 90 s a gateway
+ * gives a primary, and short enough that a client sees a clear error, not a hang.
+ */
+export const DEGRADED_WAIT_MS = 30_000;
+/** Map changes one request waits through while degraded (each is one wait), a bound of its own. */
+export const DEGRADED_WAITS_MAX = 256;
 
 export interface GatewayOptions {
   hostId: string;
@@ -37,6 +46,8 @@ export interface GatewayOptions {
   onPrimaryUnreachable: (disk: number, error: CisternError) => Promise<void>;
   /** Flushes every up disk of this host. */
   flushLocalDisks: () => Promise<void>;
+  /** Milliseconds for the degraded wait's bound; Date.now by default (the simulator's clock). */
+  now?: () => number;
 }
 
 export class Gateway implements ObjectIo {
@@ -86,9 +97,18 @@ export class Gateway implements ObjectIo {
     mutates: boolean,
   ): Promise<T> {
     let lastError: unknown;
+    const degraded = { sinceMs: undefined as number | undefined, waits: 0 };
     for (let attempt = 0; attempt < GATEWAY_ATTEMPTS_MAX; attempt += 1) {
       const epoch = this.options.state().map.epoch;
-      const primary = this.primaryDisk(key);
+      let primary: { id: number; host: string };
+      try {
+        primary = this.primaryDisk(key);
+      } catch (error) {
+        if (!isCisternError(error, 'UNAVAILABLE')) throw error;
+        await this.waitDegraded(key, epoch, error, degraded);
+        attempt -= 1; // waiting for the PG is bounded by DEGRADED_WAIT_MS, not by attempts
+        continue;
+      }
       const host = primary.host;
       try {
         if (host === this.options.hostId) return await local();
@@ -107,6 +127,13 @@ export class Gateway implements ObjectIo {
           await this.options.onPrimaryUnreachable(primary.id, error as CisternError);
           continue;
         }
+        // Refused by the primary itself (here, or a live remote one): its PG has fewer
+        // than min-size up-to-date members. Wait for the map to change, then try again.
+        if (isCisternError(error, 'UNAVAILABLE')) {
+          await this.waitDegraded(key, epoch, error, degraded);
+          attempt -= 1;
+          continue;
+        }
         if (!isCisternError(error, 'STALE_EPOCH')) throw error;
         lastError = error;
         // Someone is on a newer map than we are (or than the primary is): wait for
@@ -119,6 +146,31 @@ export class Gateway implements ObjectIo {
       'UNAVAILABLE',
       `object ${key.pool}/${key.volume}/${key.object}: the cluster map kept changing (${String(lastError)})`,
     );
+  }
+
+  /**
+   * Below min-size: waits (without holding any ordering: the primary's engine has let
+   * go of the object) for the map to move past `epoch`, bounded by DEGRADED_WAIT_MS from
+   * the first refusal and DEGRADED_WAITS_MAX waits; then UNAVAILABLE saying so.
+   */
+  private async waitDegraded(
+    key: ObjectKey,
+    epoch: number,
+    error: CisternError,
+    degraded: { sinceMs: number | undefined; waits: number },
+  ): Promise<void> {
+    const now = this.options.now ?? Date.now;
+    degraded.sinceMs ??= now();
+    const remainingMs = degraded.sinceMs + DEGRADED_WAIT_MS - now();
+    degraded.waits += 1;
+    if (remainingMs <= 0 || degraded.waits > DEGRADED_WAITS_MAX) {
+      throw new CisternError(
+        'UNAVAILABLE',
+        `object ${key.pool}/${key.volume}/${key.object}: waited ${DEGRADED_WAIT_MS / 1000} s for ` +
+          `its PG to have enough up-to-date replicas again; still: ${error.message}`,
+      );
+    }
+    await this.options.waitForEpoch(epoch + 1, Math.min(remainingMs, EPOCH_WAIT_MS));
   }
 
   private request(

@@ -47,9 +47,11 @@ export class LocalReplication implements ObjectIo {
   /** Disks written since their last flush. */
   private readonly dirty = new Set<number>();
   /**
-   * Per PG, the disks that took every write of it acknowledged since the last flush
-   * (the intersection of their member sets): a flush vouches for those writes only if
-   * one of these disks is flushed — a member taken down meanwhile cannot be.
+   * Per PG, the disks that took writes of it acknowledged since the last flush: a flush
+   * vouches for those writes only if one of these disks is flushed — a member taken
+   * down meanwhile cannot be. (The union, not the intersection of each write's members:
+   * membership moving under a stream of writes must not fail a FLUSH whose writes sit
+   * on flushed disks; the rare write whose every holder left is not caught.)
    */
   private holders = new Map<string, Set<number>>();
 
@@ -223,7 +225,7 @@ export class LocalReplication implements ObjectIo {
     const pg = `${key.pool}:${objectToPg(table.pool, key.volume, key.object)}`;
     const known = this.holders.get(pg);
     if (!known) this.holders.set(pg, took);
-    else for (const disk of known) if (!took.has(disk)) known.delete(disk);
+    else for (const disk of took) known.add(disk);
   }
 
   /**
@@ -445,7 +447,7 @@ export class LocalReplication implements ObjectIo {
   /**
    * Makes every write acknowledged before the call durable on every disk that took
    * it. A disk that fails to flush is taken out; the others still hold the writes —
-   * unless no disk that took all of a PG's writes since the last flush could be flushed
+   * unless no disk that took a PG's writes since the last flush could be flushed
    * (every one failed or was taken down meanwhile): then EIO, since saying "durable"
    * would vouch for writes that may exist only in lost caches (invariant 1).
    */

@@ -4,7 +4,8 @@
 // epoch). Multi-host tests and the simulator use it; faults (a host unreachable) are
 // injected here.
 
-import { CisternError } from '../util/errors';
+import { CisternError, isCisternError } from '../util/errors';
+import { PeerRemoteError } from './peer';
 import { PeerTransport } from './endpoint';
 
 type Handler = (request: {
@@ -65,12 +66,19 @@ export class LoopbackNetwork {
         }
         // Copy the payload as a socket would: the receiver must not share our buffer.
         const copy = payload ? Uint8Array.from(payload) : undefined;
-        const reply = await target.handler({
-          type,
-          metadata: structuredClone(metadata),
-          payload: copy,
-          peerHostId: fromHostId,
-        });
+        let reply: { metadata: unknown; payload?: Uint8Array };
+        try {
+          reply = await target.handler({
+            type,
+            metadata: structuredClone(metadata),
+            payload: copy,
+            peerHostId: fromHostId,
+          });
+        } catch (error) {
+          // As over the wire: the handler's refusal arrives as the peer's error.
+          if (!isCisternError(error) || error instanceof StaleEpochError) throw error;
+          throw new PeerRemoteError(error.code, error.message, peerHostId, target.epoch());
+        }
         return {
           metadata: structuredClone(reply.metadata),
           payload: reply.payload ? Uint8Array.from(reply.payload) : undefined,

@@ -57,6 +57,9 @@ export class RemoteDisk implements ObjectEndpoint {
       return await this.transport.request(this.hostId, type, this.epoch(), metadata, payload);
     } catch (error) {
       if (isCisternError(error, 'UNAVAILABLE') || isCisternError(error, 'CLOSED')) {
+        // The primary takes the disk out for this: what it took since the last flush is
+        // recovery's business when it comes back (stale), not a later flush's.
+        this.changedBy = { restarted: false };
         throw new CisternError(
           'UNREACHABLE',
           `disk ${this.disk} on host ${this.hostId} unreachable: ${error.message}`,

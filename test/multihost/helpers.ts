@@ -41,7 +41,7 @@ export async function inProcessCluster(
       cluster: {
         store,
         transport: network.transport(hostId),
-        waitForEpoch: (epoch) => store.waitForEpoch(epoch),
+        waitForEpoch: (epoch, timeoutMs) => store.waitForEpoch(epoch, timeoutMs),
       },
     });
     network.register(hostId, datastore.peerHandler(), () => store.current().map.epoch);

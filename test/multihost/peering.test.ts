@@ -6,7 +6,9 @@
 // object listed, compares checksums and copies its own version over the other: both
 // members end byte-identical, reads through every host agree, and the worker counts
 // the object as reconciled. A second case puts the stray write on the new primary
-// itself: its version then wins, on every member.
+// itself: its version then wins, on every member. And degraded service: a write to a
+// PG with fewer than min-size up-to-date members does not fail at once; it waits for
+// the map, and completes once a member is back and recovered.
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -81,3 +83,44 @@ for (const strayOn of ['replica', 'new primary'] as const) {
     }
   });
 }
+
+test('below min-size a write waits for the map, then completes once a member is back', async () => {
+  const cluster = await inProcessCluster(4);
+  try {
+    const { writer, info, poolId } = await replicatedVolume(cluster);
+    await writer.write(0, pattern(OBJECT_BYTES, 1));
+    await writer.flush();
+    const state = cluster.store.current();
+    const row = locateObject(computeTable(state.map, poolId), info.id, 0);
+    const [, second, third] = [...row] as [number, number, number];
+    // Two of three members down: one up-to-date member, min-size 2.
+    await cluster.store.update((s) => {
+      markDiskDown(s, second, 'UNREACHABLE: test');
+      markDiskDown(s, third, 'UNREACHABLE: test');
+    });
+    let settled: 'ok' | Error | undefined;
+    const write = writer.write(0, pattern(64 * 1024, 2)).then(
+      () => (settled = 'ok'),
+      (error: Error) => (settled = error),
+    );
+    // It waits (epoch changes that do not help — here, none — leave it waiting).
+    for (let i = 0; i < 20; i += 1) await new Promise((resolve) => setTimeout(resolve, 10));
+    assert.equal(settled, undefined, 'the write did not fail at once');
+    // One member comes back (stale); recovery copies to it and clears it: min-size again.
+    await cluster.store.update((s) => {
+      const disk = s.map.disks.find((d) => d.id === second)!;
+      disk.up = true;
+      delete s.disks[String(second)]!.error;
+    });
+    await write;
+    assert.equal(settled, 'ok', `the write completed: ${String(settled)}`);
+    const reader = await cluster.hosts.get('h2')!.open('v', { readOnly: true });
+    const expected = Buffer.from(pattern(OBJECT_BYTES, 1));
+    pattern(64 * 1024, 2).copy(expected, 0);
+    assert.ok(Buffer.from(await reader.read(0, OBJECT_BYTES)).equals(expected));
+    await reader.close();
+    await writer.close();
+  } finally {
+    await cluster.close();
+  }
+});

@@ -128,6 +128,7 @@ export class SimHost {
       flushLocalDisks: async () => {
         await Promise.all([...disks.keys()].map((id) => upStore(id)?.flush()));
       },
+      now: () => this.scheduler.now,
     });
     const handler = makeHandler({
       hostId: this.id,

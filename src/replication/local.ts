@@ -333,7 +333,8 @@ export class LocalReplication implements ObjectIo {
       for (let i = 1; i < readable.length; i += 1) {
         if (digests[i] === digests[0]) continue;
         const [disk, store] = readable[i] as [number, ObjectEndpoint, boolean];
-        await this.copyObject(source[1], store, key, objectSizeBytes);
+        // Each change checked against the map as it is sent, as recovery's are.
+        await this.copyObject(source[1], this.asPrimary(key, store), key, objectSizeBytes);
         rewritten.push(disk);
       }
       return rewritten;

@@ -13,6 +13,7 @@
 //
 //   npm run perf:iscsi -- [--seconds 10] [--size-gib 2] [--rounds 1] [--pool-sizes 1,2]
 //                         [--write-count 100000] [--only cistern] [--profile DIR]
+//                         [--node-flags "--no-memory-reducer"]
 //
 // Fairness: every volume and the tgt file are written whole first (1 MiB writes), so
 // reads hit data everywhere (an unwritten Cistern volume would read zeros without I/O).
@@ -20,7 +21,9 @@
 // each. tgtd runs in the foreground on its own portal (127.0.0.1, a free port) and its
 // own control socket, so a system tgt, if any, is untouched. Files go under
 // $CISTERN_PERF_DIR, else os.tmpdir(); tmpfs is refused (its O_DIRECT never reaches a
-// disk). With --profile DIR the Cistern daemon runs under `node --cpu-prof`.
+// disk). With --profile DIR the Cistern daemon runs under `node --cpu-prof`;
+// --node-flags adds V8/node flags to the daemon (a diagnosis aid: the results say which
+// were used).
 
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
@@ -69,6 +72,7 @@ interface Settings {
   writeCount: number;
   only: string | undefined;
   profileDir: string | undefined;
+  nodeFlags: string[];
 }
 
 function settings(): Settings {
@@ -94,6 +98,7 @@ function settings(): Settings {
     writeCount: Math.min(positive('--write-count', 100_000), sizeBytes / 4096),
     only: value('--only'),
     profileDir: profile === undefined ? undefined : path.resolve(profile),
+    nodeFlags: (value('--node-flags') ?? '').split(' ').filter((flag) => flag !== ''),
   };
 }
 
@@ -278,6 +283,7 @@ async function startCistern(
   poolSize: number,
   sizeBytes: number,
   profileDir: string | undefined,
+  nodeFlags: string[],
 ): Promise<Server> {
   const dir = path.join(directory, `cistern-size-${poolSize}`);
   fs.mkdirSync(dir);
@@ -291,6 +297,7 @@ async function startCistern(
     process.execPath,
     [
       ...profile,
+      ...nodeFlags,
       ...[BIN, 'daemon', '--data-dir', dir, ...disks],
       ...['--nbd', '127.0.0.1:0', '--admin', '127.0.0.1:0', '--iscsi', '127.0.0.1:0'],
     ],
@@ -380,7 +387,8 @@ async function main(): Promise<void> {
         `medians; load average at start ${os
           .loadavg()
           .map((l) => l.toFixed(2))
-          .join(' ')}`,
+          .join(' ')}` +
+        (config.nodeFlags.length > 0 ? `; daemon node flags: ${config.nodeFlags.join(' ')}` : ''),
     );
     const peers = config.only !== 'cistern';
     if (peers) {
@@ -391,7 +399,13 @@ async function main(): Promise<void> {
       : [];
     const cistern: Server[] = [];
     for (const size of config.poolSizes) {
-      const server = await startCistern(directory, size, config.sizeBytes, config.profileDir);
+      const server = await startCistern(
+        directory,
+        size,
+        config.sizeBytes,
+        config.profileDir,
+        config.nodeFlags,
+      );
       servers.push(server);
       cistern.push(server);
     }

@@ -258,6 +258,7 @@ export class IscsiConnection {
     }
     const total = P.wireLength(bhs, this.digests);
     if (this.queue.length < total) return false;
+    if (this.phase === 'full-feature' && this.receiveDataOut(bhs, total)) return true;
     const framed = P.splitPdu(this.queue.take(total), this.digests);
     if (this.phase === 'login') {
       this.onLoginPdu(framed.pdu);
@@ -272,6 +273,46 @@ export class IscsiConnection {
     } catch (error) {
       if (!(error instanceof P.IscsiProtocolError)) throw error;
       this.reject(error.rejectReason, framed.pdu.bhs);
+    }
+    return true;
+  }
+
+  /**
+   * A Data-Out whose payload can go straight into its write's buffer (one copy from the
+   * socket's chunks, where framing and joining would copy a payload that spans chunks
+   * twice). Only for a task whose whole transfer is already paid for in the buffer
+   * budget (its R2T part charged, or no more than a first burst), so an initiator cannot
+   * make us allocate what it never sends; and only without digests and AHS, which the
+   * framing path checks. False: the PDU is left for the ordinary path.
+   */
+  private receiveDataOut(bhs: Buffer, total: number): boolean {
+    if (P.opcodeOf(bhs) !== P.Opcode.DATA_OUT) return false;
+    if (this.digests.header || this.digests.data || P.ahsLengthOf(bhs) !== 0) return false;
+    const length = P.dataSegmentLengthOf(bhs);
+    const task = this.tasks.get(bhs.readUInt32BE(16));
+    const collector = task?.collector;
+    if (task === undefined || collector === undefined || task.state !== 'collecting') return false;
+    // A payload that is the whole transfer is kept as the socket's view: no copy at all.
+    if (length === collector.expectedLength) return false;
+    if (!task.solicitedCharged && collector.expectedLength > this.params.firstBurstLength)
+      return false;
+    const offset = bhs.readUInt32BE(40);
+    const target = collector.receiveBuffer(offset, length);
+    if (target === undefined) return false;
+    // The BHS is copied: its view would pin the socket chunk the payload was copied out of.
+    const header = Buffer.from(this.queue.take(P.BHS_BYTES));
+    this.queue.takeInto(target, offset, length);
+    this.queue.discard(total - P.BHS_BYTES - length);
+    const pdu: P.RawPdu = {
+      bhs: header,
+      ahs: EMPTY,
+      data: target.subarray(offset, offset + length),
+    };
+    try {
+      this.dispatch(pdu);
+    } catch (error) {
+      if (!(error instanceof P.IscsiProtocolError)) throw error;
+      this.reject(error.rejectReason, pdu.bhs);
     }
     return true;
   }
@@ -620,11 +661,21 @@ export class IscsiConnection {
 
   private respond(task: Task, response: ScsiResponse): void {
     if (task.aborted || this.phase === 'closed') {
+      response.release?.();
       this.endTask(task)();
       return;
     }
     // Ended first, so the MaxCmdSN of the answer already counts the slot it frees.
-    const release = this.endTask(task);
+    const endTask = this.endTask(task);
+    const lent = response.release;
+    // Lent read data stays the volume's until the kernel has taken the last PDU of it.
+    const release =
+      lent === undefined
+        ? endTask
+        : (): void => {
+            endTask();
+            lent();
+          };
     const { command } = task;
     const plan = planResponse(
       {

@@ -64,6 +64,12 @@ export interface ScsiResponse {
    * transport reports the difference from `expectedLength` as a residual.
    */
   dataOutLength?: number;
+  /**
+   * Set when `dataIn` is lent by the volume layer (a read lease) rather than owned: the
+   * transport calls it exactly once, when the bytes have reached the kernel or the task
+   * ended without sending them, and not before. It saves a copy per read.
+   */
+  release?: () => void;
 }
 
 /** One volume as a SCSI logical unit, shared by every session on this daemon. */

@@ -161,3 +161,38 @@ test('residuals: read underflow and overflow, write overflow and underflow, sens
     [true, 0, 512],
   );
 });
+
+test('payloads received straight into the whole buffer and pieces kept as views join to the same bytes', () => {
+  const session = params({ initialR2T: true, maxBurstLength: 16384, maxOutstandingR2T: 4 });
+  const immediate = Buffer.alloc(4096, 7);
+  const collector = new DataOutCollector(32768, immediate, false, session);
+  let ttt = 1;
+  const r2ts = collector.nextR2Ts(() => ttt++);
+  assert.deepEqual(
+    r2ts.map((r2t) => [r2t.offset, r2t.length]),
+    [
+      [4096, 16384],
+      [20480, 12288],
+    ],
+  );
+  // First Data-Out kept as a view; the second is received into the whole buffer, which
+  // must then also hold the immediate data and the first piece.
+  collector.accept(dataOut(1, 0, 4096, 8192, 8));
+  const whole = collector.receiveBuffer(12288, 8192);
+  assert.ok(whole !== undefined && whole.length === 32768);
+  assert.equal(collector.receiveBuffer(30000, 4096), undefined, 'a range beyond the transfer');
+  whole.fill(9, 12288, 20480);
+  collector.accept({ ...dataOut(1, 1, 12288, 0), data: whole.subarray(12288, 20480) });
+  // A piece from elsewhere after the whole buffer exists is copied into it.
+  collector.accept(dataOut(2, 0, 20480, 12288, 10));
+  assert.ok(collector.complete);
+  const bytes = collector.take();
+  assert.equal(bytes, whole, 'no join when the whole buffer was used');
+  const expected = Buffer.concat([
+    Buffer.alloc(4096, 7),
+    Buffer.alloc(8192, 8),
+    Buffer.alloc(8192, 9),
+    Buffer.alloc(12288, 10),
+  ]);
+  assert.ok(bytes.equals(expected));
+});

@@ -32,10 +32,14 @@ interface OutstandingR2T extends R2TRequest {
 
 /**
  * Collects the bytes of one write. Data-Out payloads are kept as received (views of the
- * socket's buffers) and joined once, in offset order, when the last byte is in.
+ * socket's buffers) and joined once, in offset order, when the last byte is in — unless
+ * the connection asked for the whole buffer (receiveBuffer) to read payloads straight
+ * into it: then every piece lands there and nothing is joined at the end.
  */
 export class DataOutCollector {
   private readonly pieces: Array<{ offset: number; data: Buffer }> = [];
+  /** The whole transfer's buffer, once asked for; pieces are copied (or received) into it. */
+  private whole: Buffer | undefined;
   private receivedBytes = 0;
   /**
    * End of the unsolicited range (immediate data plus unsolicited Data-Out): at most
@@ -152,9 +156,27 @@ export class DataOutCollector {
     if (r2t.received === r2t.length) this.outstanding.delete(r2t.ttt);
   }
 
+  /**
+   * The buffer a Data-Out payload for [offset, offset + length) may be received into
+   * before accept(): a payload that spans socket chunks is then copied once instead of
+   * twice (assembled, then joined). Undefined when the range lies outside the transfer.
+   * A payload that accept() then refuses fails the whole task, so what it overwrote
+   * is never used.
+   */
+  receiveBuffer(offset: number, length: number): Buffer | undefined {
+    if (length === 0 || offset + length > this.expectedLength) return undefined;
+    if (this.whole === undefined) {
+      this.whole = Buffer.allocUnsafe(this.expectedLength);
+      for (const piece of this.pieces) piece.data.copy(this.whole, piece.offset);
+      this.pieces.length = 0;
+    }
+    return this.whole;
+  }
+
   /** The whole payload, once complete. */
   take(): Buffer {
     assert(this.complete, 'take before the data is complete');
+    if (this.whole !== undefined) return this.whole;
     this.pieces.sort((a, b) => a.offset - b.offset);
     const only = this.pieces[0];
     if (this.pieces.length === 1 && only !== undefined) return only.data;
@@ -167,7 +189,11 @@ export class DataOutCollector {
   private add(offset: number, data: Buffer): void {
     if (data.length === 0) return;
     assert(offset + data.length <= this.expectedLength, 'piece beyond the transfer');
-    this.pieces.push({ offset, data });
+    const whole = this.whole;
+    if (whole === undefined) this.pieces.push({ offset, data });
+    else if (data.buffer !== whole.buffer || data.byteOffset !== whole.byteOffset + offset) {
+      data.copy(whole, offset);
+    }
     this.receivedBytes += data.length;
   }
 }

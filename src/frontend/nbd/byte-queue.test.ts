@@ -50,3 +50,17 @@ test('discard drops at most what is queued', () => {
   assert.equal(queue.discard(100), 10);
   assert.equal(queue.length, 0);
 });
+
+test('takeInto copies a range spanning chunks into a target at an offset, and consumes it', () => {
+  const queue = new ByteQueue();
+  queue.push(Buffer.from('abc'));
+  queue.push(Buffer.from('defg'));
+  queue.push(Buffer.from('hij'));
+  queue.take(1);
+  const target = Buffer.alloc(10, '.');
+  queue.takeInto(target, 2, 7);
+  assert.equal(target.toString(), '..bcdefgh.');
+  assert.equal(queue.length, 2);
+  assert.equal(queue.take(2).toString(), 'ij');
+  assert.throws(() => queue.takeInto(target, 0, 1));
+});

@@ -67,6 +67,22 @@ export class ByteQueue {
     return result;
   }
 
+  /** Removes the next `count` bytes into `target` at `at`: one copy, straight from the socket's chunks. */
+  takeInto(target: Uint8Array, at: number, count: number): void {
+    assert(Number.isInteger(count) && count >= 0, `takeInto(${count})`);
+    assert(count <= this.totalBytes, `takeInto(${count}) with ${this.totalBytes} queued`);
+    assert(at >= 0 && at + count <= target.length, 'takeInto beyond its target');
+    let filled = 0;
+    while (filled < count) {
+      const chunk = this.chunks[0];
+      assert(chunk !== undefined, 'ran out of chunks while copying');
+      const piece = Math.min(chunk.length - this.headOffset, count - filled);
+      target.set(chunk.subarray(this.headOffset, this.headOffset + piece), at + filled);
+      filled += piece;
+      this.advance(piece);
+    }
+  }
+
   /** Drops up to `count` bytes without looking at them; returns how many were dropped. */
   discard(count: number): number {
     assert(Number.isInteger(count) && count >= 0, `discard(${count})`);

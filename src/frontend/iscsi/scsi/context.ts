@@ -80,6 +80,23 @@ export async function readBlocks(unit: UnitContext, range: BlockRange): Promise<
   }
 }
 
+/** Like readBlocks, but the bytes may be lent by the volume: the caller must call `release` once done with them. */
+export async function readBlocksLeased(
+  unit: UnitContext,
+  range: BlockRange,
+): Promise<{ data: Uint8Array; release: (() => void) | undefined }> {
+  if (unit.handle.readLeased === undefined) {
+    return { data: await readBlocks(unit, range), release: undefined };
+  }
+  try {
+    const bytes = unit.geometry.blockBytes;
+    const lease = await unit.handle.readLeased(range.lba * bytes, range.blocks * bytes);
+    return { data: lease.data, release: () => lease.release() };
+  } catch (error) {
+    throw senseForVolumeError(error, Ascs.UNRECOVERED_READ_ERROR);
+  }
+}
+
 export async function writeBlocks(
   unit: UnitContext,
   lba: number,

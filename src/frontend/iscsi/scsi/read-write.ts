@@ -22,6 +22,7 @@ import {
   dataOut,
   holdRange,
   readBlocks,
+  readBlocksLeased,
   volumeWrite,
   writeBlocks,
   writeData,
@@ -53,7 +54,9 @@ export async function read(unit: UnitContext, task: ScsiTask): Promise<ScsiRespo
   if (transfer.blocks === 0) return { status: ScsiStatus.GOOD, dataIn: new Uint8Array(0) };
   // FUA on a read asks for the medium, not a cache: the volume layer keeps no read cache
   // that could be stale, so every read already is one.
-  return { status: ScsiStatus.GOOD, dataIn: await readBlocks(unit, transfer) };
+  // The volume's buffer goes to the socket as it is; the transport releases it once sent.
+  const { data, release } = await readBlocksLeased(unit, transfer);
+  return { status: ScsiStatus.GOOD, dataIn: data, release };
 }
 
 export async function write(unit: UnitContext, task: ScsiTask): Promise<ScsiResponse> {

@@ -40,6 +40,8 @@ const DISK_SLACK_BYTES = 64 * MiB;
 const READY_TIMEOUT_MS = 60_000;
 /** tgtd leaves after `--op delete --mode system` within a few seconds; then SIGKILL. */
 const TGTD_STOP_TIMEOUT_MS = 10_000;
+/** Where tgtd keeps its control sockets (socket.N for `-C N`). */
+const TGTD_SOCKET_DIR = '/var/run/tgtd';
 /** One client run may not hang the benchmark: its own duration plus this. */
 const CLIENT_SLACK_MS = 120_000;
 const BIN = path.join(__dirname, '..', '..', 'bin', 'cistern');
@@ -273,6 +275,10 @@ async function startTgt(label: string, file: string, direct: boolean): Promise<S
       const timer = setTimeout(() => child.kill('SIGKILL'), TGTD_STOP_TIMEOUT_MS);
       await exited(child);
       clearTimeout(timer);
+      // tgtd leaves its control socket behind; the next run picks another number anyway.
+      for (const suffix of ['', '.lock']) {
+        fs.rmSync(`${TGTD_SOCKET_DIR}/socket.${control}${suffix}`, { force: true });
+      }
     },
   };
 }

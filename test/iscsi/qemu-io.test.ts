@@ -2,10 +2,10 @@
 // file=iscsi://…` uses — can read and write a volume of a real `cistern daemon --iscsi`
 // with the commands of qemu-io: writes of 64 KiB and 1 MiB with patterns, then reads
 // checking the patterns (`read -P`), with the default cache mode and with cache=none.
-// (Debian 12's qemu 7.2 asks GET LBA STATUS for a range of BDRV_REQUEST_MAX_BYTES, not a
-// multiple of 4096, before reads of 32 KiB and more on thin LUNs, and aborts on a LUN
-// with 4096-byte logical blocks; this test fails until the LUN's geometry or
-// provisioning report keeps qemu off that path.)
+// Debian 12's qemu 7.2 aborted here on reads of 32 KiB and more while the LUN reported
+// an optimal unmap granularity of one 4096-byte block: qemu then keeps an allocation map
+// and asks block status over a length that is not a multiple of the block size. The
+// Block Limits page now leaves the granularity unreported (scsi/geometry.ts).
 
 import { strict as assert } from 'node:assert';
 import fs from 'node:fs';

@@ -84,3 +84,16 @@ export function maxCompareAndWriteBlocks(geometry: Geometry): number {
 export function granularityBlocks(geometry: Geometry): number {
   return Math.max(1, ALLOCATION_UNIT_BYTES / geometry.blockBytes);
 }
+
+/**
+ * OPTIMAL UNMAP GRANULARITY for VPD 0xB0: the allocation unit in blocks, or 0 ("not
+ * reported") when one logical block is the whole unit. Reporting 1 there adds nothing
+ * an initiator can use, and qemu (7.2 and later, block/iscsi.c) then keeps an
+ * allocation map of 4 KiB clusters and asks block status over a 512-aligned length
+ * that is not a multiple of a 4096-byte block — an assertion that aborts qemu on its
+ * first large read of a thin 4Kn LUN. With 0, qemu keeps no map and reads plainly.
+ */
+export function unmapGranularityBlocks(geometry: Geometry): number {
+  const blocks = granularityBlocks(geometry);
+  return blocks === 1 ? 0 : blocks;
+}

@@ -204,7 +204,7 @@ function blockLimits(geometry: G.Geometry): Uint8Array {
   body.writeUInt32BE(G.maxTransferBlocks(geometry), 12); // maximum prefetch length
   body.writeUInt32BE(G.MAX_UNMAP_BLOCKS, 16);
   body.writeUInt32BE(G.MAX_UNMAP_DESCRIPTORS, 20);
-  body.writeUInt32BE(G.granularityBlocks(geometry), 24); // optimal unmap granularity
+  body.writeUInt32BE(G.unmapGranularityBlocks(geometry), 24); // optimal unmap granularity
   body.writeUInt32BE(0x80000000, 28); // UGAVALID, alignment 0
   body.writeBigUInt64BE(BigInt(G.maxWriteSameBlocks(geometry)), 32);
   return body;

@@ -6,7 +6,9 @@
 import { strict as assert } from 'node:assert';
 import { test } from 'node:test';
 import { ScsiStatus } from '../scsi-task';
-import { B, VOLUME, be, fixture, read10, run, senseOf, write10 } from './testing';
+import { GEOMETRY_512E } from './geometry';
+import { ScsiLogicalUnit } from './logical-unit';
+import { B, VOLUME, be, fixture, read10, run, senseOf, task, write10 } from './testing';
 
 const blocks = (count: number, fill: number) => Buffer.alloc(count * 512, fill);
 
@@ -209,4 +211,28 @@ test('SYNCHRONIZE CACHE(16) beyond the end is LBA OUT OF RANGE', async () => {
   const { unit } = await fixture(1024 * 1024);
   const response = await run(unit, [0x91, 0, ...be(4000, 8), ...be(1, 4), 0, 0]);
   assert.equal(senseOf(response).asc, 0x21);
+});
+
+test('READ sends a lent buffer as it is and hands its release to the transport; without leases it owns a copy', async () => {
+  const { provider, unit } = await fixture();
+  await run(unit, write10(8, 2), { dataOut: blocks(2, 0x5a) });
+  const handle = await provider.open(VOLUME, { readOnly: false });
+  let released = 0;
+  const lent = Buffer.alloc(1024, 0x5a);
+  const leasing = Object.assign(Object.create(handle) as typeof handle, {
+    readLeased: async (offset: number, length: number) => {
+      assert.deepEqual([offset, length], [8 * 512, 1024]);
+      return { data: lent, release: () => (released += 1) };
+    },
+  });
+  const leased = new ScsiLogicalUnit(leasing, VOLUME, GEOMETRY_512E);
+  await leased.execute(task([0x00, 0, 0, 0, 0, 0]));
+  const response = await leased.execute(task(read10(8, 2)));
+  assert.equal(response.dataIn, lent, 'the lent bytes, not a copy');
+  assert.equal(released, 0, 'still lent until the transport is done');
+  response.release!();
+  assert.equal(released, 1);
+  const plain = await run(unit, read10(8, 2));
+  assert.equal(plain.release, undefined);
+  assert.ok(Buffer.from(plain.dataIn!).equals(blocks(2, 0x5a)));
 });

@@ -23,8 +23,8 @@
 // read-only: every written object is on all three of its placement members,
 // byte-identical, on no other disk (copies on former members were removed), and the
 // added host holds some.
-// Left out for now (a known bug, see the note at the narrowed test): a network cut
-// with client I/O in flight.
+// A network cut with client I/O in flight, and kill -9 of every daemon at once, are in
+// peering.test.ts (peering picks the authoritative member of PGs left all stale).
 // A missing tool or a failing client fails the test; nothing is skipped.
 
 import { strict as assert } from 'node:assert';
@@ -475,11 +475,9 @@ describe('host failures under a verified write workload', () => {
     );
   });
 
-  // Narrowed: the cut happens while no client request is in flight. With requests in
-  // flight, primaries wait on the cut replica for the 30 s peer timeout, the gateway's
-  // own requests to those primaries time out at the same moment, and the gateway takes
-  // the healthy primaries down; back as stale members, PGs whose third member is the
-  // cut host have no up-to-date member left and stay inactive. Left out until fixed.
+  // The cut here happens while no client request is in flight; peering.test.ts cuts a
+  // host with requests in flight (PGs left with every member stale, which peering now
+  // brings back through their authoritative members).
   test('a host’s network cut and restored: writes go on, it rejoins, is recovered, clean', async (t) => {
     const gateway = network.host(0);
     const victim = network.host(3);

@@ -4,7 +4,6 @@
 // for this daemon's map to move past it and tries again with the new placement. FLUSH
 // reaches every primary this gateway wrote through since its last flush.
 
-import { FlushOrder } from './flush-order';
 import { CisternError, isCisternError } from '../util/errors';
 import { ObjectKey } from '../store/key';
 import { Extent } from '../volume/backend';
@@ -52,8 +51,6 @@ export interface GatewayOptions {
 }
 
 export class Gateway implements ObjectIo {
-  /** A flush completes only after every flush started before it (flush-order.ts). */
-  private readonly flushOrder = new FlushOrder();
   /**
    * Primaries (hosts) written through since the last flush, with the incarnation of
    * the daemon that acknowledged those writes (handler.ts): a daemon restarted since
@@ -313,11 +310,7 @@ export class Gateway implements ObjectIo {
    * incarnation than the one that acknowledged the writes restarted meanwhile: every host
    * flushes, and the FLUSH fails with EIO, since the restart may have lost some.
    */
-  flush(): Promise<void> {
-    return this.flushOrder.run(() => this.flushOnce());
-  }
-
-  private async flushOnce(): Promise<void> {
+  async flush(): Promise<void> {
     const hosts = [...this.written];
     this.written.clear();
     const lost: string[] = [];

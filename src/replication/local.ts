@@ -6,7 +6,6 @@
 // on with the remaining members. Request errors (ENOSPC, EINVAL) go back to the
 // caller unchanged.
 
-import { FlushOrder } from './flush-order';
 import { assert } from '../util/assert';
 import { CisternError, isCisternError } from '../util/errors';
 import { Extent } from '../volume/backend';
@@ -44,8 +43,6 @@ export function isDeviceFailure(error: unknown): boolean {
 }
 
 export class LocalReplication implements ObjectIo {
-  /** A flush completes only after every flush started before it (flush-order.ts). */
-  private readonly flushOrder = new FlushOrder();
   private readonly ordering = new RangeOrdering();
   /** Disks written since their last flush. */
   private readonly dirty = new Set<number>();
@@ -455,11 +452,7 @@ export class LocalReplication implements ObjectIo {
    * (every one failed or was taken down meanwhile): then EIO, since saying "durable"
    * would vouch for writes that may exist only in lost caches (invariant 1).
    */
-  flush(): Promise<void> {
-    return this.flushOrder.run(() => this.flushOnce());
-  }
-
-  private async flushOnce(): Promise<void> {
+  async flush(): Promise<void> {
     const disks = [...this.dirty];
     this.dirty.clear();
     const holders = this.holders;

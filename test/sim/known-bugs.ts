@@ -60,13 +60,15 @@ export const KNOWN_BUGS: KnownBug[] = [
   },
   {
     name: 'gateway-flush-forgets-writes-in-flight',
-    owner: 'peering (gateway.ts / local.ts flush, under faults)',
+    owner: 'peering (gateway.ts flush)',
     what:
-      'a FLUSH returned while a write it covers sat in a replica cache. The fault-free ' +
-      'case (a second flush finding the dirty set a first, still running flush had ' +
-      'taken) is fixed by flush-order.ts: 38 of 300 CI seeds before, 1 after (seed 231, ' +
-      'with map changes at epoch 34–35: a flush around a member taken out), not yet ' +
-      'diagnosed',
+      'Gateway marks a primary as written when a write is sent, and a FLUSH takes and ' +
+      'clears those marks. A flush by another client through the same gateway while a ' +
+      'write is still in flight (e.g. waiting on a slow replica) clears the mark, the ' +
+      "primary's own dirty set does not have the write yet, and once the write is " +
+      'acknowledged no later flush through that gateway asks that primary again: the FLUSH ' +
+      'returns while the write is durable nowhere (seed 1592: lost in the power loss). ' +
+      'Marking the primary again when the write returns would fix it',
     matches: (f) => f.kind === 'inv1-durability' && f.text.includes(NOT_DURABLE_TEXT),
   },
   {

@@ -29,119 +29,40 @@
 
 import { strict as assert } from 'node:assert';
 import crypto from 'node:crypto';
-import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test, type TestContext } from 'node:test';
-import { unpack } from 'msgpackr';
 import { openDevice } from '../../src/engine';
 import { ObjectStore } from '../../src/store/object-store';
 import type { ClusterState } from '../../src/cluster/state';
 import { computeTable, objectToPg, pgRow } from '../../src/placement/straw2';
-import {
-  CISTERN_BIN,
-  cistern,
-  createNetwork,
-  Daemon,
-  Etcd,
-  etcdctl,
-  ExecResult,
-  Host,
-  NBD_PORT,
-  NetnsProcess,
-  sleep,
-  startDaemon,
-  startEtcd,
-  TestNetwork,
-} from './harness';
-import type { RunConfig, RunSummary, Target, VerifyConfig, VerifySummary } from './workload';
+import { CISTERN_BIN, Daemon, Host, NBD_PORT, sleep, startDaemon } from './harness';
+import { judge, Workload, WorkloadCluster } from './workload-cluster';
 
 const MiB = 1024 * 1024;
 const OBJECT_BYTES = 4 * MiB;
 const CLUSTER_HOSTS = 4;
-const PEER_PORT = 10811;
-const VOLUME_BYTES = 64 * MiB;
-const WORKLOAD = path.join(__dirname, 'workload.js');
 /** Writes the workload must make before a fault, and again after it, to show it goes on. */
 const WRITES_BEFORE_FAULT = 300;
 const WRITES_AFTER_FAULT = 300;
+/** Every test waits for at least this many writes before it stops its workload. */
+const WRITES_MIN = WRITES_BEFORE_FAULT + WRITES_AFTER_FAULT;
 /** A killed host's lease (10 s) lapses and the monitor (1 s ticks) marks it down. */
 const HOST_DOWN_TIMEOUT_MS = 25_000;
-/** All PGs clean again after a host is back: backfill of 64 MiB volumes takes seconds. */
-const CLEAN_TIMEOUT_MS = 60_000;
-/** Progress under a fault: a cut host's peer requests hang until their 30 s timeout. */
-const PROGRESS_TIMEOUT_MS = 60_000;
-/** One request is retried this long: longer than a peer request timeout plus reconnects. */
-const RETRY_MS_MAX = 50_000;
-const WORKLOAD_DURATION_MS_MAX = 240_000;
 /** A drain moves a fifth of a few sparse 64 MiB volumes, at the client-busy recovery share. */
 const DRAIN_TIMEOUT_MS = 120_000;
 /** Every daemon runs a stray pass on each map change, and every 10 s anyway. */
 const STRAY_PASS_TIMEOUT_MS = 30_000;
 
-interface Status {
-  health: string;
-  epoch: number;
-  hostsUp: string[];
-  hostsDown: string[];
-  disks: Array<{ id: number; host: string; path: string; up: boolean; in: boolean }>;
-  pgStates: Record<'active+clean' | 'active+degraded' | 'inactive', number>;
-  recovery: { objectsDegraded: number; objectsMisplaced: number; staleMembers: number };
-}
-
-interface Workload {
-  volume: string;
-  process: NetnsProcess;
-  /** Resolves once the workload has made `count` more writes than it had at the call. */
-  writes(count: number): Promise<void>;
-  /** Stops starting requests; resolves once none is in flight. */
-  pause(): Promise<void>;
-  resume(): void;
-  stop(): Promise<RunSummary>;
-}
-
 describe('host failures under a verified write workload', () => {
-  let network: TestNetwork;
-  let etcd: Etcd;
-  let secretFile: string;
-  /** The daemon running on each host now. */
-  const daemons = new Map<string, Daemon>();
+  let cluster: WorkloadCluster;
   /** h4: the host added in the last step. */
   let spare: Host;
-  /** h5: runs no daemon; the workload and the checks run here. */
-  let client: Host;
-  /** Volumes written so far, each with its workload's model file. */
-  const models = new Map<string, string>();
-
-  const admin = (args: string[]): Promise<ExecResult> =>
-    cistern(network, client, ['--etcd', etcd.url, ...args]);
-  const status = async (): Promise<Status> =>
-    JSON.parse((await admin(['status', '--json'])).stdout) as Status;
-  const target = (host: Host): Target => ({ host: host.address, port: NBD_PORT });
-
-  const daemonArgs = (host: Host): string[] => {
-    const dataDir = path.join(network.workDir, `data-${host.name}`);
-    return [
-      ...['--etcd', etcd.url, '--host-id', host.name],
-      ...['--listen', `${host.address}:${PEER_PORT}`, '--secret-file', secretFile],
-      ...['--disk', `${dataDir}/disk0.img:1G`, '--data-dir', dataDir],
-      ...['--nbd', `${host.address}:${NBD_PORT}`, '--admin', '127.0.0.1:0'],
-    ];
-  };
-
-  /** The whole cluster state, straight from etcd (as every daemon sees it). */
-  const readState = async (): Promise<ClusterState> => {
-    const result = await etcdctl(network, client, etcd, ['get', '/cistern/state', '-w', 'json']);
-    const reply = JSON.parse(result.stdout) as { kvs?: Array<{ value: string }> };
-    const value = reply.kvs?.[0]?.value;
-    assert.ok(value, 'no cluster state in etcd');
-    return unpack(Buffer.from(value, 'base64')) as ClusterState;
-  };
 
   /** Per host, how many of the volume's objects it is primary of and holds a replica of. */
   const roles = async (
     volume: string,
   ): Promise<Map<string, { primary: number; replica: number }>> => {
-    const state = await readState();
+    const state = await cluster.readState();
     const spec = state.volumes.find((v) => v.name === volume);
     assert.ok(spec, `no volume ${volume}`);
     const table = computeTable(state.map, spec.pool);
@@ -160,167 +81,6 @@ describe('host failures under a verified write workload', () => {
     return counts;
   };
 
-  const waitForStatus = async (
-    what: string,
-    done: (s: Status) => boolean,
-    timeoutMs: number,
-  ): Promise<Status> => {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const now = await status();
-      if (done(now)) return now;
-      if (Date.now() > deadline) {
-        assert.fail(`${what}: not within ${timeoutMs} ms; status:\n${JSON.stringify(now)}`);
-      }
-      await sleep(500);
-    }
-  };
-
-  /** Every host alive, every disk up and in, every PG active+clean (no stale member). */
-  const waitForClean = (t: TestContext): Promise<Status> => {
-    const started = Date.now();
-    return waitForStatus(
-      'cluster clean',
-      (s) =>
-        s.health === 'ok' &&
-        s.hostsDown.length === 0 &&
-        s.disks.every((d) => d.up && d.in) &&
-        s.pgStates['active+degraded'] === 0 &&
-        s.pgStates.inactive === 0,
-      CLEAN_TIMEOUT_MS,
-    ).then((s) => {
-      t.diagnostic(`clean after ${Date.now() - started} ms (epoch ${s.epoch})`);
-      return s;
-    });
-  };
-
-  const startWorkload = async (
-    volume: string,
-    gateways: Host[],
-    seed: number,
-  ): Promise<Workload> => {
-    await admin(['volume', 'create', volume, '--size', `${VOLUME_BYTES}`, '--pool', 'rep']);
-    const state = await readState();
-    const spec = state.volumes.find((v) => v.name === volume);
-    assert.ok(spec);
-    const modelFile = path.join(network.workDir, `model-${volume}.json`);
-    const stopFile = path.join(network.workDir, `stop-${volume}`);
-    const pauseFile = path.join(network.workDir, `pause-${volume}`);
-    const config: RunConfig = {
-      mode: 'run',
-      targets: gateways.map(target),
-      exportName: volume,
-      volumeTag: spec.id,
-      sizeBytes: VOLUME_BYTES,
-      modelFile,
-      stopFile,
-      pauseFile,
-      durationMsMax: WORKLOAD_DURATION_MS_MAX,
-      flushEvery: 32,
-      queueDepth: 8,
-      readPercent: 40,
-      seed,
-      progressMs: 200,
-      retryMsMax: RETRY_MS_MAX,
-    };
-    const child = network.spawn(client, [process.execPath, WORKLOAD, JSON.stringify(config)]);
-    type Progress = { writes: number; paused: boolean; inFlight: number };
-    const progress = (): Progress | undefined => {
-      const lines = child.lines();
-      for (let i = lines.length - 1; i >= 0; i -= 1) {
-        if ((lines[i] as string).startsWith('{"progress"')) {
-          return (JSON.parse(lines[i] as string) as { progress: Progress }).progress;
-        }
-      }
-      return undefined;
-    };
-    const writesNow = (): number => progress()?.writes ?? 0;
-    return {
-      volume,
-      process: child,
-      async writes(count: number): Promise<void> {
-        const goal = writesNow() + count;
-        const deadline = Date.now() + PROGRESS_TIMEOUT_MS;
-        while (writesNow() < goal) {
-          const exit = child.exit();
-          assert.ok(exit === undefined, `workload exited: ${child.stderr()}`);
-          assert.ok(
-            Date.now() < deadline,
-            `the workload made fewer than ${count} writes in ${PROGRESS_TIMEOUT_MS} ms:\n` +
-              child.lines().slice(-5).join('\n'),
-          );
-          await sleep(100);
-        }
-      },
-      async pause(): Promise<void> {
-        fs.writeFileSync(pauseFile, '');
-        const deadline = Date.now() + PROGRESS_TIMEOUT_MS;
-        for (;;) {
-          // A line printed after this call, so that it reflects the pause.
-          const from = child.lines().length;
-          await child.waitForLine(/^\{"progress"/, 5000, from);
-          const now = progress();
-          if (now?.paused && now.inFlight === 0) return;
-          assert.ok(Date.now() < deadline, `the workload did not go idle: ${JSON.stringify(now)}`);
-        }
-      },
-      resume(): void {
-        fs.rmSync(pauseFile);
-      },
-      async stop(): Promise<RunSummary> {
-        fs.writeFileSync(stopFile, '');
-        const exit = await child.exited;
-        assert.deepEqual(exit, { code: 0, signal: null }, child.stderr());
-        const last = child.stdout().trim().split('\n').pop() as string;
-        models.set(volume, modelFile);
-        return (JSON.parse(last) as { summary: RunSummary }).summary;
-      },
-    };
-  };
-
-  /** Checks the workload's summary: nothing wrong seen, every failure retried to success. */
-  const judge = (t: TestContext, summary: RunSummary): void => {
-    const { mismatchDetails, errorDetails, ...counts } = summary;
-    t.diagnostic(`workload: ${JSON.stringify(counts)}`);
-    if (errorDetails.length > 0) t.diagnostic(`first errors: ${JSON.stringify(errorDetails)}`);
-    assert.equal(summary.mismatches, 0, `mismatches: ${JSON.stringify(mismatchDetails)}`);
-    assert.equal(summary.unresolved, 0, `writes never acknowledged: ${JSON.stringify(summary)}`);
-    assert.ok(summary.writes >= WRITES_BEFORE_FAULT + WRITES_AFTER_FAULT, 'too few writes');
-    assert.ok(summary.reads > 0, 'no reads were verified');
-    assert.ok(summary.flushes > 0, 'no flushes');
-  };
-
-  /** Reads the whole volume through `host`'s export and checks it against the model. */
-  const verifyThrough = async (
-    host: Host,
-    volume: string,
-    modelOf = volume,
-  ): Promise<VerifySummary> => {
-    const modelFile = models.get(modelOf);
-    assert.ok(modelFile, `no model for ${volume}`);
-    const config: VerifyConfig = {
-      mode: 'verify',
-      targets: [target(host)],
-      exportName: volume,
-      modelFile,
-    };
-    const result = await network.exec(client, [process.execPath, WORKLOAD, JSON.stringify(config)]);
-    const verified = (
-      JSON.parse(result.stdout.trim().split('\n').pop() as string) as {
-        verify: VerifySummary;
-      }
-    ).verify;
-    assert.equal(verified.blocks, VOLUME_BYTES / 4096);
-    assert.ok(verified.blocksWritten > 0);
-    if (modelOf !== volume) return verified;
-    assert.equal(
-      verified.mismatches,
-      0,
-      `${volume} through ${host.name}: ${JSON.stringify(verified.mismatchDetails)}`,
-    );
-    return verified;
-  };
-
   /**
    * Opens a stopped host's disk read-only: "volume/object" → SHA-256 of the whole object,
    * for the given volumes of `pool`.
@@ -334,7 +94,7 @@ describe('host failures under a verified write workload', () => {
     const disk = state.map.disks.find((d) => d.id === diskId);
     const location = state.disks[String(diskId)];
     assert.ok(disk && location, `disk ${diskId} has no location`);
-    const dataDir = path.join(network.workDir, `data-${disk.host}`);
+    const dataDir = path.join(cluster.network.workDir, `data-${disk.host}`);
     const held = new Map<string, string>();
     const device = await openDevice(location.path, { readOnly: true });
     try {
@@ -362,7 +122,7 @@ describe('host failures under a verified write workload', () => {
   /** Waits until every running daemon has logged a stray pass at `epoch` or later. */
   const waitForStrayPasses = async (epoch: number): Promise<void> => {
     const deadline = Date.now() + STRAY_PASS_TIMEOUT_MS;
-    for (const daemon of daemons.values()) {
+    for (const daemon of cluster.daemons.values()) {
       for (;;) {
         const passed = daemon
           .log()
@@ -379,10 +139,10 @@ describe('host failures under a verified write workload', () => {
 
   /** kill -9 of every process on `victim`; once the monitor has seen it down, restart. */
   const killAndRestart = async (t: TestContext, victim: Host, workload: Workload) => {
-    const killed = await network.killHost(victim);
+    const killed = await cluster.network.killHost(victim);
     assert.equal(killed.length, 1, `${victim.name} ran no daemon`);
     await workload.writes(WRITES_AFTER_FAULT);
-    const down = await waitForStatus(
+    const down = await cluster.waitForStatus(
       `${victim.name} seen down`,
       (s) => s.hostsDown.includes(victim.name),
       HOST_DOWN_TIMEOUT_MS,
@@ -390,47 +150,34 @@ describe('host failures under a verified write workload', () => {
     t.diagnostic(`${victim.name} down at epoch ${down.epoch}: ${JSON.stringify(down.pgStates)}`);
     assert.equal(down.pgStates.inactive, 0, 'a PG went inactive with one host down');
     assert.ok(down.recovery.objectsDegraded > 0, 'no degraded objects with a host down');
-    daemons.set(victim.name, await (killed[0] as Daemon).restart());
+    cluster.daemons.set(victim.name, await (killed[0] as Daemon).restart());
   };
 
   before(async () => {
     // h0..h3 run the cluster, h4 is added later, h5 is the client.
-    network = createNetwork({ hosts: CLUSTER_HOSTS + 2 });
-    spare = network.host(CLUSTER_HOSTS);
-    client = network.host(CLUSTER_HOSTS + 1);
-    etcd = await startEtcd(network);
-    secretFile = path.join(network.workDir, 'cluster.secret');
-    await cistern(network, client, [
-      ...['cluster', 'init', '--etcd', etcd.url, '--secret-file', secretFile],
-    ]);
-    const hosts = network.hosts.slice(0, CLUSTER_HOSTS);
-    const started = await Promise.all(
-      hosts.map((host) => startDaemon(network, host, daemonArgs(host))),
-    );
-    for (const daemon of started) daemons.set(daemon.host.name, daemon);
-    await admin([
-      ...['pool', 'create', 'rep', '--size', '3', '--min-size', '2'],
-      ...['--failure-domain', 'host'],
-    ]);
+    cluster = new WorkloadCluster({
+      clusterHosts: CLUSTER_HOSTS,
+      otherHosts: 2,
+      // All PGs clean again after a host is back: backfill of 64 MiB volumes takes seconds.
+      cleanTimeoutMs: 60_000,
+      // Progress under a fault: a cut host's peer requests hang until their 30 s timeout.
+      progressTimeoutMs: 60_000,
+      // One request is retried this long: longer than a peer request timeout plus reconnects.
+      retryMsMax: 50_000,
+      workloadDurationMsMax: 240_000,
+    });
+    spare = cluster.network.host(CLUSTER_HOSTS);
+    await cluster.start();
   });
 
   after(async () => {
-    // Keeps every daemon's log for a post-mortem when asked to (the work dir is removed).
-    const keep = process.env.CISTERN_TEST_LOG_DIR;
-    if (keep !== undefined && network !== undefined) {
-      fs.mkdirSync(keep, { recursive: true });
-      for (const process of network.running()) {
-        const name = `${process.host.name}-${process.pid}.log`;
-        fs.writeFileSync(path.join(keep, name), process.lines().join('\n'));
-      }
-    }
-    await network?.destroy();
+    await cluster?.destroy();
   });
 
   test('kill -9 of a replica host, then of a primary host: no acknowledged write lost, clean again', async (t) => {
-    const gateway = network.host(0);
-    const others = network.hosts.slice(1, CLUSTER_HOSTS);
-    const workload = await startWorkload('kills', [gateway, ...others], 1);
+    const gateway = cluster.network.host(0);
+    const others = cluster.network.hosts.slice(1, CLUSTER_HOSTS);
+    const workload = await cluster.startWorkload('kills', [gateway, ...others], 1);
     const role = await roles('kills');
     t.diagnostic(`roles for kills: ${JSON.stringify([...role])}`);
     const byPrimaries = others
@@ -442,32 +189,32 @@ describe('host failures under a verified write workload', () => {
 
     await workload.writes(WRITES_BEFORE_FAULT);
     await killAndRestart(t, replicaHost, workload);
-    await waitForClean(t);
+    await cluster.waitForClean(t);
     await workload.writes(WRITES_BEFORE_FAULT);
     await killAndRestart(t, primaryHost, workload);
-    await waitForClean(t);
+    await cluster.waitForClean(t);
     await workload.writes(WRITES_AFTER_FAULT);
-    judge(t, await workload.stop());
-    await verifyThrough(primaryHost, 'kills');
-    await verifyThrough(replicaHost, 'kills');
+    judge(t, await workload.stop(), WRITES_MIN);
+    await cluster.verifyThrough(primaryHost, 'kills');
+    await cluster.verifyThrough(replicaHost, 'kills');
   });
 
   test('kill -9 of the workload’s gateway host: the client reconnects elsewhere, nothing lost', async (t) => {
-    const gateway = network.host(1);
-    const fallback = network.host(2);
-    const workload = await startWorkload('gateway', [gateway, fallback], 2);
+    const gateway = cluster.network.host(1);
+    const fallback = cluster.network.host(2);
+    const workload = await cluster.startWorkload('gateway', [gateway, fallback], 2);
     await workload.writes(WRITES_BEFORE_FAULT);
     await killAndRestart(t, gateway, workload);
-    await waitForClean(t);
+    await cluster.waitForClean(t);
     await workload.writes(WRITES_AFTER_FAULT);
     const summary = await workload.stop();
-    judge(t, summary);
+    judge(t, summary, WRITES_MIN);
     assert.ok(summary.reconnects >= 1, 'the client never reconnected');
     assert.ok(summary.gateways.includes(`${fallback.address}:${NBD_PORT}`), 'no failover');
     // Through the host that died and came back: it serves what was written without it.
-    await verifyThrough(gateway, 'gateway');
+    await cluster.verifyThrough(gateway, 'gateway');
     // The check can fail: this volume against the other volume's model does.
-    const control = await verifyThrough(gateway, 'gateway', 'kills');
+    const control = await cluster.verifyThrough(gateway, 'gateway', 'kills');
     assert.ok(control.mismatches > 0, 'a volume verified against another volume’s model');
     assert.ok(
       control.mismatchDetails.some((m) => m.found.kind === 'written' && m.found.block === m.block),
@@ -479,14 +226,14 @@ describe('host failures under a verified write workload', () => {
   // host with requests in flight (PGs left with every member stale, which peering now
   // brings back through their authoritative members).
   test('a host’s network cut and restored: writes go on, it rejoins, is recovered, clean', async (t) => {
-    const gateway = network.host(0);
-    const victim = network.host(3);
-    const workload = await startWorkload('cut', [gateway, network.host(1)], 3);
+    const gateway = cluster.network.host(0);
+    const victim = cluster.network.host(3);
+    const workload = await cluster.startWorkload('cut', [gateway, cluster.network.host(1)], 3);
     await workload.writes(WRITES_BEFORE_FAULT);
     await workload.pause();
-    network.cutHost(victim);
+    cluster.network.cutHost(victim);
     try {
-      const down = await waitForStatus(
+      const down = await cluster.waitForStatus(
         `${victim.name} seen down`,
         (s) => s.hostsDown.includes(victim.name),
         HOST_DOWN_TIMEOUT_MS,
@@ -495,44 +242,55 @@ describe('host failures under a verified write workload', () => {
       workload.resume();
       await workload.writes(WRITES_AFTER_FAULT);
     } finally {
-      network.restoreHost(victim);
+      cluster.network.restoreHost(victim);
     }
-    assert.ok(daemons.get(victim.name)?.running(), 'the cut daemon died');
-    await waitForClean(t);
+    assert.ok(cluster.daemons.get(victim.name)?.running(), 'the cut daemon died');
+    await cluster.waitForClean(t);
     await workload.writes(WRITES_AFTER_FAULT);
-    judge(t, await workload.stop());
-    await verifyThrough(victim, 'cut');
+    judge(t, await workload.stop(), WRITES_MIN);
+    await cluster.verifyThrough(victim, 'cut');
   });
 
   test('a fifth host added under the workload: the cluster gets clean with data on it', async (t) => {
-    const workload = await startWorkload('grow', [network.host(0), network.host(1)], 4);
+    const workload = await cluster.startWorkload(
+      'grow',
+      [cluster.network.host(0), cluster.network.host(1)],
+      4,
+    );
     await workload.writes(WRITES_BEFORE_FAULT);
-    daemons.set(spare.name, await startDaemon(network, spare, daemonArgs(spare)));
-    await waitForStatus('h4 joined', (s) => s.hostsUp.includes(spare.name), 10_000);
+    cluster.daemons.set(
+      spare.name,
+      await startDaemon(cluster.network, spare, cluster.daemonArgs(spare)),
+    );
+    await cluster.waitForStatus('h4 joined', (s) => s.hostsUp.includes(spare.name), 10_000);
     await workload.writes(WRITES_AFTER_FAULT);
-    await waitForClean(t);
-    judge(t, await workload.stop());
+    await cluster.waitForClean(t);
+    judge(t, await workload.stop(), WRITES_MIN);
     const role = await roles('grow');
     t.diagnostic(`roles for grow: ${JSON.stringify([...role])}`);
     const placed = role.get(spare.name);
     assert.ok(placed && placed.primary + placed.replica > 0, 'no object placed on the new host');
     // Every volume written in this file reads back as its model says through the new host.
-    for (const volume of models.keys()) await verifyThrough(spare, volume);
+    for (const volume of cluster.models.keys()) await cluster.verifyThrough(spare, volume);
   });
 
   test('a host drained under the workload: progress, then empty; host rm refused until then', async (t) => {
-    const victim = network.host(2);
-    const workload = await startWorkload('drain', [network.host(0), network.host(1)], 5);
+    const victim = cluster.network.host(2);
+    const workload = await cluster.startWorkload(
+      'drain',
+      [cluster.network.host(0), cluster.network.host(1)],
+      5,
+    );
     await workload.writes(WRITES_BEFORE_FAULT);
-    const drain = network.spawn(client, [
-      ...[process.execPath, CISTERN_BIN, '--etcd', etcd.url],
+    const drain = cluster.network.spawn(cluster.client, [
+      ...[process.execPath, CISTERN_BIN, '--etcd', cluster.etcd.url],
       ...['host', 'drain', victim.name, '--timeout', `${DRAIN_TIMEOUT_MS / 1000}`],
     ]);
     await drain.waitForLine(
       /^draining host h2: placement weight of disk\(s\) \d+ set to 0$/,
       30_000,
     );
-    const early = await admin(['host', 'rm', victim.name]).catch((error: Error) => error);
+    const early = await cluster.admin(['host', 'rm', victim.name]).catch((error: Error) => error);
     assert.ok(early instanceof Error, 'host rm accepted while the drain runs');
     assert.match(early.message, /cistern: host h2 (is running|still holds \d+ PG)/);
     await workload.writes(WRITES_AFTER_FAULT);
@@ -542,46 +300,48 @@ describe('host failures under a verified write workload', () => {
     t.diagnostic(`drain: ${progress.length} progress lines, first: ${progress[0]}`);
     assert.ok(progress.length > 0, 'no progress was shown');
     assert.match(drain.stdout(), /^host h2 holds no data: it can be powered off and removed/m);
-    const clean = await waitForClean(t);
+    const clean = await cluster.waitForClean(t);
     await workload.writes(WRITES_AFTER_FAULT);
-    judge(t, await workload.stop());
-    await verifyThrough(network.host(0), 'drain');
+    judge(t, await workload.stop(), WRITES_MIN);
+    await cluster.verifyThrough(cluster.network.host(0), 'drain');
 
     // Its copies go once their PGs are clean; then a clean stop, and the store is empty.
-    const state = await readState();
+    const state = await cluster.readState();
     const pool = state.map.pools.find((p) => p.name === 'rep');
     assert.ok(pool);
     await waitForStrayPasses(clean.epoch);
-    const drained = daemons.get(victim.name);
+    const drained = cluster.daemons.get(victim.name);
     assert.ok(drained);
     assert.deepEqual(await drained.stop('SIGTERM'), { code: 0, signal: null });
-    daemons.delete(victim.name);
-    const volumes = state.volumes.filter((v) => models.has(v.name));
+    cluster.daemons.delete(victim.name);
+    const volumes = state.volumes.filter((v) => cluster.models.has(v.name));
     for (const disk of state.map.disks.filter((d) => d.host === victim.name)) {
       const held = await objectsOnDisk(state, disk.id, pool.id, volumes);
       assert.deepEqual([...held.keys()], [], `the drained disk ${disk.id} still holds objects`);
     }
-    await admin(['host', 'rm', victim.name]);
-    const after = await status();
+    await cluster.admin(['host', 'rm', victim.name]);
+    const after = await cluster.status();
     assert.ok(!after.disks.some((d) => d.host === victim.name), 'h2 is still in the map');
     // The drained host's copies are gone: every volume still reads back whole.
-    for (const volume of models.keys()) await verifyThrough(network.host(1), volume);
+    for (const volume of cluster.models.keys()) {
+      await cluster.verifyThrough(cluster.network.host(1), volume);
+    }
   });
 
   test('after a clean stop: every object on all three placement members, byte-identical, nowhere else', async (t) => {
-    await waitForStrayPasses((await readState()).map.epoch);
-    const state = await readState();
+    await waitForStrayPasses((await cluster.readState()).map.epoch);
+    const state = await cluster.readState();
     const pool = state.map.pools.find((p) => p.name === 'rep');
     assert.ok(pool);
     const table = computeTable(state.map, pool.id);
     const disks = new Map(state.map.disks.map((d) => [d.id, d]));
-    const volumes = state.volumes.filter((v) => models.has(v.name));
-    assert.deepEqual(volumes.map((v) => v.name).sort(), [...models.keys()].sort());
+    const volumes = state.volumes.filter((v) => cluster.models.has(v.name));
+    assert.deepEqual(volumes.map((v) => v.name).sort(), [...cluster.models.keys()].sort());
 
-    const exits = await Promise.all([...daemons.values()].map((d) => d.stop('SIGTERM')));
+    const exits = await Promise.all([...cluster.daemons.values()].map((d) => d.stop('SIGTERM')));
     assert.deepEqual(
       exits,
-      [...daemons.values()].map(() => ({ code: 0, signal: null })),
+      [...cluster.daemons.values()].map(() => ({ code: 0, signal: null })),
     );
 
     // "volume/object" → disk id → SHA-256 of the whole object as that disk holds it

@@ -2,11 +2,14 @@
 // host's up disks go down with the host-down reason; they go out only once the down-out
 // interval has passed since the host was first seen absent; a returning host gets back
 // exactly the disks the monitor took, up and in, while a disk down for its own fault
-// stays down; live hosts and repeated checks change nothing.
+// stays down; live hosts and repeated checks change nothing; a disk its peers could not
+// reach is held down while its host still shows the liveness key it had (a daemon killed
+// with kill -9 keeps its key until its lease lapses), and comes back at once when its
+// host re-registered or was absent meanwhile.
 
 import { strict as assert } from 'node:assert';
 import { test } from 'node:test';
-import { applyLiveness, hostDownReason } from './monitor';
+import { LivenessChange, UnreachableHold, applyLiveness, hostDownReason } from './monitor';
 import * as state from './state';
 
 function cluster(): state.ClusterState {
@@ -102,4 +105,52 @@ test('a disk down with its host whose device then fails to open stays down when 
   // A later unreachable report does not turn it back into a host-away disk.
   state.markDiskDown(s, 0, `${state.UNREACHABLE_PREFIX}disk 0 unreachable`);
   assert.equal(s.disks['0']?.error, 'EIO: device failed to open');
+});
+
+test('a disk peers could not reach stays down while its host keeps the same key, for the hold', () => {
+  const s = cluster();
+  state.markDiskDown(s, 0, `${state.UNREACHABLE_PREFIX}disk 0 on host h1 unreachable: reset`);
+  const hold = new UnreachableHold(10_000);
+  const alive = new Map([
+    ['h1', { hostId: 'h1', address: 'a1', since: 'registration-1' }],
+    ['h2', { hostId: 'h2', address: 'a2', since: 'registration-1' }],
+  ]);
+  const decide = (nowMs: number): LivenessChange[] =>
+    applyLiveness(
+      s,
+      new Set(alive.keys()),
+      new Map(),
+      nowMs,
+      DOWN_OUT_MS,
+      hold.check(s, alive, nowMs),
+    );
+  // A daemon killed with kill -9 keeps its key until its lease lapses: not re-admitted.
+  assert.deepEqual(decide(0), []);
+  assert.deepEqual(decide(9_999), []);
+  assert.equal(s.map.disks[0]?.up, false);
+  // Still the same key after the hold: a live daemon, re-admitted.
+  assert.deepEqual(decide(10_000), [{ host: 'h1', change: 'up', disks: [0] }]);
+});
+
+test('a disk peers could not reach comes back at once when its host re-registered or was absent', () => {
+  for (const meanwhile of ['restarted', 'absent'] as const) {
+    const s = cluster();
+    state.markDiskDown(s, 0, `${state.UNREACHABLE_PREFIX}disk 0 on host h1 unreachable: reset`);
+    const hold = new UnreachableHold(10_000);
+    const h2 = { hostId: 'h2', address: 'a2', since: 'registration-1' };
+    const before = new Map([
+      ['h1', { hostId: 'h1', address: 'a1', since: 'registration-1' }],
+      ['h2', h2],
+    ]);
+    assert.deepEqual([...hold.check(s, before, 0)], [0]);
+    if (meanwhile === 'absent') assert.deepEqual([...hold.check(s, new Map([['h2', h2]]), 1)], []);
+    const after = new Map([
+      ['h1', { hostId: 'h1', address: 'a1', since: 'registration-2' }],
+      ['h2', h2],
+    ]);
+    const held = hold.check(s, meanwhile === 'absent' ? before : after, 2);
+    assert.deepEqual([...held], [], meanwhile);
+    const changes = applyLiveness(s, new Set(['h1', 'h2']), new Map(), 2, DOWN_OUT_MS, held);
+    assert.deepEqual(changes, [{ host: 'h1', change: 'up', disks: [0] }], meanwhile);
+  }
 });

@@ -4,7 +4,8 @@
 // is then re-placed elsewhere); back again, up and in.
 //
 // The decision is a pure function (applyLiveness) of the state, the set of live hosts,
-// when each absent host was first seen absent, and the time; the Monitor class is the
+// when each absent host was first seen absent, the time, and which disks its peers could
+// not reach are still held down (UnreachableHold); the Monitor class is the
 // shell that campaigns, watches PREFIX/alive/, ticks, and applies decisions with a
 // transaction guarded by its campaign key (a monitor whose lease lapsed cannot write).
 
@@ -12,8 +13,8 @@ import type { Campaign, Watcher } from 'etcd3';
 import { assert } from '../util/assert';
 import { isCisternError } from '../util/errors';
 import type { Log } from '../daemon/log';
-import { type ClusterState, downBecauseHostAway } from './state';
-import type { EtcdClusterStore } from './etcd';
+import { type ClusterState, UNREACHABLE_PREFIX, downBecauseHostAway } from './state';
+import type { AliveRecord, EtcdClusterStore } from './etcd';
 
 /** Down → out after this long by default (Ceph's mon_osd_down_out_interval is 600 s too). */
 export const DOWN_OUT_INTERVAL_DEFAULT_S = 600;
@@ -23,6 +24,17 @@ export const MONITOR_CHECK_INTERVAL_DEFAULT_MS = 1000;
 export const MONITOR_ELECTION_TTL_DEFAULT_S = 10;
 /** Pause before campaigning again after a campaign failed (etcd unreachable). */
 export const MONITOR_RECAMPAIGN_DELAY_MS = 1000;
+/**
+ * How long a disk its peers could not reach (UNREACHABLE) stays down while its host's
+ * liveness key is still the one it had when the monitor first saw the disk so. A daemon
+ * killed with kill -9 keeps its key until its lease lapses (HOST_LEASE_TTL_DEFAULT_S,
+ * 10 s): re-admitting its disks on that key alone brought them back every monitor tick,
+ * each time a stale member that the next write found dead again — two map changes a
+ * second, every request in flight refused for its old epoch, client I/O failing. Past
+ * the default lease plus two checks, a key still there is a live daemon. A host that
+ * re-registered (a restart) or was absent meanwhile gets its disks back at once.
+ */
+export const UNREACHABLE_READMIT_HOLD_MS = 12_000;
 
 export interface MonitorOptions {
   /** Who campaigns: this daemon's host id (the election's value). */
@@ -53,7 +65,8 @@ export function hostDownReason(hostId: string): string {
 /**
  * Applies liveness to `state` (mutating it) and says what changed. Absent hosts: up
  * disks go down; after `downOutMs` since `downSinceMs[host]`, the disks the monitor took
- * down go out. Live hosts: disks the monitor took down come back up and in.
+ * down go out. Live hosts: disks the monitor took down come back up and in, and so do
+ * disks peers could not reach, except those in `held` (UnreachableHold).
  */
 export function applyLiveness(
   state: ClusterState,
@@ -61,6 +74,7 @@ export function applyLiveness(
   downSinceMs: ReadonlyMap<string, number>,
   nowMs: number,
   downOutMs: number,
+  held: ReadonlySet<number> = new Set(),
 ): LivenessChange[] {
   assert(Number.isFinite(nowMs) && downOutMs >= 0, 'bad liveness clock');
   const changes: LivenessChange[] = [];
@@ -75,7 +89,9 @@ export function applyLiveness(
     if (alive.has(host.id)) {
       // Re-admitting a host whose data may be stale (writes went to the other replicas
       // while it was away) needs peering and recovery before it serves reads: issue 5.
-      const back = disks.filter((d) => !d.up && downBecauseHostAway(location(d.id).error, reason));
+      const back = disks.filter(
+        (d) => !d.up && !held.has(d.id) && downBecauseHostAway(location(d.id).error, reason),
+      );
       for (const disk of back) {
         disk.up = true;
         disk.in = true;
@@ -101,6 +117,49 @@ export function applyLiveness(
   return changes;
 }
 
+/**
+ * Which disks marked UNREACHABLE by a peer are still held down, decided per check from
+ * what this monitor has seen since it first saw each so marked: held while its host's
+ * liveness key has stayed the same registration (AliveRecord.since) for less than
+ * UNREACHABLE_READMIT_HOLD_MS; released once the host re-registered (a restarted daemon)
+ * or was seen absent (its lease lapsed: the monitor's own down path takes over). Pure
+ * apart from the clock it is given.
+ */
+export class UnreachableHold {
+  private readonly seen = new Map<number, { sinceMs: number; registration?: string }>();
+
+  constructor(private readonly holdMs = UNREACHABLE_READMIT_HOLD_MS) {
+    assert(holdMs >= 0, `bad hold ${holdMs}`);
+  }
+
+  /** The disks to keep down in this check. */
+  check(state: ClusterState, alive: ReadonlyMap<string, AliveRecord>, nowMs: number): Set<number> {
+    const held = new Set<number>();
+    const marked = new Set<number>();
+    for (const disk of state.map.disks) {
+      const error = state.disks[String(disk.id)]?.error;
+      if (disk.up || error === undefined || !error.startsWith(UNREACHABLE_PREFIX)) continue;
+      marked.add(disk.id);
+      const registration = alive.get(disk.host)?.since;
+      let entry = this.seen.get(disk.id);
+      if (!entry) {
+        entry = { sinceMs: nowMs, ...(registration !== undefined ? { registration } : {}) };
+        this.seen.set(disk.id, entry);
+      }
+      const sameRegistration = registration !== undefined && registration === entry.registration;
+      // Absent once is enough: a later key is a new registration.
+      if (registration === undefined) delete entry.registration;
+      if (sameRegistration && nowMs - entry.sinceMs < this.holdMs) held.add(disk.id);
+    }
+    for (const id of [...this.seen.keys()]) if (!marked.has(id)) this.seen.delete(id);
+    return held;
+  }
+
+  clear(): void {
+    this.seen.clear();
+  }
+}
+
 function ids(disks: Array<{ id: number }>): number[] {
   return disks.map((d) => d.id);
 }
@@ -122,6 +181,8 @@ export class Monitor {
   private recampaignTimer: NodeJS.Timeout | undefined;
   /** When each absent host was first seen absent by this monitor, in now() ms. */
   private readonly downSinceMs = new Map<string, number>();
+  /** Disks peers could not reach, held down while their host may be a dead daemon. */
+  private readonly unreachable = new UnreachableHold();
   private running: Promise<void> | undefined;
   private rerun = false;
   private closed = false;
@@ -192,6 +253,7 @@ export class Monitor {
     void this.aliveWatcher?.cancel().catch(() => undefined);
     this.aliveWatcher = undefined;
     this.downSinceMs.clear();
+    this.unreachable.clear();
   }
 
   /** Runs a liveness check now, or right after the one in progress. */
@@ -220,14 +282,19 @@ export class Monitor {
   private async reconcile(): Promise<void> {
     const key = this.campaignKey;
     if (key === undefined) return;
-    const alive = new Set((await this.store.aliveHosts()).keys());
+    const records = await this.store.aliveHosts();
+    const alive = new Set(records.keys());
     const nowMs = this.now();
     for (const host of this.store.current().map.hosts) {
       if (alive.has(host.id)) this.downSinceMs.delete(host.id);
       else if (!this.downSinceMs.has(host.id)) this.downSinceMs.set(host.id, nowMs);
     }
-    const decide = (state: ClusterState): LivenessChange[] =>
-      applyLiveness(state, alive, this.downSinceMs, nowMs, this.downOutMs);
+    // The hold is judged on the very state the decision changes (a transaction may be
+    // retried on a newer one, where a peer just marked another disk unreachable).
+    const decide = (state: ClusterState): LivenessChange[] => {
+      const held = this.unreachable.check(state, records, nowMs);
+      return applyLiveness(state, alive, this.downSinceMs, nowMs, this.downOutMs, held);
+    };
     if (decide(structuredClone(this.store.current())).length === 0) return;
     let changes: LivenessChange[];
     try {

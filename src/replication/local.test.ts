@@ -7,7 +7,10 @@
 // in while the change waited in the object's ordering queue; and a write is acknowledged
 // only if, once its failed members are out, min-size members the map still has good
 // hold it — not when other hosts took the members that took it down (or back, stale)
-// meanwhile (regressions the simulator found).
+// meanwhile (regressions the simulator found); and a flush that one holder refused (a
+// replica on a newer map) leaves the next flush owing only the writes it did not make
+// durable — a real cluster under map churn failed FLUSH with EIO for writes flushed on
+// two members — while one after every holder of a write was lost still fails with EIO.
 
 import { strict as assert } from 'node:assert';
 import { test } from 'node:test';
@@ -330,4 +333,38 @@ test('a write held by min-size good members after a failed one is out is acknowl
   const { h, failing } = racing(async () => undefined);
   await h.replication.write(h.key, 0, new Uint8Array(4096).fill(7), false);
   assert.equal(h.up(failing), false);
+});
+
+test('a flush one holder refused does not make the next flush fail writes the first made durable', async () => {
+  const h = harness();
+  await h.replication.write(h.key, 0, new Uint8Array(4096).fill(8), false);
+  const refusing = h.row[2] as number;
+  const disk = h.disks[refusing]!;
+  const flush = disk.flush.bind(disk);
+  disk.flush = async () => {
+    disk.flush = flush;
+    throw new CisternError('STALE_EPOCH', 'a replica on a newer map refused the flush');
+  };
+  await assert.rejects(
+    h.replication.flush(),
+    (error: unknown) => (error as CisternError).code === 'STALE_EPOCH',
+  );
+  // Meanwhile the member that refused is taken out (another host could not reach it):
+  // the write is durable on the two members the first flush did flush.
+  await h.cluster.update((s) => state.markDiskDown(s, refusing, 'UNREACHABLE: other host'));
+  await h.replication.flush();
+});
+
+test('a flush after every holder of a write was taken out fails with EIO', async () => {
+  const h = harness();
+  await h.replication.write(h.key, 0, new Uint8Array(4096).fill(9), false);
+  for (const disk of h.row.slice(0, 2))
+    await h.cluster.update((s) => state.markDiskDown(s, disk, 'UNREACHABLE: other host'));
+  h.disks[h.row[2] as number]!.flush = async () => {
+    throw new CisternError('EIO', 'the last holder failed its flush');
+  };
+  await assert.rejects(
+    h.replication.flush(),
+    (error: unknown) => (error as CisternError).code === 'EIO',
+  );
 });

@@ -458,28 +458,40 @@ export class LocalReplication implements ObjectIo {
     const holders = this.holders;
     this.holders = new Map();
     const flushed = new Set<number>();
-    try {
-      await Promise.all(
-        disks.map(async (disk) => {
-          const store = this.replicas.store(disk);
-          if (!store) return;
-          try {
-            await store.flush();
-            flushed.add(disk);
-          } catch (error) {
-            if (!isDeviceFailure(error)) {
-              this.dirty.add(disk);
-              throw error;
-            }
-            await this.replicas.onDiskFailure(disk, error as CisternError);
+    // Every disk's flush is waited for, even after one failed: which PGs this flush made
+    // durable is known only once each has answered.
+    const outcomes = await Promise.allSettled(
+      disks.map(async (disk) => {
+        const store = this.replicas.store(disk);
+        if (!store) return;
+        try {
+          await store.flush();
+          flushed.add(disk);
+        } catch (error) {
+          if (!isDeviceFailure(error)) {
+            this.dirty.add(disk);
+            throw error;
           }
-        }),
-      );
-    } catch (error) {
-      for (const [pg, set] of holders) if (!this.holders.has(pg)) this.holders.set(pg, set);
-      throw error;
-    }
+          await this.replicas.onDiskFailure(disk, error as CisternError);
+        }
+      }),
+    );
+    // A PG one of whose holders was flushed is durable; only the others are still owed.
     const unsound = [...holders].filter(([, set]) => ![...set].some((d) => flushed.has(d)));
+    const failed = outcomes.find((o): o is PromiseRejectedResult => o.status === 'rejected');
+    if (failed !== undefined) {
+      // Not known durable: the next flush answers for them (their disks that failed with
+      // a request error are dirty again). Handing back the PGs this flush did make
+      // durable would have the next one judge them by disks it no longer flushes — an
+      // EIO for writes that are safe (seen under map churn, when replicas refuse flushes
+      // for a stale epoch).
+      for (const [pg, set] of unsound) {
+        const known = this.holders.get(pg);
+        if (!known) this.holders.set(pg, set);
+        else for (const disk of set) known.add(disk);
+      }
+      throw failed.reason;
+    }
     if (unsound.length > 0) {
       throw new CisternError(
         'EIO',

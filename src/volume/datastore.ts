@@ -92,6 +92,22 @@ interface OpenDisk {
 }
 
 /** A new disk's id was taken by another host's disk between reading and adding it. */
+/** Thrown inside a map update to abandon it: the disk is down already, nothing to change. */
+class AlreadyDown extends Error {}
+
+/** Whether state.markDiskDown(s, diskId, error) would change anything. */
+function markDownChanges(s: state.ClusterState, diskId: number, error: string): boolean {
+  const disk = s.map.disks.find((d) => d.id === diskId);
+  if (!disk) return true; // markDiskDown asserts on it
+  if (disk.up) return true;
+  const location = s.disks[String(diskId)];
+  return (
+    location !== undefined &&
+    state.downBecauseHostAway(location.error) &&
+    !state.downBecauseHostAway(error)
+  );
+}
+
 class DiskIdTaken extends Error {
   constructor(id: number) {
     super(`disk id ${id} was taken by another host`);
@@ -483,7 +499,20 @@ export class Datastore implements DatastoreAdmin, ExportProvider, AccessProvider
     const spec = this.cluster.current().map.disks.find((d) => d.id === diskId);
     if (!spec || !spec.up) return;
     const message = `${error.code}: ${error.message}`;
-    const changed = await this.cluster.update((s) => state.markDiskDown(s, diskId, message));
+    // Every request in flight to a dead host fails at about the same moment, here and on
+    // every other host, and each reports the disk. Only the first report may change the
+    // map: every update bumps the epoch, and each bump makes every daemon refuse the
+    // requests still in flight at the old one — a burst of them in a row outlasted the
+    // gateway's retries and reached clients as EIO.
+    const changed = await this.cluster
+      .update((s) => {
+        if (!markDownChanges(s, diskId, message)) throw new AlreadyDown();
+        return state.markDiskDown(s, diskId, message);
+      })
+      .catch((failure: unknown) => {
+        if (failure instanceof AlreadyDown) return false;
+        throw failure;
+      });
     if (changed) {
       this.log('disk.failed', {
         disk: diskId,

@@ -3,7 +3,8 @@
 // ones are refused before they exist; volumes are created, grown, listed and removed as
 // state changes, shrinking is refused (without --allow-shrink as always, with it because
 // the daemons must discard the tail first); status counts PGs by state — all members up
-// active+clean, at least min-size active+degraded, fewer inactive — and hosts up/down.
+// active+clean, at least min-size active+degraded, fewer inactive, none known complete
+// incomplete (named in a message with what to do) — and hosts up/down.
 
 import { strict as assert } from 'node:assert';
 import fs from 'node:fs';
@@ -11,7 +12,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { isCisternError } from '../util/errors';
-import { ClusterAdmin, pgStates } from './cluster-admin';
+import { ClusterAdmin, incompleteMessages, pgStates } from './cluster-admin';
+import { computeTable, pgRow } from '../placement/straw2';
 import { EmbeddedClusterStore } from './embedded';
 import * as state from './state';
 
@@ -83,7 +85,12 @@ test('volumes: create in the only pool, grow, refuse shrinking, remove', async (
 test('status counts PGs by state and hosts up and down', async () => {
   const healthy = await admin.status();
   assert.equal(healthy.health, 'ok');
-  assert.deepEqual(healthy.pgStates, { 'active+clean': 64, 'active+degraded': 0, inactive: 0 });
+  assert.deepEqual(healthy.pgStates, {
+    'active+clean': 64,
+    'active+degraded': 0,
+    inactive: 0,
+    incomplete: 0,
+  });
   assert.deepEqual([healthy.hostsUp, healthy.hostsDown], [['h1', 'h2', 'h3'], []]);
   assert.equal(healthy.capacityBytes, 6 * (1 << 30));
 
@@ -96,7 +103,12 @@ test('status counts PGs by state and hosts up and down', async () => {
   assert.equal(degraded.health, 'degraded');
   assert.deepEqual(degraded.hostsDown, ['h3']);
   // Size 3 over 3 hosts: every PG has one member on h3.
-  assert.deepEqual(degraded.pgStates, { 'active+clean': 0, 'active+degraded': 64, inactive: 0 });
+  assert.deepEqual(degraded.pgStates, {
+    'active+clean': 0,
+    'active+degraded': 64,
+    inactive: 0,
+    incomplete: 0,
+  });
   assert.equal(degraded.pools[0]?.pgsDegraded, 64);
   assert.match(degraded.messages.join('\n'), /host h3 is down/);
 
@@ -105,7 +117,12 @@ test('status counts PGs by state and hosts up and down', async () => {
   });
   const inactive = await admin.status();
   assert.equal(inactive.health, 'unavailable');
-  assert.deepEqual(inactive.pgStates, { 'active+clean': 0, 'active+degraded': 0, inactive: 64 });
+  assert.deepEqual(inactive.pgStates, {
+    'active+clean': 0,
+    'active+degraded': 0,
+    inactive: 64,
+    incomplete: 0,
+  });
   const hosts = await admin.listHosts();
   assert.deepEqual(
     hosts.map((h) => [h.id, h.alive, h.disksUp, h.disksTotal]),
@@ -124,5 +141,41 @@ test('a pool that can no longer be placed counts all its PGs inactive', () => {
     'active+clean': 0,
     'active+degraded': 0,
     inactive: 64,
+    incomplete: 0,
   });
+});
+
+test('status names an incomplete PG, the disks it waits for and both ways out', () => {
+  // Pure: a 5-host pool whose PG 0 lost both members of its record [a, b] while c was stale.
+  let s = state.emptyState();
+  for (let h = 0; h < 5; h += 1) {
+    state.addHost(s, `h${h}`, `r${h}`);
+    state.addDisk(s, `h${h}`, { path: `/d${h}`, uuid: `u${h}`, sizeBytes: 1000 });
+  }
+  state.createPool(s, { name: 'p', size: 3, minSize: 2, failureDomain: 'host', pgCount: 8 });
+  const step = (mutate: (n: state.ClusterState) => void): void => {
+    const next = structuredClone(s);
+    mutate(next);
+    state.markNewMembersStale(s, next);
+    next.map.epoch += 1;
+    s = next;
+  };
+  const row = [...pgRow(computeTable(s.map, 1), 0)];
+  const [a, b, c] = row as [number, number, number];
+  step((n) => state.markDiskDown(n, c, 'gone'));
+  step((n) => (n.map.disks.find((d) => d.id === c)!.up = true));
+  step((n) => state.markDiskDown(n, a, 'EIO: failed'));
+  step((n) => state.markDiskDown(n, b, 'EIO: failed'));
+  assert.equal(pgStates(s, 1).incomplete, 1);
+  const [message, ...others] = incompleteMessages(s);
+  assert.equal(others.length, 0);
+  assert.match(
+    message!,
+    /^PG p\/0 is incomplete: only disk\(s\) \d+ on h\d \(EIO: failed\), \d+ on/,
+  );
+  assert.match(message!, /Bring one of those disks back/);
+  assert.match(message!, new RegExp(`cistern pg accept-loss p/0\` serves disk ${c}'s copy`));
+  state.acceptPgLoss(s, 1, 0);
+  assert.equal(pgStates(s, 1).incomplete, 0);
+  assert.deepEqual(incompleteMessages(s), []);
 });

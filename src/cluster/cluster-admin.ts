@@ -28,8 +28,11 @@ import { RECOVERY_BYTES_PER_SECOND_DEFAULT } from '../replication/recovery';
 /** The pool `volume create` uses when none is named and there is more than one. */
 export const DEFAULT_POOL_NAME = 'default';
 
-/** PG states, as Ceph names them. */
-export type PgState = 'active+clean' | 'active+degraded' | 'inactive';
+/**
+ * PG states, as Ceph names them. `incomplete`: inactive, and no up member is known to
+ * hold every acknowledged write (state.incompletePgs); not counted as `inactive` too.
+ */
+export type PgState = 'active+clean' | 'active+degraded' | 'inactive' | 'incomplete';
 
 export interface HostInfo {
   id: string;
@@ -235,13 +238,19 @@ export class ClusterAdmin implements DatastoreAdmin {
       'active+clean': 0,
       'active+degraded': 0,
       inactive: 0,
+      incomplete: 0,
     };
     for (const pool of current.map.pools) {
       const counts = pgStates(current, pool.id);
       for (const key of Object.keys(totals) as PgState[]) totals[key] += counts[key];
     }
-    const messages = statusMessages(hostsDown, disks, pools);
-    const health = totals.inactive > 0 ? 'unavailable' : messages.length > 0 ? 'degraded' : 'ok';
+    const messages = [...statusMessages(hostsDown, disks, pools), ...incompleteMessages(current)];
+    const health =
+      totals.inactive + totals.incomplete > 0
+        ? 'unavailable'
+        : messages.length > 0
+          ? 'degraded'
+          : 'ok';
     return {
       health,
       messages,
@@ -304,11 +313,17 @@ export class ClusterAdmin implements DatastoreAdmin {
 
 /**
  * PGs of a pool by state: all `size` members up = active+clean; fewer but at least
- * minSize = active+degraded; fewer than minSize = inactive. A pool that cannot be placed
- * any more (too many failure domains out) counts every PG inactive.
+ * minSize = active+degraded; fewer than minSize = inactive, or incomplete when no up
+ * member is known to hold every acknowledged write (state.incompletePg). A pool that
+ * cannot be placed any more (too many failure domains out) counts every PG inactive.
  */
 export function pgStates(current: state.ClusterState, poolId: number): Record<PgState, number> {
-  const counts: Record<PgState, number> = { 'active+clean': 0, 'active+degraded': 0, inactive: 0 };
+  const counts: Record<PgState, number> = {
+    'active+clean': 0,
+    'active+degraded': 0,
+    inactive: 0,
+    incomplete: 0,
+  };
   const pool = current.map.pools.find((p) => p.id === poolId);
   assert(pool, `unknown pool ${poolId}`);
   let table: ReturnType<typeof computeTable>;
@@ -327,9 +342,37 @@ export function pgStates(current: state.ClusterState, poolId: number): Record<Pg
     const recovering = acting.some((m) => m.stale);
     if (members >= pool.size && !recovering) counts['active+clean'] += 1;
     else if (members >= pool.minSize) counts['active+degraded'] += 1;
+    else if (state.incompletePg(current, table, pg)) counts.incomplete += 1;
     else counts.inactive += 1;
   }
   return counts;
+}
+
+/**
+ * What the operator reads about each incomplete PG (state.incompletePgs): which disks
+ * held the only complete copies, and the two ways out — bring one of them back, or
+ * accept the loss of what only they held.
+ */
+export function incompleteMessages(current: state.ClusterState): string[] {
+  return state.incompletePgs(current).map((pg) => {
+    const pool = current.map.pools.find((p) => p.id === pg.pool)!;
+    const id = `${pool.name}/${pg.pg}`;
+    const lost = pg.lost.map((disk) => {
+      const spec = current.map.disks.find((d) => d.id === disk);
+      const error = current.disks[String(disk)]?.error;
+      return `${disk}${spec ? ` on ${spec.host}` : ''}${error ? ` (${error})` : ''}`;
+    });
+    return (
+      `PG ${id} is incomplete: ` +
+      (lost.length > 0
+        ? `only disk(s) ${lost.join(', ')} held every acknowledged write, and none is up`
+        : 'no member is known to hold every acknowledged write') +
+      `; its I/O waits. Bring one of those disks back with its data and the PG recovers ` +
+      `from it by itself; if none can come back, \`cistern pg accept-loss ${id}\` serves ` +
+      `disk ${pg.best}'s copy (the most complete one left) and loses the writes only the ` +
+      'lost disks held.'
+    );
+  });
 }
 
 function statusMessages(hostsDown: string[], disks: DiskInfo[], pools: PoolInfo[]): string[] {
@@ -394,7 +437,7 @@ export function poolInfo(
     volumes: volumes.length,
     provisionedBytes: volumes.reduce((sum, v) => sum + v.sizeBytes, 0),
     storedBytes,
-    pgsDegraded: pgs['active+degraded'] + pgs.inactive,
-    pgsUnavailable: pgs.inactive,
+    pgsDegraded: pgs['active+degraded'] + pgs.inactive + pgs.incomplete,
+    pgsUnavailable: pgs.inactive + pgs.incomplete,
   };
 }

@@ -2,9 +2,11 @@
 // through a map change, or comes back up after being down, is recorded as stale in
 // exactly the PGs it is a member of; members that leave a set are forgotten; a change
 // that does not touch placement records nothing; a new pool starts clean. And peering
-// (authoritativeMembers), on literal sequences of map changes: a PG whose good members
-// all went away records the last of them, and the first of those back (placement order
-// on ties) serves again while members that were stale — however recently up — wait.
+// (authoritativeMembers), on literal sequences of map changes: a PG that falls below
+// min-size records the members good just before, and the first of those back (placement
+// order on ties) serves again while members that were stale — however recently up —
+// wait; a PG whose record all failed for good is incomplete, and accepting its loss
+// serves the copy stale longest, refused where there is nothing to accept.
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -195,4 +197,74 @@ test('a PG that keeps a good member records nothing', () => {
   const unrelated = change(now, (n) => state.createVolume(n, 'v', 1 << 20, 'p'));
   assert.deepEqual(unrelated.staleMembers, copy.staleMembers);
   assert.deepEqual(unrelated.authoritativeMembers, {});
+});
+
+// Incomplete PGs: every up member stale and every authoritative member gone. The
+// operator either brings one back or accepts the loss (acceptPgLoss).
+
+/** A PG of a 5-host cluster whose record [a, b] both fail for good, c stale since before. */
+function incompleteAfterTwoFailures(): {
+  now: state.ClusterState;
+  pg: number;
+  key: string;
+  a: number;
+  b: number;
+  c: number;
+} {
+  const s = cluster(5);
+  const pg = 0;
+  const key = state.pgKey(1, pg);
+  const [a, b, c] = pgRow(computeTable(s.map, 1), pg) as unknown as [number, number, number];
+  let now = up(down(s, c), c); // c missed writes: stale, being recovered
+  now = down(now, a); // below min-size: record [a, b]
+  now = down(now, b);
+  // The operator takes the failed disks out: the PG is re-placed, its new members stale.
+  now = change(now, (n) => {
+    for (const d of n.map.disks) if (d.id === a || d.id === b) d.in = false;
+  });
+  return { now, pg, key, a, b, c };
+}
+
+test('a PG whose record failed for good is incomplete; the copy stale longest is its best', () => {
+  const { now, pg, key, a, b, c } = incompleteAfterTwoFailures();
+  assert.deepEqual(good(now, pg), [], 'nobody serves');
+  const row = [...pgRow(computeTable(now.map, 1), pg)];
+  assert.ok(row.includes(c) && !row.includes(a) && !row.includes(b));
+  assert.equal(now.staleMembers[key]!.length, 3, 'c and the two new members');
+  const incomplete = state.incompletePgs(now).filter((i) => i.pg === pg);
+  assert.equal(incomplete.length, 1);
+  assert.deepEqual([...incomplete[0]!.lost].sort(), [a, b].sort());
+  assert.equal(incomplete[0]!.best, c);
+  // Were either of them to come back, the PG would not be incomplete (it waits for it).
+  const back = up(now, a);
+  assert.ok(!state.incompletePgs(back).some((i) => i.pg === pg));
+});
+
+test('accepting the loss serves the best copy; recovery then completes the PG', () => {
+  const { now, pg, key, c } = incompleteAfterTwoFailures();
+  const accepted = structuredClone(now);
+  const result = state.acceptPgLoss(accepted, 1, pg);
+  assert.equal(result.best, c);
+  assert.deepEqual(good(accepted, pg), [c]);
+  assert.deepEqual(accepted.authoritativeMembers[key], [c], 'the new record: c alone');
+  assert.equal(accepted.staleSince[state.staleKey(1, pg, c)], undefined);
+  assert.ok(!state.incompletePgs(accepted).some((i) => i.pg === pg));
+  for (const disk of accepted.staleMembers[key]!) {
+    const since = accepted.staleSince[state.staleKey(1, pg, disk)]!;
+    assert.ok(state.clearStale(accepted, 1, pg, disk, since));
+  }
+  assert.equal(good(accepted, pg).length, 3);
+  assert.equal(accepted.staleMembers[key], undefined);
+});
+
+test('accept-loss is refused where there is nothing to accept', () => {
+  const { now, pg } = incompleteAfterTwoFailures();
+  const healthy = cluster(5);
+  assert.throws(() => state.acceptPgLoss(healthy, 1, 0), { code: 'EPERM' });
+  assert.throws(() => state.acceptPgLoss(now, 1, 64), { code: 'EINVAL' });
+  assert.throws(() => state.acceptPgLoss(now, 9, pg), { code: 'UNKNOWN_POOL' });
+  const other = [...Array(64).keys()].find(
+    (p) => p !== pg && !state.incompletePgs(now).some((i) => i.pg === p),
+  )!;
+  assert.throws(() => state.acceptPgLoss(now, 1, other), { code: 'EPERM' });
 });

@@ -469,3 +469,102 @@ export function actingMembers(
   }
   return members;
 }
+
+/**
+ * A PG that cannot serve because no up member is known to hold every acknowledged
+ * write: each up member is stale, and none of its authoritative members (the good
+ * members when it fell below min-size, the only ones known to hold every acknowledged
+ * write) is up. While one of those can still come back with its disk, the PG waits for
+ * it; if none can (their disks failed for good), the writes only they held are lost —
+ * possible when a pool acknowledges writes with fewer than `size` copies (min-size) and
+ * then loses those disks too — and only the operator can accept that (acceptPgLoss).
+ */
+export interface IncompletePg {
+  pool: number;
+  pg: number;
+  /** The authoritative members, none of them up (empty: no record). */
+  lost: number[];
+  /**
+   * The up member acceptPgLoss would serve from: the one stale for longest (the earliest
+   * mark), which has taken every write since its mark and had recovery the longest —
+   * the most complete copy the map can point to. Ties: placement order.
+   */
+  best: number;
+}
+
+/** Every incomplete PG of the pools that can be placed (see IncompletePg). */
+export function incompletePgs(state: ClusterState): IncompletePg[] {
+  const found: IncompletePg[] = [];
+  for (const pool of state.map.pools) {
+    let table: PlacementTable;
+    try {
+      table = computeTable(state.map, pool.id);
+    } catch {
+      continue; // unplaceable: inactive as a whole, said by the pool's state
+    }
+    for (let pg = 0; pg < pool.pgCount; pg += 1) {
+      const incomplete = incompletePg(state, table, pg);
+      if (incomplete) found.push(incomplete);
+    }
+  }
+  return found;
+}
+
+/** Whether PG `pg` of `table`'s pool is incomplete, and how (see IncompletePg). */
+export function incompletePg(
+  state: ClusterState,
+  table: PlacementTable,
+  pg: number,
+): IncompletePg | undefined {
+  const members = actingMembers(state, table, pg);
+  if (members.length === 0 || members.some((m) => !m.stale)) return undefined;
+  const key = pgKey(table.pool.id, pg);
+  const lost = state.authoritativeMembers?.[key] ?? [];
+  if (lost.some((d) => table.topology.disksById.get(d)?.up === true)) return undefined;
+  const since = (disk: number): number =>
+    state.staleSince[staleKey(table.pool.id, pg, disk)] ?? Number.MAX_SAFE_INTEGER;
+  let best = members[0]!.disk;
+  for (const member of members) if (since(member.disk) < since(best)) best = member.disk;
+  return { pool: table.pool.id, pg, lost: [...lost], best };
+}
+
+/**
+ * The operator accepts that an incomplete PG's authoritative members are lost for good:
+ * its best remaining copy (IncompletePg.best) becomes the PG's good member and its
+ * record, and recovery copies it to the others. Writes only the lost members held are
+ * gone; nothing else is. Refused (EPERM) for a PG that is not incomplete — one with a
+ * good member, or whose authoritative member is up — where nothing needs accepting.
+ */
+export function acceptPgLoss(state: ClusterState, poolId: number, pg: number): IncompletePg {
+  const pool = state.map.pools.find((p) => p.id === poolId);
+  if (!pool) throw new CisternError('UNKNOWN_POOL', `no pool with id ${poolId}`);
+  if (!Number.isInteger(pg) || pg < 0 || pg >= pool.pgCount)
+    throw new CisternError(
+      'EINVAL',
+      `pool ${pool.name} has PGs 0 to ${pool.pgCount - 1}, not ${pg}`,
+    );
+  let table: PlacementTable;
+  try {
+    table = computeTable(state.map, poolId);
+  } catch (error) {
+    throw new CisternError('EINVAL', `pool ${pool.name} cannot be placed now`, error);
+  }
+  const incomplete = incompletePg(state, table, pg);
+  if (!incomplete) {
+    throw new CisternError(
+      'EPERM',
+      `PG ${pgKey(poolId, pg)} is not incomplete (it has a member holding every ` +
+        'acknowledged write, or one that does is up): there is no loss to accept',
+    );
+  }
+  const key = pgKey(poolId, pg);
+  const rest = (state.staleMembers[key] ?? []).filter((d) => d !== incomplete.best);
+  if (rest.length > 0) state.staleMembers[key] = rest;
+  else {
+    delete state.staleMembers[key];
+    delete state.retainedMembers[key];
+  }
+  delete state.staleSince[staleKey(poolId, pg, incomplete.best)];
+  state.authoritativeMembers[key] = [incomplete.best];
+  return incomplete;
+}

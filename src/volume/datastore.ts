@@ -11,7 +11,7 @@ import { formatSize } from '../util/units';
 import { EmbeddedClusterStore } from '../cluster/embedded';
 import { ClusterStore } from '../cluster/store';
 import * as state from '../cluster/state';
-import { pgStates, poolInfo } from '../cluster/cluster-admin';
+import { incompleteMessages, pgStates, poolInfo } from '../cluster/cluster-admin';
 import { FailureDomain } from '../placement/map';
 import { PlacementTable, computeTable, locateObject } from '../placement/straw2';
 import { openDevice } from '../engine';
@@ -771,6 +771,7 @@ export class Datastore implements DatastoreAdmin, ExportProvider, AccessProvider
         );
       }
     }
+    messages.push(...incompleteMessages(current));
     const pgTotals: Record<string, number> = {};
     for (const pool of current.map.pools) {
       for (const [name, count] of Object.entries(pgStates(current, pool.id)))

@@ -78,7 +78,7 @@ test('scrub of an unknown pool is refused', async () => {
 
 test('status shows PG states and recovery figures', async () => {
   const text = await cisternOk(['--data-dir', dir, 'status']);
-  assert.match(text, /^pgs: \d+ active\+clean, 0 active\+degraded, 0 inactive$/m);
+  assert.match(text, /^pgs: \d+ active\+clean, 0 active\+degraded, 0 inactive, 0 incomplete$/m);
   assert.doesNotMatch(text, /^recovery:/m, 'nothing to recover');
   const report = JSON.parse(await cisternOk(['--data-dir', dir, 'status', '--json']));
   assert.equal(report.recovery.staleMembers, 0);

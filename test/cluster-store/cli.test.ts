@@ -3,8 +3,10 @@
 // file) and an existing secret file (creating nothing); with --etcd (before or after the
 // command words, or $CISTERN_ETCD) pool create/ls, volume create/ls/info/resize/rm,
 // host ls and status --json work on hosts registered through registerHost; status
-// reports hosts up/down and PG states; a real `cistern` process exits by itself when
-// done; an unreachable etcd and a missing cluster give one clear line and exit 1; and
+// reports hosts up/down and PG states, incomplete PGs with what to do, and pg
+// accept-loss serves one from its best copy (refused where nothing is incomplete); a
+// real `cistern` process exits by itself when done; an unreachable etcd and a missing
+// cluster give one clear line and exit 1; and
 // without --etcd, host ls lists the one host of a local daemon from its status.
 
 import { strict as assert } from 'node:assert';
@@ -217,7 +219,12 @@ test('status --json: hosts up and down, PG states, capacity', async () => {
   ) as ClusterStatusReport;
   assert.equal(healthy.health, 'ok');
   assert.deepEqual(healthy.hostsUp, ['h1', 'h2', 'h3']);
-  assert.deepEqual(healthy.pgStates, { 'active+clean': 32, 'active+degraded': 0, inactive: 0 });
+  assert.deepEqual(healthy.pgStates, {
+    'active+clean': 32,
+    'active+degraded': 0,
+    inactive: 0,
+    incomplete: 0,
+  });
   assert.equal(healthy.capacityBytes, 6 * 4 * GiB);
 
   // h3's daemon stops cleanly (lease revoked) and its disks are marked down.
@@ -230,12 +237,76 @@ test('status --json: hosts up and down, PG states, capacity', async () => {
   ) as ClusterStatusReport;
   assert.equal(degraded.health, 'degraded');
   assert.deepEqual([degraded.hostsUp, degraded.hostsDown], [['h1', 'h2'], ['h3']]);
-  assert.deepEqual(degraded.pgStates, { 'active+clean': 0, 'active+degraded': 32, inactive: 0 });
+  assert.deepEqual(degraded.pgStates, {
+    'active+clean': 0,
+    'active+degraded': 32,
+    inactive: 0,
+    incomplete: 0,
+  });
   assert.equal(degraded.capacityBytes, 4 * 4 * GiB);
   const text = await ok('--etcd', etcd.url, 'status');
   assert.match(text, /^health: degraded$/m);
   assert.match(text, /^hosts: 2 up, 1 down \(h3\)$/m);
-  assert.match(text, /^pgs: 0 active\+clean, 32 active\+degraded, 0 inactive$/m);
+  assert.match(text, /^pgs: 0 active\+clean, 32 active\+degraded, 0 inactive, 0 incomplete$/m);
+});
+
+test('status names incomplete PGs; pg accept-loss serves the best copy, refused elsewhere', async () => {
+  // h3 comes back (its disks stale everywhere), then h1 and h2 go: in every PG the only
+  // members known to hold every acknowledged write are down, and h3's copy is stale.
+  const hostDisks = (host: string) =>
+    daemonStore
+      .current()
+      .map.disks.filter((d) => d.host === host)
+      .map((d) => d.id);
+  await daemonStore.update((s) => {
+    for (const d of s.map.disks) if (d.host === 'h3') d.up = true;
+  });
+  await daemonStore.update((s) => {
+    for (const id of [...hostDisks('h1'), ...hostDisks('h2')])
+      state.markDiskDown(s, id, 'EIO: failed');
+  });
+  const report = JSON.parse(
+    await ok('--etcd', etcd.url, 'status', '--json'),
+  ) as ClusterStatusReport;
+  assert.equal(report.health, 'unavailable');
+  assert.equal(report.pgStates.incomplete, 32);
+  const text = await ok('--etcd', etcd.url, 'status');
+  assert.match(text, /^pgs: 0 active\+clean, 0 active\+degraded, 0 inactive, 32 incomplete$/m);
+  assert.match(
+    text,
+    /PG rbd\/7 is incomplete: only disk\(s\) .*EIO: failed.*cistern pg accept-loss rbd\/7/,
+  );
+
+  const accepted = await cli('--etcd', etcd.url, 'pg', 'accept-loss', 'rbd/7');
+  assert.equal(accepted.code, 0, accepted.err);
+  assert.match(
+    accepted.out,
+    /^PG rbd\/7 is served from disk \d+; writes only disk\(s\) .* held are lost/,
+  );
+  const after = JSON.parse(await ok('--etcd', etcd.url, 'status', '--json')) as ClusterStatusReport;
+  assert.equal(after.pgStates.incomplete, 31);
+  assert.equal(
+    after.pgStates.inactive,
+    1,
+    'one good member: serving needs min-size after recovery',
+  );
+  const again = await cli('--etcd', etcd.url, 'pg', 'accept-loss', 'rbd/7');
+  assert.equal(again.code, 1);
+  assert.match(again.err, /PG 1:7 is not incomplete/);
+  const malformed = await cli('--etcd', etcd.url, 'pg', 'accept-loss', '7');
+  assert.equal(malformed.code, 2, 'a usage mistake');
+  assert.match(malformed.err, /give POOL\/PG/);
+
+  // Put the hosts back for the tests after this one.
+  await daemonStore.update((s) => {
+    for (const d of s.map.disks) {
+      d.up = true;
+      delete s.disks[String(d.id)]!.error;
+    }
+    s.staleMembers = {};
+    s.staleSince = {};
+    s.authoritativeMembers = {};
+  });
 });
 
 test('a real cistern process exits by itself; unreachable etcd is one clear line', async () => {

@@ -7,7 +7,6 @@
 import type { Failure } from './simulation';
 import {
   ACROSS_CRASH_TEXT,
-  ALL_STALE_TEXT,
   LEFT_IN_CACHE_TEXT,
   NOT_DURABLE_TEXT,
   UNNOTICED_RESTART_TEXT,
@@ -23,20 +22,6 @@ export interface KnownBug {
 }
 
 export const KNOWN_BUGS: KnownBug[] = [
-  {
-    name: 'authoritative-member-lost-for-good',
-    owner: 'peering (state.ts peerPg, authoritativeMembers)',
-    what:
-      'a PG whose good members all went away records only the last of them as ' +
-      'authoritative; when that disk then fails for good (one disk loss, within invariant ' +
-      '1), the PG stays all-stale forever — although the members that were good until the ' +
-      'PG fell below min-size hold every acknowledged write (nothing is acknowledged below ' +
-      'min-size) and could serve instead',
-    matches: (f) =>
-      f.kind === 'liveness' &&
-      new RegExp(`${escape(ALL_STALE_TEXT)} \\[\\S`).test(f.text) &&
-      f.text.includes('other PGs with every up member stale: []'),
-  },
   {
     name: 'flush-vouches-for-writes-lost-in-a-crash',
     owner: 'peering (issue 5: activity record; gateway.ts / local.ts flush)',
@@ -108,8 +93,4 @@ export const KNOWN_BUGS: KnownBug[] = [
 
 export function knownBugOf(failure: Failure): KnownBug | undefined {
   return KNOWN_BUGS.find((bug) => bug.matches(failure));
-}
-
-function escape(text: string): string {
-  return text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 }

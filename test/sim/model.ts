@@ -30,6 +30,12 @@ export interface Version {
   ackedWithNoUpHolder?: boolean;
   /** Disks whose cache still held it, unflushed, when a FLUSH covering it returned. */
   leftInCacheOf?: number[];
+  /**
+   * When the operator accepted the loss of its PG (an incomplete PG: every disk known
+   * to hold it failed for good, and no surviving disk held every acknowledged write), and
+   * the copy served from then on did not have it: it is gone, inherently (see revert).
+   */
+  lostAt?: number;
 }
 
 export interface BlockModel {
@@ -127,6 +133,7 @@ export class Model {
     const lastCrash = this.crashes.length > 0 ? this.crashes[this.crashes.length - 1]! : -1;
     let floorIndex = -1;
     block.versions.forEach((v, i) => {
+      if (v.lostAt !== undefined) return;
       const durable = v.durableAt !== undefined && v.durableAt <= issuedAt;
       const acked = v.ackedAt !== undefined && v.ackedAt <= issuedAt && v.ackedAt > lastCrash;
       if (durable || acked) floorIndex = i;
@@ -138,8 +145,21 @@ export class Model {
     return { floor: floorIndex < 0 ? 0 : block.versions[floorIndex]!.id, ids };
   }
 
-  /** The latest version acknowledged, if any (for the end checks). */
+  /** The latest version acknowledged and not lost, if any (for the end checks). */
   latestAcked(block: BlockModel): Version | undefined {
-    return [...block.versions].reverse().find((v) => v.ackedAt !== undefined);
+    return [...block.versions]
+      .reverse()
+      .find((v) => v.ackedAt !== undefined && v.lostAt === undefined);
+  }
+
+  /**
+   * An accepted loss: the block is served from a copy holding write `id` (0: none), and
+   * every acknowledged write after it is gone. Only for a loss the simulation proved
+   * inherent (no surviving copy held every acknowledged write of the PG).
+   */
+  revert(block: BlockModel, id: number, now: number): void {
+    assert(id === 0 || block.versions.some((v) => v.id === id), `no write ${id} of the block`);
+    for (const version of block.versions)
+      if (version.id > id && version.ackedAt !== undefined) version.lostAt ??= now;
   }
 }

@@ -9,7 +9,10 @@
 //     comes from the host that is the PG's primary at the epoch the write carries;
 //   - every step: nothing above failed, no unexpected exception escaped the real code;
 //   - at the end, after every fault is healed: liveness (every PG clean within
-//     LIVENESS_BOUND_MS of simulated time), every block readable as allowed through
+//     LIVENESS_BOUND_MS of simulated time; a PG left incomplete — every disk known to
+//     hold its acknowledged writes failed for good — is taken through the operator's
+//     accept-loss, and the loss is accepted by the model only if no surviving disk held
+//     them all: acceptLosses), every block readable as allowed through
 //     every gateway, every object's replicas byte-identical (invariant 4), and after a
 //     power loss of every host at once, every acknowledged write that a flush covered is
 //     still there (invariant 1).
@@ -19,6 +22,7 @@ import { CisternError, isCisternError } from '../../src/util/errors';
 import * as state from '../../src/cluster/state';
 import { requestScrub, scrubStatusOf } from '../../src/cluster/scrub-state';
 import { applyLiveness } from '../../src/cluster/monitor';
+import { incompleteMessages, pgStates } from '../../src/cluster/cluster-admin';
 import { computeTable, objectToPg, pgRow } from '../../src/placement/straw2';
 import { MessageType } from '../../src/replication/messages';
 import { ObjectKey } from '../../src/store/key';
@@ -52,6 +56,11 @@ const FAILED_DISK_NOTICED_MS = 30_000;
 /** How a liveness failure names the PGs whose every up member is stale. */
 export const ALL_STALE_TEXT =
   'PGs with every up member stale whose authoritative members failed for good:';
+/**
+ * How a durability failure says the operator's accept-loss of an incomplete PG served a
+ * copy that lacked writes while another surviving disk held every acknowledged one.
+ */
+export const WRONG_COPY_TEXT = 'accept-loss served a copy lacking writes another disk held';
 /** Every PG must be clean this long (virtual ms) after the last fault is healed. */
 export const LIVENESS_BOUND_MS = 120_000;
 /** The monitor's check period and the hosts' liveness lease (virtual ms). */
@@ -149,6 +158,9 @@ class Simulation {
     diskFailures: 0,
     scrubs: 0,
     mapEpochs: 0,
+    /** Incomplete PGs the operator accepted the loss of, and those where that lost writes. */
+    pgsAccepted: 0,
+    pgsLost: 0,
   };
   private readonly hostIds: string[];
   private readonly poolId: number;
@@ -533,6 +545,7 @@ class Simulation {
   private flushed(covered: Array<{ block: BlockModel; version: Version }>, host: string): void {
     const now = this.scheduler.now;
     for (const { block, version } of covered) {
+      if (version.lostAt !== undefined) continue; // an accepted loss took it: nothing holds it
       version.durableAt ??= now;
       const crashed = this.model.crashes.some((t) => t > version.ackedAt!);
       if (crashed || version.ackedWithNoUpHolder) continue;
@@ -850,7 +863,17 @@ class Simulation {
       });
     }
     const healedAt = this.scheduler.elapsedMs;
-    const clean = await this.runUntil(() => this.clean(), healedAt + LIVENESS_BOUND_MS);
+    let clean = await this.runUntil(
+      () => this.clean() || this.incompleteOnly().length > 0,
+      healedAt + LIVENESS_BOUND_MS,
+    );
+    if (clean && !this.clean()) {
+      // PGs whose every complete copy was on the failed disks: the operator follows
+      // `cistern status` and accepts the loss; what that loses is checked here.
+      if (!this.acceptLosses(this.incompleteOnly())) return;
+      const acceptedAt = this.scheduler.elapsedMs;
+      clean = await this.runUntil(() => this.clean(), acceptedAt + LIVENESS_BOUND_MS);
+    }
     if (!clean) {
       if (this.failures.length === 0)
         this.fail('liveness', `not clean ${LIVENESS_BOUND_MS} ms after healing: ${this.unclean()}`);
@@ -923,6 +946,102 @@ class Simulation {
       );
     }
     this.stats.scrubbedObjects = reports.reduce((sum, r) => sum + r.objects, 0);
+  }
+
+  /**
+   * The incomplete PGs (state.incompletePgs) when they are all that keeps the cluster
+   * from clean — every non-failed disk up and in, every map current, every stale or
+   * retained member in one of them, each with a record whose members all failed for
+   * good — else none. A PG all stale with no record is not one: nothing excuses it.
+   */
+  private incompleteOnly(): state.IncompletePg[] {
+    const s = this.authority.state;
+    const incomplete = state.incompletePgs(s);
+    if (incomplete.length === 0) return [];
+    const keys = new Set(incomplete.map((pg) => state.pgKey(pg.pool, pg.pg)));
+    if (
+      incomplete.some((pg) => pg.lost.length === 0 || pg.lost.some((d) => !this.failedDisks.has(d)))
+    )
+      return [];
+    if (Object.keys(s.staleMembers).some((key) => !keys.has(key))) return [];
+    if (Object.keys(s.retainedMembers).some((key) => !keys.has(key))) return [];
+    for (const disk of s.map.disks) {
+      if (!this.failedDisks.has(disk.id) && (!disk.up || !disk.in)) return [];
+    }
+    for (const host of this.hosts.values()) {
+      if (host.running?.view.current().map.epoch !== s.map.epoch) return [];
+    }
+    return incomplete;
+  }
+
+  /**
+   * The operator accepts the loss of each incomplete PG, as `cistern status` tells it
+   * to (which it must say). Before that, the checker decides whether the loss is
+   * inherent: if the copy accept-loss will serve holds every acknowledged write of the
+   * PG's objects, nothing is lost; if it does not but another surviving disk does, the
+   * choice loses data needlessly (a failure); if no surviving disk does, the writes are
+   * truly gone — min-size members acknowledged them and those disks failed for good —
+   * and the model is told the blocks now read as the served copy. Returns false on a
+   * failure.
+   */
+  private acceptLosses(incomplete: state.IncompletePg[]): boolean {
+    const s = this.authority.state;
+    const messages = incompleteMessages(s);
+    const reported = pgStates(s, this.poolId).incomplete;
+    for (const pg of incomplete) {
+      if (
+        reported !== incomplete.length ||
+        !messages.some((m) => m.includes(`PG sim/${pg.pg} is incomplete`))
+      ) {
+        this.fail(
+          'liveness',
+          `status does not report PG ${pg.pg} as incomplete: ${messages.join(' ')}`,
+        );
+        return false;
+      }
+    }
+    const media = new Map<number, DiskMedium>();
+    for (const host of this.hosts.values()) for (const [id, m] of host.media) media.set(id, m);
+    for (const pg of incomplete) {
+      const table = computeTable(s.map, this.poolId);
+      const blocks = this.model.blocks.filter(
+        (b) => objectToPg(table.pool, this.volumeId, b.object) === pg.pg,
+      );
+      const now = this.scheduler.now;
+      const holdsEveryAck = (medium: DiskMedium): boolean =>
+        blocks.every((b) => {
+          const decoded = decodeBlock(medium.block(this.key(b.object), b.block), b.object, b.block);
+          return 'id' in decoded && this.model.allowed(b, now).ids.has(decoded.id);
+        });
+      const best = media.get(pg.best)!;
+      const complete = [...media.values()].filter((m) => !m.failed && holdsEveryAck(m));
+      if (!holdsEveryAck(best)) {
+        if (complete.length > 0) {
+          this.fail(
+            'inv1-durability',
+            `${WRONG_COPY_TEXT}: PG ${pg.pg} served from disk ${pg.best} while disk(s) ` +
+              `${complete.map((m) => m.id).join(', ')} held every acknowledged write`,
+          );
+          return false;
+        }
+        for (const b of blocks) {
+          const decoded = decodeBlock(best.block(this.key(b.object), b.block), b.object, b.block);
+          if ('error' in decoded) {
+            this.fail(
+              'inv2-foreign-data',
+              `object ${b.object} block ${b.block} on disk ${pg.best}: ${decoded.error}`,
+            );
+            return false;
+          }
+          this.model.revert(b, decoded.id, now);
+        }
+        this.stats.pgsLost! += 1;
+      }
+      this.stats.pgsAccepted! += 1;
+      this.log('operator', 'accept-loss', { pg: pg.pg, best: pg.best, lost: pg.lost });
+      this.authority.apply((next) => state.acceptPgLoss(next, pg.pool, pg.pg));
+    }
+    return true;
   }
 
   /** Every host's map is the authority's; every non-failed disk up; no stale or retained member. */

@@ -6,6 +6,7 @@ import { hostLs } from './host-ls';
 import { hostDrain } from './host-drain';
 import { hostRm } from './host-rm';
 import { daemon } from './daemon';
+import { pgAcceptLoss } from './pg-accept-loss';
 import { placementSimulate } from './placement-simulate';
 import { poolCreate } from './pool-create';
 import { poolLs } from './pool-ls';
@@ -33,6 +34,7 @@ export const commands: Command[] = [
   scrub,
   hostDrain,
   hostRm,
+  pgAcceptLoss,
   clusterInit,
   placementSimulate,
 ];

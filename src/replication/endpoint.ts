@@ -77,6 +77,11 @@ export interface PeerTransport {
     metadata: unknown,
     payload?: Uint8Array,
   ): Promise<{ metadata: unknown; payload?: Uint8Array }>;
+  /**
+   * The cluster map declared `peerHostId` down: requests in flight to it fail now with
+   * UNAVAILABLE instead of waiting out their timeout (a host cut off answers nothing).
+   */
+  abandon?(peerHostId: string, reason: string): void;
 }
 
 /** A lease over bytes nobody else owns (a peer's reply): releasing it does nothing. */

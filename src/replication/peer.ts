@@ -910,6 +910,16 @@ export class PeerClient {
     });
   }
 
+  /**
+   * Gives up on the peer now: the connection closes and every pending request rejects
+   * with UNAVAILABLE saying why, as when the connection is lost. For a peer the cluster
+   * map has declared down — a host cut off without a FIN or RST answers nothing, and its
+   * requests would otherwise wait out their whole timeout.
+   */
+  abandon(reason: string): void {
+    this.fail(new CisternError('UNAVAILABLE', `gave up on ${this.describePeer()}: ${reason}`));
+  }
+
   /** Closes the connection; requests still pending reject with CLOSED. */
   async close(): Promise<void> {
     if (this.phase !== 'closed') {
@@ -1211,6 +1221,20 @@ export class PeerPool {
   ): Promise<PeerReply> {
     const client = await this.clientFor(peerHostId);
     return client.request(type, epoch, metadata, payload);
+  }
+
+  /**
+   * Gives up on `peerHostId` now (PeerTransport.abandon): its connection, or the one
+   * being made, fails, and every request on it rejects with UNAVAILABLE. The next
+   * request connects afresh.
+   */
+  abandon(peerHostId: string, reason: string): void {
+    const entry = this.entries.get(peerHostId);
+    if (entry === undefined) return;
+    // A connection still being made is dropped as it completes (no longer our entry),
+    // and its waiting requests reject with CLOSED.
+    this.entries.delete(peerHostId);
+    entry.client?.abandon(reason);
   }
 
   async close(): Promise<void> {

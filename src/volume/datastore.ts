@@ -12,7 +12,7 @@ import { EmbeddedClusterStore } from '../cluster/embedded';
 import { ClusterStore } from '../cluster/store';
 import * as state from '../cluster/state';
 import { incompleteMessages, pgStates, poolInfo } from '../cluster/cluster-admin';
-import { FailureDomain } from '../placement/map';
+import { ClusterMap, FailureDomain } from '../placement/map';
 import { PlacementTable, computeTable, locateObject } from '../placement/straw2';
 import { openDevice } from '../engine';
 import { BlockDevice } from '../store/device';
@@ -92,6 +92,13 @@ interface OpenDisk {
 }
 
 /** A new disk's id was taken by another host's disk between reading and adding it. */
+/** Hosts with a disk up in `before` and none in `after` (hosts without disks never go down). */
+export function hostsGoneDown(before: ClusterMap, after: ClusterMap): string[] {
+  const upBefore = new Set(before.disks.filter((d) => d.up).map((d) => d.host));
+  const upAfter = new Set(after.disks.filter((d) => d.up).map((d) => d.host));
+  return [...upBefore].filter((host) => !upAfter.has(host));
+}
+
 /** Thrown inside a map update to abandon it: the disk is down already, nothing to change. */
 class AlreadyDown extends Error {}
 
@@ -125,7 +132,7 @@ export class Datastore implements DatastoreAdmin, ExportProvider, AccessProvider
   private readonly gateway: Gateway | undefined;
   private readonly remoteDisks = new Map<number, RemoteDisk>();
   private closed = false;
-  private unsubscribe: (() => void) | undefined;
+  private readonly unsubscribers: Array<() => void> = [];
   /** Backfills stale members of the PGs this host is primary of (multi-host mode). */
   recovery: RecoveryWorker | undefined;
   /** Acts on scrub requests in the cluster state for the PGs this host is primary of. */
@@ -179,6 +186,7 @@ export class Datastore implements DatastoreAdmin, ExportProvider, AccessProvider
       if (!options.cluster) await datastore.ensureDefaultPool();
       else {
         datastore.watchVolumes();
+        datastore.watchHostsGoingDown();
         datastore.startRecovery();
         datastore.startStrayRemoval();
       }
@@ -200,12 +208,39 @@ export class Datastore implements DatastoreAdmin, ExportProvider, AccessProvider
   private watchVolumes(): void {
     let known = new Set(this.cluster.current().volumes.map((v) => v.id));
     this.collect(undefined);
-    this.unsubscribe = this.cluster.subscribe((next) => {
+    const unsubscribe = this.cluster.subscribe((next) => {
       const now = new Set(next.volumes.map((v) => v.id));
       const removed = [...known].filter((id) => !now.has(id));
       known = now;
       if (removed.length > 0) this.collect(new Set(removed));
     });
+    this.unsubscribers.push(unsubscribe);
+  }
+
+  /**
+   * Once the map has none of a host's disks up (the monitor saw its lease lapse, or a
+   * peer could not reach it), requests in flight to it are given up at once: a host cut
+   * off without a FIN or RST answers nothing, and they would otherwise wait out their
+   * whole timeout — REQUEST_TIMEOUT_MS (30 s) for a primary's replica write, three times
+   * that for a gateway's request to a primary: the 90 s a client saw. They fail as
+   * unreachable, so the primary goes on with the other members and the gateway with the
+   * PG's next primary, as for a host whose connection was reset.
+   */
+  private watchHostsGoingDown(): void {
+    const multi = this.options.cluster;
+    if (!multi) return;
+    const transports = new Set([multi.transport, multi.gatewayTransport ?? multi.transport]);
+    let before = this.cluster.current().map;
+    const unsubscribe = this.cluster.subscribe((next) => {
+      const gone = hostsGoneDown(before, next.map).filter((host) => host !== this.hostId);
+      before = next.map;
+      for (const host of gone) {
+        const reason = `the map has no disk of host ${host} up (epoch ${next.map.epoch})`;
+        for (const transport of transports) transport.abandon?.(host, reason);
+        this.log('peer.abandoned', { host, epoch: next.map.epoch });
+      }
+    });
+    this.unsubscribers.push(unsubscribe);
   }
 
   private collect(removed: Set<number> | undefined): void {
@@ -852,7 +887,7 @@ export class Datastore implements DatastoreAdmin, ExportProvider, AccessProvider
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    this.unsubscribe?.();
+    for (const unsubscribe of this.unsubscribers.splice(0)) unsubscribe();
     await this.recovery?.close();
     await this.scrubber?.close();
     await this.strays?.close();

@@ -6,7 +6,8 @@
 // and waits (bounded) for newer ones; losing the connection rejects every pending request
 // with UNAVAILABLE naming the peer, and so does a request left unanswered past its
 // timeout; close() lets in-flight requests finish; the pool keeps
-// one connection per host and reconnects after loss or an address change.
+// one connection per host and reconnects after loss or an address change; giving up on
+// a host (the map declared it down) rejects the requests waiting on it at once.
 
 import { strict as assert } from 'node:assert';
 import { createHash } from 'node:crypto';
@@ -397,6 +398,30 @@ test('the pool refuses a host that answers under another name', async () => {
       assert.match(error.message, /is host host-c, expected host-b/);
       return true;
     });
+  } finally {
+    await pool.close();
+    await server.close();
+  }
+});
+
+test('the pool gives up on a host at once: requests waiting on it reject, the next reconnects', async () => {
+  // Type 9 is never answered, as by a host cut off without a reset.
+  const silent = new Promise<PeerReply>(() => undefined);
+  const server = await startPeerServer((request) => (request.type === 9 ? silent : echo(request)));
+  const pool = new PeerPool({ hostId: 'host-a', secret: SECRET, addressOf: () => server.address });
+  try {
+    await pool.request('host-b', 1, 10, 'connect');
+    const waiting = pool.request('host-b', 9, 10, 'never answered');
+    await waitUntil(() => server.server.stats().inFlightRequests === 1, 2000);
+    pool.abandon('host-b', 'the map has no disk of it up');
+    await assert.rejects(waiting, (error: unknown) => {
+      assert.ok(isCisternError(error, 'UNAVAILABLE'));
+      assert.match(error.message, /gave up on peer host-b .*: the map has no disk of it up/);
+      return true;
+    });
+    pool.abandon('host-z', 'unknown hosts are ignored');
+    const again = await pool.request('host-b', 1, 10, 'again');
+    assert.deepEqual((again.metadata as { got: unknown }).got, 'again');
   } finally {
     await pool.close();
     await server.close();

@@ -26,20 +26,41 @@ const FIO_BYTES = 64 * MiB;
 /** A device that fails everything once it has taken `writesBeforeFailure` writes after arm(). */
 class FailingAfterWrites extends FaultyDevice {
   private writesLeft: number | undefined;
-  /** Writes attempted after the disk had started failing: proof the failure hit load. */
-  writesAfterFailure = 0;
 
   arm(writesBeforeFailure: number): void {
     this.writesLeft = writesBeforeFailure;
   }
 
+  get failed(): boolean {
+    return this.writesLeft === 0;
+  }
+
   override async write(...args: Parameters<BlockDevice['write']>): Promise<void> {
-    if (this.writesLeft !== undefined) {
-      if (this.writesLeft === 0) this.writesAfterFailure += 1;
-      else if ((this.writesLeft -= 1) === 0) {
-        this.failAlways('read', 'write', 'flush', 'punchHole', 'zeroRange');
-      }
+    if (this.writesLeft !== undefined && this.writesLeft > 0 && (this.writesLeft -= 1) === 0) {
+      this.failAlways('read', 'write', 'flush', 'punchHole', 'zeroRange');
     }
+    return super.write(...args);
+  }
+}
+
+/**
+ * A healthy disk that counts the writes it takes once `after()` says so: proof that the
+ * failure hit the load. (Counting writes the failing disk was still sent after it failed
+ * depended on a race: whether any reached it before it was taken out, which on a busy
+ * machine none sometimes did.)
+ */
+class CountingWrites extends FaultyDevice {
+  writesAfter = 0;
+
+  constructor(
+    inner: BlockDevice,
+    private readonly after: () => boolean,
+  ) {
+    super(inner);
+  }
+
+  override async write(...args: Parameters<BlockDevice['write']>): Promise<void> {
+    if (this.after()) this.writesAfter += 1;
     return super.write(...args);
   }
 }
@@ -63,9 +84,14 @@ async function serve(
 
 test('fio randwrite + crc32c verify passes while a disk fails under it; data survives a restart', async () => {
   let failing: FailingAfterWrites | undefined;
+  const survivors: CountingWrites[] = [];
   let datastore = await scratch.open({
     wrapDevice: (id, device) => {
-      if (id !== FAILING_DISK) return device;
+      if (id !== FAILING_DISK) {
+        const counting = new CountingWrites(device, () => failing?.failed === true);
+        survivors.push(counting);
+        return counting;
+      }
       failing = new FailingAfterWrites(device);
       return failing;
     },
@@ -85,7 +111,8 @@ test('fio randwrite + crc32c verify passes while a disk fails under it; data sur
     }
     assert.deepEqual(served.errors, []);
     assert.ok(failing.faults > 0, 'the disk never failed');
-    assert.ok(failing.writesAfterFailure > 0, 'the disk failed after the load had ended');
+    const writesAfter = survivors.reduce((sum, disk) => sum + disk.writesAfter, 0);
+    assert.ok(writesAfter > 0, 'the disk failed after the load had ended');
 
     const status = await datastore.status();
     assert.equal(status.health, 'degraded');

@@ -61,6 +61,21 @@ export async function read(unit: UnitContext, task: ScsiTask): Promise<ScsiRespo
 
 export async function write(unit: UnitContext, task: ScsiTask): Promise<ScsiResponse> {
   const transfer = transferOf(task.cdb, false);
+  return writeHeld(unit, task, transfer, (data) =>
+    writeBlocks(unit, transfer.lba, data, transfer.fua),
+  );
+}
+
+/**
+ * What WRITE and WRITE AND VERIFY share: the checks, the whole blocks of the Data-Out,
+ * and `store` of them with their range held in the unit's RangeLock.
+ */
+async function writeHeld(
+  unit: UnitContext,
+  task: ScsiTask,
+  transfer: BlockRange,
+  store: (data: Uint8Array, range: BlockRange) => Promise<void>,
+): Promise<ScsiResponse> {
   checkRange(unit, transfer);
   checkTransferLength(unit, transfer.blocks, lengthFieldByte(task.cdb));
   checkWritable(unit);
@@ -70,7 +85,7 @@ export async function write(unit: UnitContext, task: ScsiTask): Promise<ScsiResp
   const range = { lba: transfer.lba, blocks: data.length / unit.geometry.blockBytes };
   const release = await holdRange(unit, range);
   try {
-    await writeBlocks(unit, transfer.lba, data, transfer.fua);
+    await store(data, range);
   } finally {
     release();
   }
@@ -111,24 +126,13 @@ export async function verify(unit: UnitContext, task: ScsiTask): Promise<ScsiRes
 export async function writeAndVerify(unit: UnitContext, task: ScsiTask): Promise<ScsiResponse> {
   const transfer = decodeTransfer(task.cdb, true);
   if (transfer.byteCheck > 1) throw invalidField(1, 2);
-  checkRange(unit, transfer);
-  checkTransferLength(unit, transfer.blocks, lengthFieldByte(task.cdb));
-  checkWritable(unit);
-  const bytes = transfer.blocks * unit.geometry.blockBytes;
-  const data = writeData(unit, task, transfer.blocks);
-  if (data.length === 0) return { status: ScsiStatus.GOOD, dataOutLength: bytes };
-  const range = { lba: transfer.lba, blocks: data.length / unit.geometry.blockBytes };
-  const release = await holdRange(unit, range);
-  try {
+  return writeHeld(unit, task, transfer, async (data, range) => {
     // Verification means the data is on the medium: a FUA write, then a read of it.
-    await writeBlocks(unit, transfer.lba, data, true);
+    await writeBlocks(unit, range.lba, data, true);
     const back = await readBlocks(unit, range);
     const at = firstDifference(back, data);
     if (at >= 0) throw miscompare(at);
-  } finally {
-    release();
-  }
-  return { status: ScsiStatus.GOOD, dataOutLength: bytes };
+  });
 }
 
 /**
@@ -229,23 +233,14 @@ async function writePattern(
 
 /** SYNCHRONIZE CACHE(10)/(16): the range is checked, then everything is flushed (the volume flushes whole). */
 export async function synchronizeCache(unit: UnitContext, task: ScsiTask): Promise<ScsiResponse> {
-  const cdb = task.cdb;
-  const sixteen = cdb[0] === Op.SYNCHRONIZE_CACHE_16;
-  const range: BlockRange = sixteen
-    ? { lba: u64(cdb, 2), blocks: u32(cdb, 10) }
-    : { lba: u32(cdb, 2), blocks: u16(cdb, 7) };
-  checkRange(unit, range);
+  checkRange(unit, cacheRange(task.cdb, Op.SYNCHRONIZE_CACHE_16));
   await volumeWrite(() => unit.handle.flush());
   return GOOD;
 }
 
 /** PRE-FETCH(10)/(16): a cache hint to the volume; GOOD (we cannot promise the data stays cached). */
 export async function preFetch(unit: UnitContext, task: ScsiTask): Promise<ScsiResponse> {
-  const cdb = task.cdb;
-  const sixteen = cdb[0] === Op.PRE_FETCH_16;
-  const range: BlockRange = sixteen
-    ? { lba: u64(cdb, 2), blocks: u32(cdb, 10) }
-    : { lba: u32(cdb, 2), blocks: u16(cdb, 7) };
+  const range = cacheRange(task.cdb, Op.PRE_FETCH_16);
   checkRange(unit, range);
   if (range.blocks > 0) {
     await unit.handle
@@ -253,6 +248,13 @@ export async function preFetch(unit: UnitContext, task: ScsiTask): Promise<ScsiR
       .catch(() => undefined); // a hint that failed changes nothing the initiator can see
   }
   return GOOD;
+}
+
+/** The range of SYNCHRONIZE CACHE and PRE-FETCH, whose 10- and 16-byte CDBs are laid out alike. */
+function cacheRange(cdb: Uint8Array, opcode16: number): BlockRange {
+  return cdb[0] === opcode16
+    ? { lba: u64(cdb, 2), blocks: u32(cdb, 10) }
+    : { lba: u32(cdb, 2), blocks: u16(cdb, 7) };
 }
 
 function lbaOutOfRangeFor(): CheckCondition {

@@ -28,6 +28,7 @@ import * as net from 'node:net';
 import { assert } from '../util/assert';
 import { CisternError, isCisternError, type CisternErrorCode } from '../util/errors';
 import { ByteQueue } from '../frontend/nbd/byte-queue';
+import { BatchedWriter, ConnectionListeners, ReadGate } from '../net/connections';
 import {
   AuthStep,
   FrameKind,
@@ -214,9 +215,7 @@ export interface PeerServerStats {
 
 export class PeerServer {
   private readonly config: ServerConfig;
-  private readonly listeners: net.Server[] = [];
-  private readonly connections = new Set<ServerConnection>();
-  private closing: Promise<void> | undefined;
+  private readonly listeners: ConnectionListeners<ServerConnection>;
   private badFramesOfClosed = 0;
 
   constructor(options: PeerServerOptions) {
@@ -238,36 +237,28 @@ export class PeerServer {
       limits,
       expectedReplyBytes: options.expectedReplyBytes,
     };
+    const config = this.config;
+    this.listeners = new ConnectionListeners({
+      serverName: 'peer server',
+      maxConnectionsPerListener: limits.maxConnections,
+      connect: (socket) => new ServerConnection(socket, config),
+      onListenerError: (error) => config.log('peer.listener_error', { error }),
+      onConnectionClosed: (connection) => {
+        this.badFramesOfClosed += connection.badFrames;
+      },
+    });
   }
 
   /** Listens on TCP; port 0 picks a free port. Resolves to the address actually bound. */
-  listen(host: string, port: number): Promise<{ host: string; port: number }> {
-    if (this.closing !== undefined) {
-      return Promise.reject(new CisternError('CLOSED', 'peer server is closed'));
-    }
-    // allowHalfOpen: a peer that shuts down its sending side still gets the replies to
-    // what it sent; the connection ends itself once they are out.
-    const server = net.createServer({ allowHalfOpen: true, noDelay: true }, (socket) =>
-      this.accept(socket),
-    );
-    server.maxConnections = this.config.limits.maxConnections;
-    return new Promise((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(port, host, () => {
-        server.off('error', reject);
-        server.on('error', (error) => this.config.log('peer.listener_error', { error }));
-        this.listeners.push(server);
-        const address = server.address();
-        assert(address !== null && typeof address === 'object', 'TCP listener without address');
-        this.config.log('peer.listening', { address: `${address.address}:${address.port}` });
-        resolve({ host: address.address, port: address.port });
-      });
-    });
+  async listen(host: string, port: number): Promise<{ host: string; port: number }> {
+    const address = await this.listeners.listen(host, port);
+    this.config.log('peer.listening', { address: `${address.host}:${address.port}` });
+    return address;
   }
 
   stats(): PeerServerStats {
     const stats = { connections: 0, inFlightRequests: 0, inFlightBytes: 0, badFrames: 0 };
-    for (const connection of this.connections) {
+    for (const connection of this.listeners.connections) {
       stats.connections += 1;
       stats.inFlightRequests += connection.inFlightRequests;
       stats.inFlightBytes += connection.inFlightBytes;
@@ -279,31 +270,7 @@ export class PeerServer {
 
   /** Stops accepting; in-flight requests finish (up to shutdownGraceMs). Idempotent. */
   close(): Promise<void> {
-    this.closing ??= this.closeAll();
-    return this.closing;
-  }
-
-  private async closeAll(): Promise<void> {
-    const listenersClosed = this.listeners.map(
-      (listener) => new Promise<void>((resolve) => listener.close(() => resolve())),
-    );
-    const connections = [...this.connections];
-    for (const connection of connections) connection.shutdown();
-    await Promise.all(connections.map((connection) => connection.closed));
-    await Promise.all(listenersClosed);
-  }
-
-  private accept(socket: net.Socket): void {
-    if (this.closing !== undefined) {
-      socket.destroy();
-      return;
-    }
-    const connection = new ServerConnection(socket, this.config);
-    this.connections.add(connection);
-    void connection.closed.then(() => {
-      this.badFramesOfClosed += connection.badFrames;
-      this.connections.delete(connection);
-    });
+    return this.listeners.close();
   }
 }
 
@@ -328,8 +295,6 @@ class ServerConnection {
   private phase: ServerPhase = 'hello';
   private transcript: Partial<AuthTranscript> = {};
   private peerHostId = '';
-  private paused = false;
-  private corked = false;
   private handshakeTimer: NodeJS.Timeout | undefined;
   private graceTimer: NodeJS.Timeout | undefined;
   inFlightRequests = 0;
@@ -337,10 +302,17 @@ class ServerConnection {
   badFrames = 0;
   readonly closed: Promise<void>;
 
+  /** Replies in order, those of one tick in one batch. */
+  private readonly writer: BatchedWriter;
+  /** Reads paused while the connection is at a bound. */
+  private readonly readGate: ReadGate;
+
   constructor(
     private readonly socket: net.Socket,
     private readonly config: ServerConfig,
   ) {
+    this.writer = new BatchedWriter(socket);
+    this.readGate = new ReadGate(socket);
     this.remote = `${socket.remoteAddress}:${socket.remotePort}`;
     this.closed = new Promise((resolve) => socket.once('close', () => resolve()));
     socket.setNoDelay(true);
@@ -408,13 +380,7 @@ class ServerConnection {
   private updateFlowControl(): void {
     if (this.phase === 'closed') return;
     const shouldPause = !this.canRead();
-    if (shouldPause && !this.paused) {
-      this.paused = true;
-      this.socket.pause();
-    } else if (!shouldPause && this.paused) {
-      this.paused = false;
-      this.socket.resume();
-    }
+    this.readGate.pauseWhile(shouldPause);
   }
 
   // ---- Authentication -------------------------------------------------------------------
@@ -703,22 +669,7 @@ class ServerConnection {
 
   /** Writes parts in order; writes from the same tick go out in one batch (cork/uncork). */
   private send(parts: Uint8Array[], done?: () => void): void {
-    if (this.socket.destroyed || this.socket.writableEnded) {
-      done?.();
-      return;
-    }
-    if (!this.corked) {
-      this.corked = true;
-      this.socket.cork();
-      process.nextTick(() => {
-        this.corked = false;
-        this.socket.uncork();
-      });
-    }
-    parts.forEach((part, index) => {
-      const last = index === parts.length - 1;
-      this.socket.write(part, last && done !== undefined ? () => done() : undefined);
-    });
+    this.writer.write(parts, done);
   }
 
   /** Runs `work` from a callback; a bug inside it costs this connection, never the daemon. */

@@ -38,8 +38,14 @@ export interface BufferLease {
 export class BufferCache {
   private readonly classes = new Map<number, Uint8Array[]>();
 
-  /** `allocate` returns a buffer of exactly the asked length, suitably aligned. */
-  constructor(private readonly allocate: (lengthBytes: number) => Uint8Array) {}
+  /**
+   * `allocate` returns a buffer of exactly the asked length, suitably aligned.
+   * `cachedBytesMax`: free bytes kept per size class (the store's bound by default).
+   */
+  constructor(
+    private readonly allocate: (lengthBytes: number) => Uint8Array,
+    private readonly cachedBytesMax = BUFFER_CLASS_CACHED_BYTES_MAX,
+  ) {}
 
   /**
    * A lease on at least `lengthBytes` bytes (data is exactly that long) holding
@@ -72,7 +78,7 @@ export class BufferCache {
     if (!free) this.classes.set(size, (free = []));
     const countMax = Math.min(
       BUFFER_CLASS_CACHED_COUNT_MAX,
-      Math.floor(BUFFER_CLASS_CACHED_BYTES_MAX / size),
+      Math.floor(this.cachedBytesMax / size),
     );
     if (free.length < countMax) free.push(whole);
   }

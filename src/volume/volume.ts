@@ -133,7 +133,10 @@ export class Volume implements VolumeHandle {
     this.checkWritable();
     const parts = this.parts(offset, data.length);
     return this.track(async () => {
-      await Promise.all(
+      // Every part settles before the write does, even after one failed: the caller may
+      // reuse `data` once this returns (the iSCSI target's Data-Out buffers), and a part
+      // still running would then write someone else's bytes.
+      const results = await Promise.allSettled(
         parts.map((part) =>
           this.replication.write(
             part.key,
@@ -143,6 +146,7 @@ export class Volume implements VolumeHandle {
           ),
         ),
       );
+      for (const result of results) if (result.status === 'rejected') throw result.reason;
     });
   }
 

@@ -12,6 +12,8 @@
 
 import type { Socket } from 'node:net';
 import { assert } from '../../util/assert';
+import type { BufferCache } from '../../store/buffer-cache';
+import { BatchedWriter, ReadGate } from '../../net/connections';
 import { ByteQueue } from '../nbd/byte-queue';
 import { LoginNegotiation, type CompletedLogin, type LoginContext } from './login';
 import * as P from './pdu';
@@ -43,6 +45,8 @@ export interface ConnectionConfig {
   maxTasksPerSession: number;
   /** Write and read payload bytes held per connection before new transfers wait. */
   maxBufferedBytes: number;
+  /** Where writes' whole Data-Out buffers come from and go back to (shared by the server's connections). */
+  dataOutBuffers: BufferCache;
   /** Largest ExpectedDataTransferLength a command may ask for. */
   maxCommandBytes: number;
   /** Replies queued in the socket before we stop reading requests. */
@@ -130,8 +134,6 @@ export class IscsiConnection {
   private nextDeliverySeq = 0;
   private textContinuation: TextContinuation | undefined;
   private textRequestBytes: Buffer[] = [];
-  private paused = false;
-  private corked = false;
   private readonly loginTimer: NodeJS.Timeout;
   private graceTimer: NodeJS.Timeout | undefined;
   private keepaliveTimer: NodeJS.Timeout | undefined;
@@ -140,10 +142,17 @@ export class IscsiConnection {
   private ping: { ttt: number; sentAt: number } | undefined;
   private readonly closedPromise: Promise<void>;
 
+  /** Replies in order, those of one tick in one batch. */
+  private readonly writer: BatchedWriter;
+  /** Reads paused while the connection is at a bound. */
+  private readonly readGate: ReadGate;
+
   constructor(
     private readonly socket: Socket,
     private readonly config: ConnectionConfig,
   ) {
+    this.writer = new BatchedWriter(socket);
+    this.readGate = new ReadGate(socket);
     let resolveClosed!: () => void;
     this.closedPromise = new Promise((resolve) => (resolveClosed = resolve));
     socket.setNoDelay(true);
@@ -239,13 +248,7 @@ export class IscsiConnection {
       this.phase === 'closed' ||
       this.loginBusy ||
       this.socket.writableLength > this.config.maxSendBacklogBytes;
-    if (shouldPause && !this.paused) {
-      this.paused = true;
-      this.socket.pause();
-    } else if (!shouldPause && this.paused) {
-      this.paused = false;
-      this.socket.resume();
-    }
+    this.readGate.pauseWhile(shouldPause);
   }
 
   private readPdu(): boolean {
@@ -509,6 +512,7 @@ export class IscsiConnection {
         command.data,
         command.final,
         this.params,
+        this.config.dataOutBuffers,
       );
       this.charge(task, command.data.length);
     }
@@ -637,21 +641,29 @@ export class IscsiConnection {
       'SCSI task without a logical unit',
     );
     const { command } = task;
+    const dataOut = task.collector?.take();
     const scsiTask: ScsiTask = {
       cdb: command.cdb,
       lun: command.lun,
       port: session.port,
       direction: task.direction,
       expectedLength: command.expectedLength,
-      dataOut: task.collector?.take(),
+      dataOut: dataOut?.data,
       attribute: taskAttribute(command.attribute),
       tag: command.itt,
     };
     task.r2tCount = task.collector?.r2tCount ?? 0;
     task.collector = undefined;
+    // The Data-Out buffer is reused once the command has settled: the logical unit
+    // settles only after every volume write that holds it has (volume.ts waits for every
+    // part of a write, even after one failed). A task aborted meanwhile still settles here.
     session.lu.execute(scsiTask).then(
-      (response) => this.respond(task, response),
+      (response) => {
+        dataOut?.release();
+        this.respond(task, response);
+      },
       (error: unknown) => {
+        dataOut?.release();
         // The logical unit answers failures itself; a rejection is a bug there.
         this.config.onUnexpectedError(error);
         this.respond(task, { status: ScsiStatus.CHECK_CONDITION, sense: targetFailureSense() });
@@ -1086,23 +1098,11 @@ export class IscsiConnection {
 
   /** Writes one PDU; PDUs of the same tick go out in one batch (cork/uncork). `done` runs once it is written. */
   private send(bhs: Buffer, data?: Uint8Array, done?: () => void): void {
-    if (this.phase === 'closed' || this.socket.destroyed || this.socket.writableEnded) {
+    if (this.phase === 'closed') {
       done?.();
       return;
     }
-    if (!this.corked) {
-      this.corked = true;
-      this.socket.cork();
-      process.nextTick(() => {
-        this.corked = false;
-        this.socket.uncork();
-      });
-    }
-    const parts = P.framePdu(bhs, data, this.digests);
-    parts.forEach((part, index) => {
-      const last = index === parts.length - 1;
-      this.socket.write(part, last && done !== undefined ? () => done() : undefined);
-    });
+    this.writer.write(P.framePdu(bhs, data, this.digests), done);
   }
 }
 

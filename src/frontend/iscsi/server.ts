@@ -6,7 +6,8 @@
 // Connections are independent: a broken or hostile initiator only loses its own.
 
 import * as crypto from 'node:crypto';
-import * as net from 'node:net';
+import { ConnectionListeners } from '../../net/connections';
+import { BufferCache } from '../../store/buffer-cache';
 import { assert } from '../../util/assert';
 import { CisternError, isCisternError } from '../../util/errors';
 import type { ExportProvider } from '../../volume/backend';
@@ -49,6 +50,13 @@ export const DEFAULT_MAX_BUFFERED_BYTES = 128 * 1024 * 1024;
  * would let one command pin unbounded memory.
  */
 export const DEFAULT_MAX_COMMAND_BYTES = 32 * 1024 * 1024;
+/**
+ * Free Data-Out buffers kept per size class, for all connections: sixteen 1 MiB write
+ * buffers, as many as a queue depth of 16 large writes holds at once, so a steady
+ * stream of them allocates nothing; more in flight than that allocate, and the GC takes
+ * what comes back beyond it (BufferCache). Idle memory: this per size class in use.
+ */
+export const DATA_OUT_BUFFERS_CACHED_BYTES_MAX = 16 * 1024 * 1024;
 /** Replies queued unread in the socket before we stop reading requests from it. */
 export const DEFAULT_MAX_SEND_BACKLOG_BYTES = 16 * 1024 * 1024;
 /** Concurrent connections per listener; beyond it the kernel keeps them in the backlog. */
@@ -102,8 +110,7 @@ interface SessionEntry {
 
 export class IscsiServer {
   private readonly config: ConnectionConfig;
-  private readonly listeners: net.Server[] = [];
-  private readonly connections = new Set<IscsiConnection>();
+  private readonly listeners: ConnectionListeners<IscsiConnection>;
   private readonly sessions = new Map<number, SessionEntry>();
   private readonly units = new Map<string, UnitEntry>();
   /** Units being closed: a new login to the volume waits for the close to finish. */
@@ -144,6 +151,10 @@ export class IscsiServer {
       portalGroupTag,
       maxTasksPerSession,
       maxBufferedBytes,
+      dataOutBuffers: new BufferCache(
+        (length) => Buffer.allocUnsafeSlow(length),
+        DATA_OUT_BUFFERS_CACHED_BYTES_MAX,
+      ),
       maxCommandBytes,
       maxSendBacklogBytes: DEFAULT_MAX_SEND_BACKLOG_BYTES,
       loginTimeoutMs: options.loginTimeoutMs ?? LOGIN_TIMEOUT_MS,
@@ -158,36 +169,27 @@ export class IscsiServer {
         this.sendTargets(session, which, address, port),
       sessionEnded: (session) => this.sessionEnded(session),
     };
+    const config = this.config;
+    this.listeners = new ConnectionListeners({
+      serverName: 'iSCSI server',
+      maxConnectionsPerListener: MAX_CONNECTIONS_PER_LISTENER,
+      connect: (socket) => new IscsiConnection(socket, config),
+      onListenerError: (error) => config.onUnexpectedError(error),
+    });
   }
 
   /** Listens on TCP; port 0 picks a free port. Resolves to the address actually bound. */
-  async listen(host: string, port: number): Promise<ListenAddress> {
-    if (this.closing !== undefined) throw new CisternError('CLOSED', 'iSCSI server is closed');
-    const server = net.createServer({ allowHalfOpen: true, noDelay: true }, (socket) =>
-      this.accept(socket),
-    );
-    server.maxConnections = MAX_CONNECTIONS_PER_LISTENER;
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(port, host, () => {
-        server.off('error', reject);
-        server.on('error', (error) => this.config.onUnexpectedError(error));
-        resolve();
-      });
-    });
-    this.listeners.push(server);
-    const address = server.address();
-    assert(address !== null && typeof address === 'object', 'TCP listener without an address');
-    return { host: address.address, port: address.port };
+  listen(host: string, port: number): Promise<ListenAddress> {
+    return this.listeners.listen(host, port);
   }
 
   get connectionCount(): number {
-    return this.connections.size;
+    return this.listeners.connections.size;
   }
 
   /** Each open connection's state, for diagnostics. */
   describeConnections(): string[] {
-    return [...this.connections].map((connection) => connection.describe());
+    return [...this.listeners.connections].map((connection) => connection.describe());
   }
 
   get sessionCount(): number {
@@ -201,25 +203,9 @@ export class IscsiServer {
   }
 
   private async closeAll(): Promise<void> {
-    const listenersClosed = this.listeners.map(
-      (listener) => new Promise<void>((resolve) => listener.close(() => resolve())),
-    );
-    const connections = [...this.connections];
-    for (const connection of connections) connection.shutdown();
-    await Promise.all(connections.map((connection) => connection.closed));
+    await this.listeners.close();
     await Promise.all(this.admitting);
-    await Promise.all(listenersClosed);
     await Promise.all(this.unitsClosing.values());
-  }
-
-  private accept(socket: net.Socket): void {
-    if (this.closing !== undefined) {
-      socket.destroy();
-      return;
-    }
-    const connection = new IscsiConnection(socket, this.config);
-    this.connections.add(connection);
-    void connection.closed.then(() => this.connections.delete(connection));
   }
 
   // ---- Targets ---------------------------------------------------------------------------------

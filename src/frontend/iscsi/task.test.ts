@@ -5,6 +5,7 @@
 
 import { strict as assert } from 'node:assert';
 import { test } from 'node:test';
+import { BufferCache } from '../../store/buffer-cache';
 import { IscsiProtocolError, RESERVED_TAG, type DataOutPdu } from './pdu';
 import { ScsiStatus } from './scsi-task';
 import { DataOutCollector, DataOutError, planResponse } from './task';
@@ -66,7 +67,7 @@ test('immediate + unsolicited data, then R2Ts for the rest, at most MaxOutstandi
   collector.accept(dataOut(102, 0, 40960, 16384));
   collector.accept(dataOut(103, 0, 57344, 8192, 7));
   assert.ok(collector.complete);
-  const data = collector.take();
+  const { data } = collector.take();
   assert.equal(data.length, 65536);
   assert.equal(data[65535], 7);
   assert.equal(collector.r2tCount, 4);
@@ -186,7 +187,7 @@ test('payloads received straight into the whole buffer and pieces kept as views 
   // A piece from elsewhere after the whole buffer exists is copied into it.
   collector.accept(dataOut(2, 0, 20480, 12288, 10));
   assert.ok(collector.complete);
-  const bytes = collector.take();
+  const { data: bytes } = collector.take();
   assert.equal(bytes, whole, 'no join when the whole buffer was used');
   const expected = Buffer.concat([
     Buffer.alloc(4096, 7),
@@ -195,4 +196,39 @@ test('payloads received straight into the whole buffer and pieces kept as views 
     Buffer.alloc(12288, 10),
   ]);
   assert.ok(bytes.equals(expected));
+});
+
+test('a pooled whole buffer is handed out again only after take()’s release, and holds the new write whole', () => {
+  const session = params({ initialR2T: true, maxBurstLength: 65536, maxOutstandingR2T: 1 });
+  let allocations = 0;
+  const buffers = new BufferCache((length) => {
+    allocations += 1;
+    return Buffer.alloc(length);
+  });
+  // Immediate data plus one Data-Out: two pieces, joined into a pooled buffer at take().
+  const collect = (fill: number) => {
+    const collector = new DataOutCollector(
+      65536,
+      Buffer.alloc(4096, fill),
+      false,
+      session,
+      buffers,
+    );
+    collector.nextR2Ts(() => 1);
+    collector.accept(dataOut(1, 0, 4096, 61440, fill));
+    assert.ok(collector.complete);
+    return collector.take();
+  };
+  const first = collect(1);
+  const second = collect(2); // the first still holds its buffer: a second one
+  assert.equal(allocations, 2);
+  assert.notEqual(second.data.buffer, first.data.buffer);
+  assert.ok(first.data.equals(Buffer.alloc(65536, 1)), 'the first write changed under it');
+  const firstMemory = first.data.buffer;
+  first.release();
+  const third = collect(3);
+  assert.equal(allocations, 2, 'the released buffer was not reused');
+  assert.equal(third.data.buffer, firstMemory);
+  assert.ok(third.data.equals(Buffer.alloc(65536, 3)), 'old bytes showed through');
+  assert.throws(() => first.release(), /released twice/);
 });

@@ -5,6 +5,7 @@
 // Response, residual counts, §11.4.5). The connection does the I/O around them.
 
 import { assert } from '../../util/assert';
+import type { BufferCache, BufferLease } from '../../store/buffer-cache';
 import {
   IscsiProtocolError,
   RejectReason,
@@ -35,11 +36,20 @@ interface OutstandingR2T extends R2TRequest {
  * socket's buffers) and joined once, in offset order, when the last byte is in — unless
  * the connection asked for the whole buffer (receiveBuffer) to read payloads straight
  * into it: then every piece lands there and nothing is joined at the end.
+ *
+ * The whole buffer (received into, or joined) comes from `buffers` when given: a fresh
+ * 1 MiB buffer per large write cost about a quarter of the target's time in GC. Such a
+ * buffer holds an older write's bytes until this one has filled it; it is only exposed
+ * by take() once complete, when every byte of it was received (the sequence rules make
+ * the pieces disjoint), and it goes back through take()'s release, which the caller
+ * calls once nothing holds the data any more (the write's execution has settled).
  */
 export class DataOutCollector {
   private readonly pieces: Array<{ offset: number; data: Buffer }> = [];
   /** The whole transfer's buffer, once asked for; pieces are copied (or received) into it. */
   private whole: Buffer | undefined;
+  /** The lease `whole` is on, when it came from `buffers`. */
+  private wholeLease: BufferLease | undefined;
   private receivedBytes = 0;
   /**
    * End of the unsolicited range (immediate data plus unsolicited Data-Out): at most
@@ -60,6 +70,7 @@ export class DataOutCollector {
     immediate: Buffer,
     noUnsolicitedDataOut: boolean,
     private readonly params: SessionParameters,
+    private readonly buffers?: BufferCache,
   ) {
     const firstBurst = Math.min(params.firstBurstLength, expectedLength);
     if (immediate.length > 0) {
@@ -165,25 +176,42 @@ export class DataOutCollector {
    */
   receiveBuffer(offset: number, length: number): Buffer | undefined {
     if (length === 0 || offset + length > this.expectedLength) return undefined;
-    if (this.whole === undefined) {
-      this.whole = Buffer.allocUnsafe(this.expectedLength);
-      for (const piece of this.pieces) piece.data.copy(this.whole, piece.offset);
-      this.pieces.length = 0;
-    }
-    return this.whole;
+    return this.wholeBuffer();
   }
 
-  /** The whole payload, once complete. */
-  take(): Buffer {
+  /**
+   * The whole payload, once complete, and what gives its buffer back to `buffers` (call
+   * it once, when nothing uses the data any more; not calling it only leaves it to GC).
+   */
+  take(): { data: Buffer; release: () => void } {
     assert(this.complete, 'take before the data is complete');
-    if (this.whole !== undefined) return this.whole;
-    this.pieces.sort((a, b) => a.offset - b.offset);
+    if (this.expectedLength === 0) return { data: Buffer.alloc(0), release: () => undefined };
     const only = this.pieces[0];
-    if (this.pieces.length === 1 && only !== undefined) return only.data;
-    return Buffer.concat(
-      this.pieces.map((piece) => piece.data),
-      this.expectedLength,
-    );
+    if (this.whole === undefined && this.pieces.length === 1 && only !== undefined) {
+      return { data: only.data, release: () => undefined };
+    }
+    const data = this.wholeBuffer();
+    const lease = this.wholeLease;
+    this.whole = undefined;
+    this.wholeLease = undefined;
+    return { data, release: () => lease?.release() };
+  }
+
+  /** The whole transfer's buffer, made (from `buffers` if given) on first use with the pieces so far in it. */
+  private wholeBuffer(): Buffer {
+    if (this.whole !== undefined) return this.whole;
+    let whole: Buffer;
+    if (this.buffers === undefined) {
+      whole = Buffer.allocUnsafe(this.expectedLength);
+    } else {
+      this.wholeLease = this.buffers.takeDirty(this.expectedLength);
+      const { buffer, byteOffset, length } = this.wholeLease.data;
+      whole = Buffer.from(buffer, byteOffset, length);
+    }
+    for (const piece of this.pieces) piece.data.copy(whole, piece.offset);
+    this.pieces.length = 0;
+    this.whole = whole;
+    return whole;
   }
 
   private add(offset: number, data: Buffer): void {

@@ -13,6 +13,7 @@ import { assert } from '../../util/assert';
 import { CisternError, isCisternError } from '../../util/errors';
 import type { ExportProvider, Extent, VolumeHandle } from '../../volume/backend';
 import { ByteQueue } from './byte-queue';
+import { BatchedWriter, ReadGate } from '../../net/connections';
 import * as P from './protocol';
 
 /** Everything a connection needs from its server; the server owns the defaults. */
@@ -80,16 +81,21 @@ export class NbdConnection {
   private blockStatusEnabled = false;
   private inFlightRequests = 0;
   private inFlightBytes = 0;
-  private corked = false;
-  private paused = false;
   private shuttingDown = false;
   private graceTimer: NodeJS.Timeout | undefined;
   private readonly closedPromise: Promise<void>;
+
+  /** Replies in order, those of one tick in one batch. */
+  private readonly writer: BatchedWriter;
+  /** Reads paused while the connection is at a bound. */
+  private readonly readGate: ReadGate;
 
   constructor(
     private readonly socket: Socket,
     private readonly config: ConnectionConfig,
   ) {
+    this.writer = new BatchedWriter(socket);
+    this.readGate = new ReadGate(socket);
     let resolveClosed!: () => void;
     this.closedPromise = new Promise((resolve) => (resolveClosed = resolve));
     socket.setNoDelay(true);
@@ -169,13 +175,7 @@ export class NbdConnection {
       this.phase === 'draining' ||
       this.phase === 'closed' ||
       this.atInFlightBound();
-    if (shouldPause && !this.paused) {
-      this.paused = true;
-      this.socket.pause();
-    } else if (!shouldPause && this.paused) {
-      this.paused = false;
-      this.socket.resume();
-    }
+    this.readGate.pauseWhile(shouldPause);
   }
 
   private atInFlightBound(): boolean {
@@ -741,22 +741,7 @@ export class NbdConnection {
 
   /** Writes parts in order; writes from the same tick go out in one batch (cork/uncork). */
   private send(parts: Uint8Array[], done?: () => void): void {
-    if (this.socket.destroyed || this.socket.writableEnded) {
-      done?.();
-      return;
-    }
-    if (!this.corked) {
-      this.corked = true;
-      this.socket.cork();
-      process.nextTick(() => {
-        this.corked = false;
-        this.socket.uncork();
-      });
-    }
-    parts.forEach((part, index) => {
-      const isLast = index === parts.length - 1;
-      this.socket.write(part, isLast && done !== undefined ? () => done() : undefined);
-    });
+    this.writer.write(parts, done);
   }
 
   private async onClosed(): Promise<void> {

@@ -3,10 +3,9 @@
 // comes from the VolumeHandle each connection opens. Connections are independent: a
 // hostile or broken client can only ever lose its own connection.
 
-import * as net from 'node:net';
 import { assert } from '../../util/assert';
-import { CisternError } from '../../util/errors';
 import type { ExportProvider } from '../../volume/backend';
+import { ConnectionListeners } from '../../net/connections';
 import { NbdConnection, type ConnectionConfig } from './connection';
 import * as P from './protocol';
 
@@ -54,10 +53,7 @@ export interface ListenAddress {
 }
 
 export class NbdServer {
-  private readonly config: ConnectionConfig;
-  private readonly listeners: net.Server[] = [];
-  private readonly connections = new Set<NbdConnection>();
-  private closing: Promise<void> | undefined;
+  private readonly listeners: ConnectionListeners<NbdConnection>;
 
   constructor(provider: ExportProvider, options: NbdServerOptions = {}) {
     const maxInFlightRequests = options.maxInFlightRequests ?? DEFAULT_MAX_IN_FLIGHT_REQUESTS;
@@ -67,7 +63,7 @@ export class NbdServer {
       'maxInFlightRequests',
     );
     assert(maxInFlightBytes >= P.MAX_REQUEST_PAYLOAD_BYTES, 'maxInFlightBytes below one request');
-    this.config = {
+    const config: ConnectionConfig = {
       provider,
       readOnly: options.readOnly ?? false,
       defaultExport: options.defaultExport,
@@ -84,25 +80,26 @@ export class NbdServer {
         options.onUnexpectedError ??
         ((error) => console.error('nbd server: unexpected error', error)),
     };
+    this.listeners = new ConnectionListeners({
+      serverName: 'NBD server',
+      maxConnectionsPerListener: MAX_CONNECTIONS_PER_LISTENER,
+      connect: (socket) => new NbdConnection(socket, config),
+      onListenerError: (error) => config.onUnexpectedError(error),
+    });
   }
 
   /** Listens on TCP; port 0 picks a free port. Resolves to the address actually bound. */
-  async listen(host: string, port: number): Promise<ListenAddress> {
-    const listener = await this.startListener((server, onListening) =>
-      server.listen(port, host, onListening),
-    );
-    const address = listener.address();
-    assert(address !== null && typeof address === 'object', 'TCP listener without an address');
-    return { host: address.address, port: address.port };
+  listen(host: string, port: number): Promise<ListenAddress> {
+    return this.listeners.listen(host, port);
   }
 
   /** Listens on a Unix socket at `path` (which must not exist yet). */
-  async listenUnix(path: string): Promise<void> {
-    await this.startListener((server, onListening) => server.listen(path, onListening));
+  listenUnix(path: string): Promise<void> {
+    return this.listeners.listenUnix(path);
   }
 
   get connectionCount(): number {
-    return this.connections.size;
+    return this.listeners.connections.size;
   }
 
   /**
@@ -110,50 +107,6 @@ export class NbdServer {
    * grace period), closes them and their volume handles. Idempotent.
    */
   close(): Promise<void> {
-    this.closing ??= this.closeAll();
-    return this.closing;
-  }
-
-  private async closeAll(): Promise<void> {
-    const listenersClosed = this.listeners.map(
-      (listener) => new Promise<void>((resolve) => listener.close(() => resolve())),
-    );
-    const connections = [...this.connections];
-    for (const connection of connections) connection.shutdown();
-    await Promise.all(connections.map((connection) => connection.closed));
-    await Promise.all(listenersClosed);
-  }
-
-  private startListener(
-    bind: (server: net.Server, onListening: () => void) => void,
-  ): Promise<net.Server> {
-    if (this.closing !== undefined) {
-      return Promise.reject(new CisternError('CLOSED', 'NBD server is closed'));
-    }
-    // allowHalfOpen: a client that shuts down its sending side still gets the replies to
-    // what it sent; the connection ends itself once they are out.
-    const server = net.createServer({ allowHalfOpen: true, noDelay: true }, (socket) =>
-      this.accept(socket),
-    );
-    server.maxConnections = MAX_CONNECTIONS_PER_LISTENER;
-    return new Promise((resolve, reject) => {
-      server.once('error', reject);
-      bind(server, () => {
-        server.off('error', reject);
-        server.on('error', (error) => this.config.onUnexpectedError(error));
-        this.listeners.push(server);
-        resolve(server);
-      });
-    });
-  }
-
-  private accept(socket: net.Socket): void {
-    if (this.closing !== undefined) {
-      socket.destroy();
-      return;
-    }
-    const connection = new NbdConnection(socket, this.config);
-    this.connections.add(connection);
-    void connection.closed.then(() => this.connections.delete(connection));
+    return this.listeners.close();
   }
 }

@@ -26,11 +26,17 @@
 // Disk files go under $CISTERN_PERF_DIR, else os.tmpdir(); tmpfs is refused (its
 // O_DIRECT never reaches a disk).
 
-import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
-import { isMemoryFilesystem } from '../src/engine/testing';
+import {
+  commandLine,
+  cpuTicks,
+  loadAverage,
+  machine as machineBase,
+  scratchDirectory,
+  tickUs,
+  toolVersion,
+} from './bench';
 import {
   cistern,
   createNetwork,
@@ -43,7 +49,6 @@ import {
 } from '../test/cluster/harness';
 
 const MiB = 2 ** 20;
-const GiB = 2 ** 30;
 /** Room for the object store's header and slot rounding beside the volume. */
 const DISK_SLACK_BYTES = 256 * MiB;
 /** Peer (replication) port of every cluster host; any free port would do. */
@@ -118,13 +123,7 @@ interface Settings {
 }
 
 function settings(): Settings {
-  const positive = (name: string, fallback: number): number => {
-    const index = process.argv.indexOf(name);
-    if (index < 0) return fallback;
-    const value = Number(process.argv[index + 1]);
-    if (!Number.isFinite(value) || value <= 0) throw new Error(`${name} needs a positive number`);
-    return value;
-  };
+  const { positive } = commandLine();
   return {
     seconds: positive('--seconds', 10),
     rounds: Math.round(positive('--rounds', 2)),
@@ -308,7 +307,7 @@ async function measureAll(
   for (const run of RUNS) {
     const ticksBefore = daemonTicks(target.pids);
     const figure = await runFio(network, client, target.uri, { ...run, ...settings });
-    const cpuUs = (daemonTicks(target.pids) - ticksBefore) * tickMicroseconds();
+    const cpuUs = (daemonTicks(target.pids) - ticksBefore) * tickUs();
     const measured = { ...figure, daemonCpuUsPerIo: cpuUs / figure.ios };
     figures.push(measured);
     console.log(`  round ${round}, ${target.label}: ${run.name}: ${describe(measured)}`);
@@ -316,20 +315,9 @@ async function measureAll(
   return figures;
 }
 
-/** User + system CPU ticks of the processes (fields 14 and 15 of proc(5)'s stat). */
+/** User + system CPU ticks of the processes. */
 function daemonTicks(pids: readonly number[]): number {
-  let ticks = 0;
-  for (const pid of pids) {
-    const fields = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.split(' ') ?? [];
-    ticks += Number(fields[11]) + Number(fields[12]);
-  }
-  return ticks;
-}
-
-function tickMicroseconds(): number {
-  const hz = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout.trim());
-  if (!Number.isFinite(hz) || hz <= 0) throw new Error('getconf CLK_TCK gave no tick rate');
-  return 1e6 / hz;
+  return pids.reduce((ticks, pid) => ticks + cpuTicks(pid), 0);
 }
 
 function describe(figure: Measured): string {
@@ -340,13 +328,9 @@ function describe(figure: Measured): string {
 }
 
 export function machine(): string {
-  const cpus = os.cpus();
-  const fio = spawnSync('fio', ['--version'], { encoding: 'utf8' }).stdout.trim();
-  const etcd = spawnSync('etcd', ['--version'], { encoding: 'utf8' }).stdout.split('\n')[0];
   return (
-    `${cpus[0]?.model ?? 'unknown CPU'}, ${cpus.length} cores, ` +
-    `${Math.round(os.totalmem() / GiB)} GiB, Linux ${os.release()}, node ${process.version}, ` +
-    `${fio}, ${etcd?.trim() ?? 'etcd ?'}, load ${loadAverage()} (1, 5, 15 min)`
+    `${machineBase()}, ${toolVersion('fio', ['--version'])}, ` +
+    `${toolVersion('etcd', ['--version'])}, load ${loadAverage()} (1, 5, 15 min)`
   );
 }
 
@@ -405,19 +389,8 @@ function printTable(baseline: Measured[][], cluster: Measured[][]): void {
   console.log(`I/Os (the cluster: all three). Load after the run: ${loadAverage()}.`);
 }
 
-export function loadAverage(): string {
-  return os
-    .loadavg()
-    .map((load) => load.toFixed(2))
-    .join(' ');
-}
-
 export function perfDirectory(name = 'cluster'): string {
-  const parent = process.env['CISTERN_PERF_DIR'] || os.tmpdir();
-  if (isMemoryFilesystem(parent)) {
-    throw new Error(`${parent} is tmpfs; set CISTERN_PERF_DIR to a directory on a disk`);
-  }
-  return fs.mkdtempSync(path.join(parent, `cistern-perf-${name}-`));
+  return scratchDirectory(`cistern-perf-${name}-`).directory;
 }
 
 async function main(): Promise<void> {

@@ -13,12 +13,11 @@
 
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { type AioDevice, type IoCallback, openDevice } from '../src/engine/aio-device';
 import { BufferPool } from '../src/engine/buffer-pool';
-import { isMemoryFilesystem } from '../src/engine/testing';
 import { Random } from '../src/util/random';
+import { commandLine, machine, scratchDirectory, toolVersion } from './bench';
 
 const BLOCK_BYTES = 4096;
 const QUEUE_DEPTH = 32;
@@ -28,14 +27,6 @@ type Pattern = 'randread' | 'randwrite';
 interface Measurement {
   iops: number;
   cpuSeconds: number;
-}
-
-function argument(name: string, fallback: number): number {
-  const index = process.argv.indexOf(name);
-  if (index < 0) return fallback;
-  const value = Number(process.argv[index + 1]);
-  if (!Number.isFinite(value) || value <= 0) throw new Error(`${name} needs a positive number`);
-  return value;
 }
 
 function fio(args: string[]): Record<string, unknown> {
@@ -122,33 +113,21 @@ function runOurs(device: AioDevice, pattern: Pattern, seconds: number): Promise<
   });
 }
 
-function machine(): string {
-  const cpus = os.cpus();
-  const fioVersion = spawnSync('fio', ['--version'], { encoding: 'utf8' }).stdout.trim();
-  return (
-    `${cpus[0]?.model ?? 'unknown CPU'}, ${cpus.length} cores, Linux ${os.release()}, ` +
-    `node ${process.version}, ${fioVersion}`
-  );
-}
-
 function median(values: number[]): number {
   const sorted = [...values].sort((a, b) => a - b);
   return sorted[Math.floor(sorted.length / 2)] as number;
 }
 
 async function main(): Promise<void> {
-  const seconds = argument('--seconds', 10);
-  const sizeBytes = argument('--size-gib', 2) * 2 ** 30;
-  const rounds = argument('--rounds', 1);
-  const parent = process.env['CISTERN_PERF_DIR'] || os.tmpdir();
-  if (isMemoryFilesystem(parent)) {
-    throw new Error(`${parent} is tmpfs; set CISTERN_PERF_DIR to a directory on a real disk`);
-  }
-  const directory = fs.mkdtempSync(path.join(parent, 'cistern-perf-'));
+  const { positive } = commandLine();
+  const seconds = positive('--seconds', 10);
+  const sizeBytes = positive('--size-gib', 2) * 2 ** 30;
+  const rounds = positive('--rounds', 1);
+  const { parent, directory } = scratchDirectory('cistern-perf-');
   const file = path.join(directory, 'disk');
   try {
     console.log(`# Engine (native AIO) vs fio — ${new Date().toISOString()}`);
-    console.log(`# ${machine()}`);
+    console.log(`# ${machine()}, ${toolVersion('fio', ['--version'])}`);
     console.log(
       `# ${sizeBytes / 2 ** 30} GiB file in ${parent}, 4 KiB, QD ${QUEUE_DEPTH}, ${seconds} s per run`,
     );

@@ -25,19 +25,36 @@
 // --node-flags adds V8/node flags to the daemon (a diagnosis aid: the results say which
 // were used).
 
-import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { isMemoryFilesystem } from '../src/engine/testing';
 import { readAdminFile } from '../src/daemon/data-dir';
+import {
+  commandLine,
+  cpuTicks,
+  exited,
+  loadAverage,
+  type Figure,
+  machine,
+  measureRounds,
+  MiB,
+  type PatternBase,
+  printCpu,
+  printFigures,
+  READY_TIMEOUT_MS,
+  Results,
+  run as runCommand,
+  scratchDirectory,
+  tickUs,
+  toolVersion,
+  waitForListener,
+} from './bench';
 
-const MiB = 2 ** 20;
 const QUEUE_DEPTH = 32;
 /** Room for the object store's 1 MiB header and slot rounding beside the volume. */
 const DISK_SLACK_BYTES = 64 * MiB;
-const READY_TIMEOUT_MS = 60_000;
 /** tgtd leaves after `--op delete --mode system` within a few seconds; then SIGKILL. */
 const TGTD_STOP_TIMEOUT_MS = 10_000;
 /** Where tgtd keeps its control sockets (socket.N for `-C N`). */
@@ -46,10 +63,7 @@ const TGTD_SOCKET_DIR = '/var/run/tgtd';
 const CLIENT_SLACK_MS = 120_000;
 const BIN = path.join(__dirname, '..', '..', 'bin', 'cistern');
 
-interface Pattern {
-  name: string;
-  key: string;
-  unit: 'IOPS' | 'MiB/s';
+interface Pattern extends PatternBase {
   /** Runs the client against `url`; resolves to the figure and the I/Os it made. */
   run(url: string, config: Settings): Promise<{ value: number; ios: number }>;
 }
@@ -59,11 +73,6 @@ interface Server {
   url: string;
   pid: number | undefined;
   stop(): Promise<void>;
-}
-
-interface Figure {
-  value: number;
-  cpuUsPerIo: number;
 }
 
 interface Settings {
@@ -78,17 +87,7 @@ interface Settings {
 }
 
 function settings(): Settings {
-  const value = (name: string): string | undefined => {
-    const index = process.argv.indexOf(name);
-    return index < 0 ? undefined : process.argv[index + 1];
-  };
-  const positive = (name: string, fallback: number): number => {
-    const text = value(name);
-    if (text === undefined) return fallback;
-    const number = Number(text);
-    if (!Number.isFinite(number) || number <= 0) throw new Error(`${name} needs a positive number`);
-    return number;
-  };
+  const { value, positive } = commandLine();
   const profile = value('--profile');
   const sizeBytes = Math.round(positive('--size-gib', 2) * 1024) * MiB;
   return {
@@ -104,21 +103,10 @@ function settings(): Settings {
   };
 }
 
-function run(command: string, args: string[], timeoutMs: number): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
-    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-    child.on('error', reject);
-    child.on('close', (code, signal) => {
-      clearTimeout(timer);
-      if (code === 0) resolve(stdout + stderr);
-      else reject(new Error(`${command} ${args.join(' ')} failed (${code ?? signal}): ${stderr}`));
-    });
-  });
+/** Clients print their figures on stdout or stderr: both, one after the other. */
+async function run(command: string, args: string[], timeoutMs: number): Promise<string> {
+  const { stdout, stderr } = await runCommand(command, args, timeoutMs);
+  return stdout + stderr;
 }
 
 /** `iscsi-perf` for a fixed time; its last line is `iops average N (M MB/s)`. */
@@ -180,19 +168,12 @@ const PATTERNS: Pattern[] = [
   },
 ];
 
-function cpuTicks(pid: number): number {
-  const fields = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.split(' ') ?? [];
-  // utime and stime are fields 14 and 15 of stat(5), 12 and 13 after "pid (comm) ".
-  return Number(fields[11]) + Number(fields[12]);
-}
-
 async function measure(server: Server, pattern: Pattern, config: Settings): Promise<Figure> {
   const pid = server.pid;
   const before = pid === undefined ? 0 : cpuTicks(pid);
   const { value, ios } = await pattern.run(server.url, config);
   const ticks = pid === undefined ? NaN : cpuTicks(pid) - before;
-  const tickUs = 1e6 / Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout);
-  return { value, cpuUsPerIo: (ticks * tickUs) / ios };
+  return { value, cpuUsPerIo: (ticks * tickUs()) / ios };
 }
 
 /** A free TCP port on loopback (bound and released: tgtd must be told a number). */
@@ -205,31 +186,6 @@ function freePort(): Promise<number> {
       const port = typeof address === 'object' && address ? address.port : 0;
       server.close(() => resolve(port));
     });
-  });
-}
-
-async function waitForPort(port: number, child: ChildProcess, name: string): Promise<void> {
-  const deadline = Date.now() + READY_TIMEOUT_MS;
-  while (Date.now() < deadline) {
-    if (child.exitCode !== null) throw new Error(`${name} exited with ${child.exitCode}`);
-    const connected = await new Promise<boolean>((resolve) => {
-      const probe = net.connect(port, '127.0.0.1');
-      probe.once('connect', () => {
-        probe.destroy();
-        resolve(true);
-      });
-      probe.once('error', () => resolve(false));
-    });
-    if (connected) return;
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-  throw new Error(`${name} did not listen on port ${port} within ${READY_TIMEOUT_MS} ms`);
-}
-
-function exited(child: ChildProcess): Promise<void> {
-  return new Promise((resolve) => {
-    if (child.exitCode !== null || child.signalCode !== null) return resolve();
-    child.once('exit', () => resolve());
   });
 }
 
@@ -255,7 +211,7 @@ async function startTgt(label: string, file: string, direct: boolean): Promise<S
   const child = spawn('tgtd', ['-f', '-C', control, '--iscsi', `portal=127.0.0.1:${port}`], {
     stdio: 'ignore',
   });
-  await waitForPort(port, child, label);
+  await waitForListener({ port, host: '127.0.0.1' }, child, label);
   const target = `iqn.2026-11.io.cistern.perf:tgt${direct ? '-direct' : ''}`;
   await tgtadm('--mode', 'target', '--op', 'new', '--tid', '1', '--targetname', target);
   await tgtadm(
@@ -337,33 +293,14 @@ async function startCistern(
   };
 }
 
-function machine(): string {
-  const cpus = os.cpus();
-  const version = (command: string, args: string[]): string => {
-    const result = spawnSync(command, args, { encoding: 'utf8' });
-    return `${result.stdout}${result.stderr}`.split('\n')[0]?.trim() ?? '?';
-  };
-  const tgt = spawnSync('dpkg-query', ['-W', '-f=${Version}', 'tgt'], { encoding: 'utf8' }).stdout;
-  const libiscsi = spawnSync('dpkg-query', ['-W', '-f=${Version}', 'libiscsi-bin'], {
-    encoding: 'utf8',
-  }).stdout;
+/** The machine line: ours plus tgt, libiscsi and qemu-img versions. */
+function machineLine(): string {
+  const dpkgVersion = (name: string): string =>
+    spawnSync('dpkg-query', ['-W', '-f=${Version}', name], { encoding: 'utf8' }).stdout || '?';
   return (
-    `${cpus[0]?.model ?? 'unknown CPU'}, ${cpus.length} cores, ` +
-    `${Math.round(os.totalmem() / 2 ** 30)} GiB, Linux ${os.release()}, node ${process.version}, ` +
-    `tgt ${tgt || '?'}, libiscsi ${libiscsi || '?'}, ${version('qemu-img', ['--version'])}`
+    `${machine()}, tgt ${dpkgVersion('tgt')}, libiscsi ${dpkgVersion('libiscsi-bin')}, ` +
+    `${toolVersion('qemu-img', ['--version'])}`
   );
-}
-
-function median(values: number[]): number {
-  const sorted = values.filter((v) => !Number.isNaN(v)).sort((a, b) => a - b);
-  if (sorted.length === 0) return NaN;
-  const high = sorted[Math.floor(sorted.length / 2)] as number;
-  const low = sorted[Math.ceil(sorted.length / 2) - 1] as number;
-  return (low + high) / 2;
-}
-
-function format(value: number, unit: Pattern['unit']): string {
-  return Number.isNaN(value) ? '–' : unit === 'IOPS' ? String(Math.round(value)) : value.toFixed(0);
 }
 
 const TGT_DIRECT = 'tgtd (bsoflags=direct)';
@@ -371,29 +308,17 @@ const TGT_BUFFERED = 'tgtd (buffered)';
 
 async function main(): Promise<void> {
   const config = settings();
-  const parent = process.env['CISTERN_PERF_DIR'] || os.tmpdir();
-  if (isMemoryFilesystem(parent)) {
-    throw new Error(`${parent} is tmpfs; set CISTERN_PERF_DIR to a directory on a real disk`);
-  }
-  const directory = fs.mkdtempSync(path.join(parent, 'cistern-iscsi-'));
+  const { parent, directory } = scratchDirectory('cistern-iscsi-');
   const peerFile = path.join(directory, 'tgt.img');
   const servers: Server[] = [];
-  const results = new Map<string, Map<string, Figure[]>>();
-  const record = (label: string, pattern: Pattern, figure: Figure): void => {
-    const byPattern = results.get(label) ?? new Map<string, Figure[]>();
-    results.set(label, byPattern);
-    byPattern.set(pattern.key, [...(byPattern.get(pattern.key) ?? []), figure]);
-  };
+  const results = new Results<Figure>();
   try {
     console.log(`# iSCSI front end vs tgt — ${new Date().toISOString()}`);
-    console.log(`# ${machine()}`);
+    console.log(`# ${machineLine()}`);
     console.log(
       `# ${config.sizeBytes / 2 ** 30} GiB volume/file in ${parent}, queue depth ${QUEUE_DEPTH}, ` +
         `reads ${config.seconds} s, ${config.writeCount} 4 KiB writes, ${config.rounds} round(s), ` +
-        `medians; load average at start ${os
-          .loadavg()
-          .map((l) => l.toFixed(2))
-          .join(' ')}` +
+        `medians; load average at start ${loadAverage()}` +
         (config.nodeFlags.length > 0 ? `; daemon node flags: ${config.nodeFlags.join(' ')}` : ''),
     );
     const peers = config.only !== 'cistern';
@@ -415,67 +340,29 @@ async function main(): Promise<void> {
       servers.push(server);
       cistern.push(server);
     }
-    for (let round = 0; round < config.rounds; round++) {
-      const order = [...starters, ...cistern.map((server) => async () => server)];
-      for (const start of order) {
-        const server = await start();
-        try {
-          for (const pattern of PATTERNS) {
-            const figure = await measure(server, pattern, config);
-            record(server.label, pattern, figure);
-            console.error(
-              `round ${round + 1} ${server.label} ${pattern.name}: ${format(figure.value, pattern.unit)} ` +
-                `${pattern.unit}, ${figure.cpuUsPerIo.toFixed(1)} µs CPU/IO, ` +
-                `load ${os.loadavg()[0]?.toFixed(2)}`,
-            );
-          }
-        } finally {
-          if (!cistern.includes(server)) await server.stop();
-        }
-        await run('sync', [], 60_000);
-      }
-    }
-    report(results, config);
+    await measureRounds(
+      {
+        rounds: config.rounds,
+        starters,
+        kept: cistern,
+        patterns: PATTERNS,
+        measure: (server, pattern) => measure(server, pattern, config),
+        note: () => `, load ${os.loadavg()[0]?.toFixed(2)}`,
+      },
+      results,
+    );
+    const ours = `Cistern (pool size ${config.poolSizes[0]})`;
+    printFigures(results, PATTERNS, ours, [
+      { header: 'ours : tgt direct', of: (key) => results.value(TGT_DIRECT, key) },
+      { header: 'ours : tgt buffered', of: (key) => results.value(TGT_BUFFERED, key) },
+    ]);
+    printCpu(results, PATTERNS, results.labels);
+    console.log('');
+    console.log(`load average at the end: ${loadAverage()}`);
   } finally {
     for (const server of servers) await server.stop();
     fs.rmSync(directory, { recursive: true, force: true });
   }
-}
-
-function report(results: Map<string, Map<string, Figure[]>>, config: Settings): void {
-  const get = (label: string, key: string): Figure[] => results.get(label)?.get(key) ?? [];
-  const value = (label: string, key: string): number => median(get(label, key).map((f) => f.value));
-  const cpu = (label: string, key: string): number =>
-    median(get(label, key).map((f) => f.cpuUsPerIo));
-  const labels = [...results.keys()];
-  const ours = `Cistern (pool size ${config.poolSizes[0]})`;
-  console.log('');
-  console.log(`| pattern | ${labels.join(' | ')} | ours : tgt direct | ours : tgt buffered |`);
-  console.log(`| --- |${' ---: |'.repeat(labels.length + 2)}`);
-  for (const pattern of PATTERNS) {
-    const cells = labels.map((l) => format(value(l, pattern.key), pattern.unit));
-    const mine = value(ours, pattern.key);
-    console.log(
-      `| ${pattern.name} (${pattern.unit}) | ${cells.join(' | ')} | ` +
-        `${(mine / value(TGT_DIRECT, pattern.key)).toFixed(2)} | ` +
-        `${(mine / value(TGT_BUFFERED, pattern.key)).toFixed(2)} |`,
-    );
-  }
-  console.log('');
-  console.log('Server CPU (user + system) per I/O, µs:');
-  console.log(`| pattern | ${labels.join(' | ')} |`);
-  console.log(`| --- |${' ---: |'.repeat(labels.length)}`);
-  for (const pattern of PATTERNS) {
-    const cells = labels.map((l) => cpu(l, pattern.key).toFixed(1));
-    console.log(`| ${pattern.name} | ${cells.join(' | ')} |`);
-  }
-  console.log('');
-  console.log(
-    `load average at the end: ${os
-      .loadavg()
-      .map((l) => l.toFixed(2))
-      .join(' ')}`,
-  );
 }
 
 main().catch((error: unknown) => {

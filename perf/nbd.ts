@@ -20,34 +20,52 @@
 // else os.tmpdir(); tmpfs is refused (its O_DIRECT never reaches a disk). With
 // --profile DIR the Cistern servers run under `node --cpu-prof` and write there.
 
-import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as net from 'node:net';
-import * as os from 'node:os';
 import * as path from 'node:path';
-import { isMemoryFilesystem } from '../src/engine/testing';
+import {
+  commandLine,
+  cpuTicks,
+  type Figure as FigureBase,
+  measureRounds,
+  machine,
+  MiB,
+  type PatternBase,
+  printCpu,
+  printFigures,
+  Results,
+  run,
+  scratchDirectory,
+  tickUs,
+  toolVersion,
+  waitForListener,
+} from './bench';
 
-const MiB = 2 ** 20;
 const IO_DEPTH = 32;
 /** Room for the object store's 1 MiB header and slot rounding beside the volume. */
 const DISK_SLACK_BYTES = 64 * MiB;
 /** How often the serving process's RSS is sampled. */
 const RSS_SAMPLE_MS = 100;
-const READY_TIMEOUT_MS = 60_000;
 
-interface Pattern {
-  name: string;
+interface Pattern extends PatternBase {
   rw: 'randread' | 'randwrite' | 'read' | 'write';
   blockBytes: number;
-  /** Reported as IOPS (random) or MiB/s (sequential). */
-  unit: 'IOPS' | 'MiB/s';
 }
 
+const pattern = (name: string, rw: Pattern['rw'], blockBytes: number): Pattern => ({
+  name,
+  key: rw,
+  rw,
+  blockBytes,
+  // Random patterns are reported as IOPS, sequential ones as MiB/s.
+  unit: rw.startsWith('rand') ? 'IOPS' : 'MiB/s',
+});
+
 const PATTERNS: Pattern[] = [
-  { name: '4 KiB random read', rw: 'randread', blockBytes: 4096, unit: 'IOPS' },
-  { name: '4 KiB random write', rw: 'randwrite', blockBytes: 4096, unit: 'IOPS' },
-  { name: '1 MiB sequential read', rw: 'read', blockBytes: MiB, unit: 'MiB/s' },
-  { name: '1 MiB sequential write', rw: 'write', blockBytes: MiB, unit: 'MiB/s' },
+  pattern('4 KiB random read', 'randread', 4096),
+  pattern('4 KiB random write', 'randwrite', 4096),
+  pattern('1 MiB sequential read', 'read', MiB),
+  pattern('1 MiB sequential write', 'write', MiB),
 ];
 
 interface Server {
@@ -58,10 +76,7 @@ interface Server {
   stop(): Promise<void>;
 }
 
-interface Figure {
-  value: number;
-  /** Server CPU (user + system) per I/O in microseconds; NaN without a server process. */
-  cpuUsPerIo: number;
+interface Figure extends FigureBase {
   rssMaxBytes: number;
 }
 
@@ -75,17 +90,7 @@ interface Settings {
 }
 
 function settings(): Settings {
-  const value = (name: string): string | undefined => {
-    const index = process.argv.indexOf(name);
-    return index < 0 ? undefined : process.argv[index + 1];
-  };
-  const positive = (name: string, fallback: number): number => {
-    const text = value(name);
-    if (text === undefined) return fallback;
-    const number = Number(text);
-    if (!Number.isFinite(number) || number <= 0) throw new Error(`${name} needs a positive number`);
-    return number;
-  };
+  const { value, positive } = commandLine();
   const profile = value('--profile');
   return {
     seconds: positive('--seconds', 10),
@@ -97,22 +102,8 @@ function settings(): Settings {
   };
 }
 
-function run(command: string, args: string[]): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
-    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-    child.on('error', reject);
-    child.on('close', (code) =>
-      code === 0 ? resolve(stdout) : reject(new Error(`${command} failed (${code}): ${stderr}`)),
-    );
-  });
-}
-
 async function fio(args: string[]): Promise<Record<string, unknown>> {
-  const stdout = await run('fio', ['--output-format=json', ...args]);
+  const { stdout } = await run('fio', ['--output-format=json', ...args]);
   // fio may print notes before the JSON document.
   return JSON.parse(stdout.slice(stdout.indexOf('{'))) as Record<string, unknown>;
 }
@@ -135,12 +126,6 @@ async function fill(target: string[], sizeBytes: number): Promise<void> {
     '--bs=1M',
     '--iodepth=8',
   ]);
-}
-
-function cpuTicks(pid: number): number {
-  const fields = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.split(' ') ?? [];
-  // utime and stime are fields 14 and 15 of stat(5), 12 and 13 after "pid (comm) ".
-  return Number(fields[11]) + Number(fields[12]);
 }
 
 function rssBytes(pid: number): number {
@@ -180,35 +165,15 @@ async function measure(
       total_ios: number;
     };
     const ticks = pid === undefined ? NaN : cpuTicks(pid) - ticksBefore;
-    const tickUs = 1e6 / Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout);
     return {
       value: pattern.unit === 'IOPS' ? side.iops : side.bw_bytes / MiB,
-      cpuUsPerIo: (ticks * tickUs) / side.total_ios,
+      cpuUsPerIo: (ticks * tickUs()) / side.total_ios,
       rssMaxBytes,
     };
   } finally {
     clearInterval(sampler);
     if (pid !== undefined) rssMaxBytes = Math.max(rssMaxBytes, rssBytes(pid));
   }
-}
-
-/** Resolves once something accepts connections on the Unix socket. */
-async function waitForSocket(socket: string, child: ChildProcess, name: string): Promise<void> {
-  const deadline = Date.now() + READY_TIMEOUT_MS;
-  while (Date.now() < deadline) {
-    if (child.exitCode !== null) throw new Error(`${name} exited with ${child.exitCode}`);
-    const connected = await new Promise<boolean>((resolve) => {
-      const probe = net.connect(socket);
-      probe.once('connect', () => {
-        probe.destroy();
-        resolve(true);
-      });
-      probe.once('error', () => resolve(false));
-    });
-    if (connected) return;
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-  throw new Error(`${name} did not listen on ${socket} within ${READY_TIMEOUT_MS} ms`);
 }
 
 function stopper(child: ChildProcess): () => Promise<void> {
@@ -224,9 +189,9 @@ async function startPeer(label: string, command: string, args: string[], socket:
   // nbdkit leaves its socket behind on exit; the next round's nbdkit must bind again.
   fs.rmSync(socket, { force: true });
   // stderr ignored: the readiness probe's bare connect makes every peer log a broken
-  // handshake. A peer that fails to start is caught by waitForSocket (exit code).
+  // handshake. A peer that fails to start is caught by waitForListener (exit code).
   const child = spawn(command, args, { stdio: 'ignore' });
-  await waitForSocket(socket, child, label);
+  await waitForListener({ path: socket }, child, label);
   return { label, target: nbdTarget(socket), pid: child.pid, stop: stopper(child) };
 }
 
@@ -253,55 +218,24 @@ async function startCistern(
     { stdio: ['ignore', 'ignore', 'inherit'] },
   );
   const label = `Cistern (pool size ${poolSize})`;
-  await waitForSocket(socket, child, label);
+  await waitForListener({ path: socket }, child, label);
   const server = { label, target: nbdTarget(socket), pid: child.pid, stop: stopper(child) };
   await fill(server.target, sizeBytes);
   return server;
 }
 
-function machine(): string {
-  const cpus = os.cpus();
-  const version = (command: string, flag: string): string =>
-    spawnSync(command, [flag], { encoding: 'utf8' }).stdout.split('\n')[0]?.trim() ?? '?';
-  return (
-    `${cpus[0]?.model ?? 'unknown CPU'}, ${cpus.length} cores, ` +
-    `${Math.round(os.totalmem() / 2 ** 30)} GiB, Linux ${os.release()}, node ${process.version}, ` +
-    `${version('fio', '--version')}, ${version('nbdkit', '--version')}, ` +
-    `${version('qemu-nbd', '--version')}`
-  );
-}
-
-function median(values: number[]): number {
-  const sorted = values.filter((v) => !Number.isNaN(v)).sort((a, b) => a - b);
-  if (sorted.length === 0) return NaN;
-  // An even count takes the mean of the middle two (with 2 rounds, not the larger one).
-  const high = sorted[Math.floor(sorted.length / 2)] as number;
-  const low = sorted[Math.ceil(sorted.length / 2) - 1] as number;
-  return (low + high) / 2;
-}
-
-function format(value: number, unit: Pattern['unit']): string {
-  return Number.isNaN(value) ? '–' : unit === 'IOPS' ? String(Math.round(value)) : value.toFixed(0);
-}
-
 async function main(): Promise<void> {
   const config = settings();
-  const parent = process.env['CISTERN_PERF_DIR'] || os.tmpdir();
-  if (isMemoryFilesystem(parent)) {
-    throw new Error(`${parent} is tmpfs; set CISTERN_PERF_DIR to a directory on a real disk`);
-  }
-  const directory = fs.mkdtempSync(path.join(parent, 'cistern-nbd-'));
+  const { parent, directory } = scratchDirectory('cistern-nbd-');
   const peerFile = path.join(directory, 'peer.img');
   const servers: Server[] = [];
-  const results = new Map<string, Map<string, Figure[]>>();
-  const record = (label: string, pattern: Pattern, figure: Figure): void => {
-    const byPattern = results.get(label) ?? new Map<string, Figure[]>();
-    results.set(label, byPattern);
-    byPattern.set(pattern.rw, [...(byPattern.get(pattern.rw) ?? []), figure]);
-  };
+  const results = new Results<Figure>();
   try {
     console.log(`# NBD front end vs nbdkit and qemu-nbd — ${new Date().toISOString()}`);
-    console.log(`# ${machine()}`);
+    console.log(
+      `# ${machine()}, ${toolVersion('fio', ['--version'])}, ` +
+        `${toolVersion('nbdkit', ['--version'])}, ${toolVersion('qemu-nbd', ['--version'])}`,
+    );
     console.log(
       `# ${config.sizeBytes / 2 ** 30} GiB volume/file in ${parent}, iodepth ${IO_DEPTH}, ` +
         `${config.seconds} s per run, ${config.rounds} round(s), medians`,
@@ -328,32 +262,23 @@ async function main(): Promise<void> {
         return startPeer('qemu-nbd', 'qemu-nbd', [...args, '-k', socket, '-t', peerFile], socket);
       });
     }
-    // Cistern servers stay up across rounds (filling them again would dominate).
     const cistern: Server[] = [];
     for (const size of config.poolSizes) {
       const server = await startCistern(directory, size, config.sizeBytes, config.profileDir);
       servers.push(server);
       cistern.push(server);
     }
-    for (let round = 0; round < config.rounds; round++) {
-      const order: Array<() => Promise<Server>> = [
-        ...starters,
-        ...cistern.map((server) => async () => server),
-      ];
-      for (const start of order) {
-        const server = await start();
-        for (const pattern of PATTERNS) {
-          const figure = await measure(server, pattern, config.sizeBytes, config.seconds);
-          record(server.label, pattern, figure);
-          console.error(
-            `round ${round + 1} ${server.label} ${pattern.name}: ${format(figure.value, pattern.unit)} ` +
-              `${pattern.unit}, ${figure.cpuUsPerIo.toFixed(1)} µs CPU/IO, RSS max ${(figure.rssMaxBytes / MiB).toFixed(0)} MiB`,
-          );
-        }
-        if (!cistern.includes(server)) await server.stop();
-        await run('sync', []);
-      }
-    }
+    await measureRounds(
+      {
+        rounds: config.rounds,
+        starters,
+        kept: cistern,
+        patterns: PATTERNS,
+        measure: (server, pattern) => measure(server, pattern, config.sizeBytes, config.seconds),
+        note: (figure) => `, RSS max ${(figure.rssMaxBytes / MiB).toFixed(0)} MiB`,
+      },
+      results,
+    );
     report(results, config);
   } finally {
     for (const server of servers) await server.stop();
@@ -361,48 +286,37 @@ async function main(): Promise<void> {
   }
 }
 
-function report(results: Map<string, Map<string, Figure[]>>, config: Settings): void {
-  const get = (label: string, rw: string): Figure[] => results.get(label)?.get(rw) ?? [];
-  const value = (label: string, rw: string): number => median(get(label, rw).map((f) => f.value));
-  const cpu = (label: string, rw: string): number =>
-    median(get(label, rw).map((f) => f.cpuUsPerIo));
-  const labels = [...results.keys()];
+function report(results: Results<Figure>, config: Settings): void {
+  const labels = results.labels;
   const peerLabels = labels.filter((l) => l.startsWith('nbdkit') || l.startsWith('qemu'));
   const rawLabel = labels.find((l) => l.startsWith('raw'));
   const ours = `Cistern (pool size ${config.poolSizes[0]})`;
-  console.log('');
-  console.log(`| pattern | ${labels.join(' | ')} | ours : best peer | ours : raw |`);
-  console.log(`| --- |${' ---: |'.repeat(labels.length + 2)}`);
-  for (const pattern of PATTERNS) {
-    const cells = labels.map((l) => format(value(l, pattern.rw), pattern.unit));
-    const best =
-      peerLabels.length === 0 ? NaN : Math.max(...peerLabels.map((l) => value(l, pattern.rw)));
-    const mine = value(ours, pattern.rw);
-    const raw = rawLabel === undefined ? NaN : value(rawLabel, pattern.rw);
-    console.log(
-      `| ${pattern.name} (${pattern.unit}) | ${cells.join(' | ')} | ` +
-        `${(mine / best).toFixed(2)} | ${(mine / raw).toFixed(2)} |`,
-    );
-  }
-  console.log('');
-  console.log(`Server CPU (user + system) per I/O, µs:`);
-  console.log(`| pattern | ${labels.filter((l) => l !== rawLabel).join(' | ')} |`);
-  console.log(`| --- |${' ---: |'.repeat(labels.length - (rawLabel ? 1 : 0))}`);
-  for (const pattern of PATTERNS) {
-    const cells = labels.filter((l) => l !== rawLabel).map((l) => cpu(l, pattern.rw).toFixed(1));
-    console.log(`| ${pattern.name} | ${cells.join(' | ')} |`);
-  }
+  printFigures(results, PATTERNS, ours, [
+    {
+      header: 'ours : best peer',
+      of: (key) =>
+        peerLabels.length === 0 ? NaN : Math.max(...peerLabels.map((l) => results.value(l, key))),
+    },
+    {
+      header: 'ours : raw',
+      of: (key) => (rawLabel === undefined ? NaN : results.value(rawLabel, key)),
+    },
+  ]);
+  printCpu(
+    results,
+    PATTERNS,
+    labels.filter((l) => l !== rawLabel),
+  );
   console.log('');
   for (const size of config.poolSizes.slice(1)) {
     const label = `Cistern (pool size ${size})`;
-    const ratio = value(label, 'randwrite') / value(ours, 'randwrite');
+    const ratio = results.value(label, 'randwrite') / results.value(ours, 'randwrite');
     console.log(
       `pool size ${size} : ${config.poolSizes[0]}, 4 KiB random write: ${ratio.toFixed(2)}`,
     );
   }
   for (const label of labels.filter((l) => l.startsWith('Cistern'))) {
-    const all = [...(results.get(label)?.values() ?? [])].flat();
-    const max = Math.max(...all.map((f) => f.rssMaxBytes));
+    const max = Math.max(...results.all(label).map((f) => f.rssMaxBytes));
     console.log(`${label}: max RSS of the serving process ${(max / MiB).toFixed(0)} MiB`);
   }
 }

@@ -44,7 +44,8 @@ import {
   startEtcd,
   type TestNetwork,
 } from '../test/cluster/harness';
-import { loadAverage, machine, perfDirectory, runFio, startCluster } from './cluster';
+import { commandLine, loadAverage } from './bench';
+import { machine, perfDirectory, runFio, startCluster } from './cluster';
 
 const MiB = 2 ** 20;
 const GiB = 2 ** 30;
@@ -73,17 +74,7 @@ interface Settings {
 }
 
 function settings(): Settings {
-  const value = (name: string): string | undefined => {
-    const index = process.argv.indexOf(name);
-    return index < 0 ? undefined : process.argv[index + 1];
-  };
-  const positive = (name: string, fallback: number): number => {
-    const text = value(name);
-    if (text === undefined) return fallback;
-    const number = Number(text);
-    if (!Number.isFinite(number) || number <= 0) throw new Error(`${name} needs a positive number`);
-    return number;
-  };
+  const { value, positive } = commandLine();
   const bandwidths = (value('--bandwidths') ?? 'default,32').split(',').map((text) => {
     if (text === 'default') return undefined;
     const number = Number(text);

@@ -43,6 +43,8 @@ export const HOST_LEASE_TTL_DEFAULT_S = 10;
 /** etcd's smallest lease TTL is about 1.5 election timeouts (2 s with its defaults). */
 export const HOST_LEASE_TTL_MIN_S = 2;
 export const HOST_LEASE_TTL_MAX_S = 300;
+/** Keepalive send times kept awaiting their answers (etcd3 sends one every TTL/3). */
+const KEEPALIVES_UNANSWERED_MAX = 8;
 /** Host ids become etcd key parts and log fields: keep them plain. */
 export const HOST_ID_PATTERN = /^[a-zA-Z0-9][a-zA-Z0-9._-]{0,63}$/;
 
@@ -589,6 +591,9 @@ export class HostRegistration {
   private lease: Lease | undefined;
   private stopped = false;
   private regrantTimer: NodeJS.Timeout | undefined;
+  /** When the last renewal etcd accepted was sent (Date.now() ms), if any. */
+  private renewedSentAtMs: number | undefined;
+  private readonly renewalListeners = new Set<(sentAtMs: number) => void>();
 
   constructor(
     private readonly store: EtcdClusterStore,
@@ -597,21 +602,51 @@ export class HostRegistration {
     readonly ttlS: number,
   ) {}
 
+  /**
+   * Calls `listener` with the send time of every renewal etcd accepts (the grant, then
+   * each keepalive answered), starting with the last one so far: the read fence
+   * (read-fence.ts) serves reads only for a while after one.
+   */
+  onRenewed(listener: (sentAtMs: number) => void): void {
+    this.renewalListeners.add(listener);
+    if (this.renewedSentAtMs !== undefined) listener(this.renewedSentAtMs);
+  }
+
+  private renewed(sentAtMs: number): void {
+    this.renewedSentAtMs = Math.max(this.renewedSentAtMs ?? sentAtMs, sentAtMs);
+    for (const listener of this.renewalListeners) listener(sentAtMs);
+  }
+
   /** Grants a lease and puts the alive key on it. */
   async grant(): Promise<void> {
     const lease = this.store.client.lease(this.ttlS);
+    // Keepalives go out on one stream and are answered in order: each answer renews the
+    // lease as of when its request was sent (at the latest). Bounded: the oldest
+    // unanswered send times are dropped, which only makes the fence more cautious.
+    const sent: number[] = [];
+    lease.on('keepaliveFired', () => {
+      sent.push(Date.now());
+      if (sent.length > KEEPALIVES_UNANSWERED_MAX) sent.shift();
+    });
+    lease.on('keepaliveSucceeded', () => {
+      const sentAtMs = sent.shift();
+      if (sentAtMs !== undefined && lease === this.lease && !this.stopped) this.renewed(sentAtMs);
+    });
     lease.on('lost', (error) => {
+      sent.length = 0;
       if (this.stopped || lease !== this.lease) return;
       this.store.log('cluster.lease-lost', { host: this.hostId, error });
       this.scheduleRegrant();
     });
     this.lease = lease;
+    const grantSentAtMs = Date.now();
     try {
       await lease.put(this.store.aliveKey(this.hostId)).value(this.value).exec();
     } catch (error) {
       lease.release();
       throw etcdFailure(this.store.endpoints, `register host ${this.hostId}`, error);
     }
+    this.renewed(grantSentAtMs);
   }
 
   private scheduleRegrant(): void {

@@ -7,6 +7,8 @@
 import { CisternError } from '../util/errors';
 import { EtcdClusterStore, HostRegistration } from '../cluster/etcd';
 import { Monitor } from '../cluster/monitor';
+import { ReadFence, readLeaseMs } from '../cluster/read-fence';
+import { systemClock } from '../util/clock';
 import { checkSecret, readSecretFile } from '../cluster/secret';
 import { PeerPool, PeerServer, REQUEST_TIMEOUT_MS } from '../replication/peer';
 import { HandlerReply, HandlerRequest } from '../replication/handler';
@@ -104,6 +106,14 @@ export class ClusterMember implements DaemonStore {
         cluster.leaseTtlS !== undefined ? { ttlS: cluster.leaseTtlS } : {},
       );
       leave.push(['cluster.left', () => registration.revoke()]);
+      // Replicas give up on this host after REQUEST_TIMEOUT_MS, the monitor after the
+      // lease TTL: reads stop before either can have moved a PG on (read-fence.ts).
+      const readFence = new ReadFence({
+        clock: systemClock,
+        hostId: cluster.hostId,
+        leaseMs: readLeaseMs(registration.ttlS * 1000, REQUEST_TIMEOUT_MS),
+      });
+      registration.onRenewed((sentAtMs) => readFence.renewed(sentAtMs));
 
       const peers = new PeerPool({
         hostId: cluster.hostId,
@@ -130,7 +140,13 @@ export class ClusterMember implements DaemonStore {
         ...(options.bandwidth ? { bandwidth: options.bandwidth } : {}),
         hostId: cluster.hostId,
         rack: cluster.rack,
-        cluster: { store: etcd, transport: peers, gatewayTransport: gatewayPeers, waitForEpoch },
+        cluster: {
+          store: etcd,
+          transport: peers,
+          gatewayTransport: gatewayPeers,
+          waitForEpoch,
+          readFence,
+        },
       });
       leave.push(['datastore.closed', () => datastore.close()]);
       handler = datastore.peerHandler();

@@ -16,6 +16,7 @@ import { RangeOrdering } from './ordering';
 import { ActingMember } from '../cluster/state';
 import { ObjectEndpoint, ObjectIo, ownedLease } from './endpoint';
 import { checksumObject } from './checksum';
+import type { ReadFence } from '../cluster/read-fence';
 
 export interface ReplicaSet {
   /** Placement of the object's pool for the current map. */
@@ -31,6 +32,12 @@ export interface ReplicaSet {
    * host holds the PG's primary at the map the change goes out with (primaryHere).
    */
   hostId?: string;
+  /**
+   * Multi-host: reads are served only while this host's liveness lease is known valid
+   * (read-fence.ts), so a primary cut off from etcd stops serving data the rest of the
+   * cluster may have overwritten. Absent on one host, where nobody else serves.
+   */
+  readFence?: ReadFence;
 }
 
 /** Errors that mean the disk itself is failing, not that the request was bad. */
@@ -138,6 +145,8 @@ export class LocalReplication implements ObjectIo {
     key: ObjectKey,
     operation: (store: ObjectEndpoint) => Promise<T>,
   ): Promise<T> {
+    const fenced = this.replicas.readFence?.check();
+    if (fenced) await fenced;
     // Bounded: each failure takes one disk out, so at most `size` attempts.
     for (let attempt = 0; attempt < 64; attempt += 1) {
       const { up, minSize } = this.members(key);

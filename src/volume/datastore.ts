@@ -26,6 +26,7 @@ import { BackgroundThrottle } from '../replication/throttle';
 import { StrayCollector } from '../replication/strays';
 import { ScrubStatus, requestScrub, scrubStatusOf } from '../cluster/scrub-state';
 import { recoveryStatus } from '../cluster/recovery-status';
+import type { ReadFence } from '../cluster/read-fence';
 import { AccessChange, accessOf, publicAccess, setVolumeAccess } from '../cluster/iscsi-access';
 import type { AccessProvider, VolumeAccess } from '../frontend/iscsi/access';
 import { RemoteDisk } from '../replication/remote-disk';
@@ -78,6 +79,8 @@ export interface DatastoreOptions {
     /** For gateway → primary requests, if they should differ (a longer timeout). */
     gatewayTransport?: PeerTransport;
     waitForEpoch: (epoch: number, timeoutMs: number) => Promise<boolean>;
+    /** Reads are served only while this host's liveness lease is known valid. */
+    readFence?: ReadFence;
   };
   /** Bounds on recovery and scrub traffic; absent: their defaults. */
   bandwidth?: { recoveryBytesPerSecond?: number; scrubBytesPerSecond?: number };
@@ -152,6 +155,7 @@ export class Datastore implements DatastoreAdmin, ExportProvider, AccessProvider
       acting: (table, pg) => state.actingMembers(this.cluster.current(), table, pg),
       onDiskFailure: (diskId, error) => this.diskFailed(diskId, error),
       hostId: this.hostId,
+      ...(options.cluster?.readFence ? { readFence: options.cluster.readFence } : {}),
     });
     const multi = options.cluster;
     this.gateway = multi

@@ -2,7 +2,8 @@
 // renewing its lease has its disks marked down by the monitor within the lease TTL plus
 // a little, and out once downOutIntervalS has passed; the other host's disks stay up;
 // when the host registers again its disks come back up and in, except a disk that was
-// down for its own fault. Registration adds a host to the map once, with its address.
+// down for its own fault. Registration adds a host to the map once, with its address,
+// and reports the send time of each renewal etcd accepts (the read fence's input).
 
 import { strict as assert } from 'node:assert';
 import { after, before, test } from 'node:test';
@@ -44,6 +45,25 @@ async function open(): Promise<EtcdClusterStore> {
 function disksOf(store: EtcdClusterStore, host: string) {
   return store.current().map.disks.filter((d) => d.host === host);
 }
+
+test('renewals reach the read fence: at registration, then with every keepalive', async () => {
+  const daemon = await open();
+  const started = Date.now();
+  const registration = await daemon.registerHost(
+    'h9',
+    { address: '10.0.0.9:7000', rack: 'r9' },
+    { ttlS: TTL_S },
+  );
+  const renewals: number[] = [];
+  registration.onRenewed((sentAtMs) => renewals.push(sentAtMs));
+  assert.equal(renewals.length, 1, 'the grant counts, reported at once');
+  assert.ok(renewals[0]! >= started && renewals[0]! <= Date.now());
+  // etcd3 sends a keepalive every TTL/3: a few arrive within two TTLs.
+  await waitFor('three renewals', () => renewals.length >= 3, TTL_S * 2000);
+  for (let i = 1; i < renewals.length; i += 1) assert.ok(renewals[i]! >= renewals[i - 1]!);
+  assert.ok(Date.now() - renewals[renewals.length - 1]! < TTL_S * 1000);
+  await registration.revoke();
+});
 
 test('a lapsed lease takes the host down, then out; registering again brings it back', async () => {
   const daemon1 = await open();

@@ -23,10 +23,14 @@ import { StrayCollector } from '../../src/replication/strays';
 import { ScrubWorker } from '../../src/replication/scrub';
 import { RemoteDisk } from '../../src/replication/remote-disk';
 import { makeHandler } from '../../src/replication/handler';
+import { ReadFence, readLeaseMs } from '../../src/cluster/read-fence';
 import { SimAuthority, HostView } from './cluster';
 import { DiskMedium, SimDisk } from './disk';
 import { SimNetwork, SIM_REQUEST_TIMEOUT_MS } from './network';
 import { Scheduler } from './scheduler';
+
+/** The hosts' liveness lease (virtual ms): the monitor takes a host down this long after its last renewal. */
+export const SIM_LEASE_TTL_MS = 1_500;
 
 /** The gateway's requests to primaries wait longer than a primary's to its replicas (as the daemon's). */
 const GATEWAY_TIMEOUT_FACTOR = 3;
@@ -39,6 +43,8 @@ export interface Incarnation {
   replication: LocalReplication;
   gateway: Gateway;
   recovery: RecoveryWorker;
+  /** Reads served only while the lease is known valid; the monitor's ticks renew it. */
+  fence: ReadFence;
 }
 
 export class SimHost {
@@ -109,12 +115,20 @@ export class SimHost {
       const changed = await view.update((s) => state.markDiskDown(s, diskId, message));
       if (changed) this.log(this.id, 'disk.failed', { disk: diskId, error: message });
     };
+    const fence = new ReadFence({
+      clock: this.scheduler.clock(alive, `${label}.fence`),
+      hostId: this.id,
+      leaseMs: readLeaseMs(SIM_LEASE_TTL_MS, SIM_REQUEST_TIMEOUT_MS),
+    });
+    // A daemon starts by registering its lease in etcd (it cannot start without it).
+    if (this.authority.reachable(this.id)) fence.renewed(this.scheduler.now);
     const replication = new LocalReplication({
       table,
       store: endpoint,
       acting: (t, pg) => state.actingMembers(view.current(), t, pg),
       onDiskFailure: diskFailed,
       hostId: this.id,
+      readFence: fence,
     });
     const gateway = new Gateway({
       hostId: this.id,
@@ -195,6 +209,7 @@ export class SimHost {
       replication,
       gateway,
       recovery,
+      fence,
     };
     this.running = incarnation;
     recovery.start();

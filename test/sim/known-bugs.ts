@@ -10,7 +10,6 @@ import {
   LEFT_IN_CACHE_TEXT,
   NOT_DURABLE_TEXT,
   UNNOTICED_RESTART_TEXT,
-  CUT_OFF_TEXT,
   FAILED_WRITES_TEXT,
 } from './simulation';
 
@@ -66,18 +65,6 @@ export const KNOWN_BUGS: KnownBug[] = [
       'makes authoritative and its host loses power, recovery spreads its older data and ' +
       'the flushed write is gone (seed 1461)',
     matches: (f) => f.kind === 'inv1-durability' && f.text.includes(LEFT_IN_CACHE_TEXT),
-  },
-  {
-    name: 'partitioned-primary-serves-stale-reads',
-    owner: 'peering / replication (local.ts reads, gateway.ts)',
-    what:
-      'a host cut off from etcd keeps its last map and keeps serving reads of the PGs it ' +
-      'was primary of from its own disk; the rest of the cluster has moved the PG on and ' +
-      'acknowledged newer (even FUA) writes, so the read returns older data. Reads are ' +
-      'local to the primary and never fenced; nothing (a lease) stops an isolated primary',
-    matches: (f) =>
-      (f.kind === 'inv1-durability' || f.kind === 'inv3-read-your-writes') &&
-      f.text.includes(CUT_OFF_TEXT),
   },
   {
     name: 'failed-write-leaves-replicas-divergent',

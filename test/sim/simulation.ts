@@ -30,7 +30,7 @@ import { SIM_EPOCH_MS, Scheduler, drainMicrotasks } from './scheduler';
 import { DiskMedium, keyName, SIM_BLOCK_BYTES } from './disk';
 import { SimNetwork, Delivery } from './network';
 import { SimAuthority } from './cluster';
-import { SimHost } from './host';
+import { SIM_LEASE_TTL_MS, SimHost } from './host';
 import { BlockModel, Model, Version, decodeBlock, encodeBlock } from './model';
 
 /** How a read's failure says its gateway could not reach etcd (its map is frozen). */
@@ -65,7 +65,7 @@ export const WRONG_COPY_TEXT = 'accept-loss served a copy lacking writes another
 export const LIVENESS_BOUND_MS = 120_000;
 /** The monitor's check period and the hosts' liveness lease (virtual ms). */
 const MONITOR_TICK_MS = 500;
-const LEASE_TTL_MS = 1_500;
+const LEASE_TTL_MS = SIM_LEASE_TTL_MS;
 /** Down → out (virtual ms): long partitions and absences re-place data. */
 const DOWN_OUT_MS = 20_000;
 /** Steps of one run at most: a run that does not end is a failure, not a hang. */
@@ -370,7 +370,11 @@ class Simulation {
       const now = this.scheduler.now;
       const alive = new Set<string>();
       for (const [id, host] of this.hosts) {
-        if (host.running && this.authority.reachable(id)) this.lastSeen.set(id, now);
+        if (host.running && this.authority.reachable(id)) {
+          // The host's keepalive reached etcd: its lease, and its read fence, renewed.
+          this.lastSeen.set(id, now);
+          host.running.fence.renewed(now);
+        }
         if (now - (this.lastSeen.get(id) ?? -Infinity) < LEASE_TTL_MS) alive.add(id);
         if (alive.has(id)) this.downSince.delete(id);
         else if (!this.downSince.has(id)) this.downSince.set(id, now);
@@ -1179,7 +1183,13 @@ class Simulation {
       const pg = objectToPg(table.pool, key.volume, key.object);
       const members = state.actingMembers(s, table, pg).map((m) => m.disk);
       if (members.length !== this.size) {
-        this.fail('liveness', `object ${object}: PG ${pg} has ${members.length} acting members`);
+        this.fail(
+          'liveness',
+          `object ${object}: PG ${pg} has ${members.length} acting members (row ${[...pgRow(table, pg)].join(',')}; down ${s.map.disks
+            .filter((d) => !d.up)
+            .map((d) => `${d.id}: ${s.disks[String(d.id)]?.error}`)
+            .join('; ')})`,
+        );
         return;
       }
       const describeCopy = (disk: number): string => {

@@ -37,6 +37,12 @@ export interface RecoveryStatus {
   bytesPerSecond: number;
   /** Estimated seconds until every stale member is recovered. */
   seconds: number;
+  /**
+   * What the answering daemon's recovery did since it started (absent where no daemon
+   * answers, as with --etcd): members caught up from the PG log and backfilled, and the
+   * objects each way copied.
+   */
+  done?: { logCatchUps: number; logObjects: number; backfills: number; backfillObjects: number };
 }
 
 export interface PgCopySize {

@@ -7,22 +7,36 @@
 import { ObjectKey, ObjectKeyFilter } from '../store/key';
 import { Extent } from '../volume/backend';
 import { BufferLease } from '../store/buffer-cache';
+import { LogTag, PgLogState, PgVersion } from '../store/pg-log';
 
 export interface ObjectEndpoint {
   read(key: ObjectKey, offset: number, length: number): Promise<Uint8Array>;
   /** Like read without a copy, where the endpoint can lend its buffer (a local store). */
   readLeased?(key: ObjectKey, offset: number, length: number): Promise<BufferLease>;
+  /** `log`: the primary's PG version of a client change, for the disk's PG log (pg-log.ts). */
   write(
     key: ObjectKey,
     offset: number,
     data: Uint8Array,
-    options?: { fua?: boolean },
+    options?: { fua?: boolean; log?: LogTag },
   ): Promise<void>;
-  trim(key: ObjectKey, offset: number, length: number): Promise<void>;
-  zero(key: ObjectKey, offset: number, length: number): Promise<void>;
+  trim(key: ObjectKey, offset: number, length: number, log?: LogTag): Promise<void>;
+  zero(key: ObjectKey, offset: number, length: number, log?: LogTag): Promise<void>;
   blockStatus(key: ObjectKey, offset: number, length: number): Promise<Extent[]>;
-  deleteObject(key: ObjectKey): Promise<boolean>;
+  deleteObject(key: ObjectKey, log?: LogTag): Promise<boolean>;
   flush(): Promise<void>;
+  /**
+   * Recovery: one PG's log on this disk — `complete`, `start` and the entries after
+   * `after` (default: after its own `complete`), all of them (a remote disk pages).
+   * What it reports is durable. An endpoint without a log lacks it: recovery backfills.
+   */
+  pgLog?(pool: number, pg: number, after?: PgVersion): Promise<PgLogState>;
+  /** Recovery made the disk whole for the PG: raise its log's `start` (and `complete`). */
+  markPgLog?(
+    pool: number,
+    pg: number,
+    mark: { start: PgVersion; complete?: PgVersion },
+  ): Promise<void>;
   /**
    * Scrub: the object's content checksum (checksum.ts) where the disk is; a local store
    * has none and is checksummed in place.

@@ -14,6 +14,7 @@ import {
   parseDiskRequest,
   parseListObjects,
   parseObjectRequest,
+  parsePgLogRequest,
 } from './messages';
 
 export interface HandlerContext {
@@ -48,6 +49,11 @@ export interface HandlerReply {
 
 /** Bound on keys one ListObjects reply carries (a reply's metadata is bounded too). */
 export const LIST_OBJECTS_MAX = 2000;
+/**
+ * Bound on PG log entries one DiskPgLog reply carries: an entry is about 40 bytes of
+ * msgpack, so 1000 stay well inside MAX_METADATA_BYTES (64 KiB).
+ */
+export const PG_LOG_PAGE_MAX = 1000;
 
 export function makeHandler(
   context: HandlerContext,
@@ -127,17 +133,20 @@ export function makeHandler(
         const data = request.payload ?? new Uint8Array(0);
         if (data.length !== r.length)
           throw new CisternError('BAD_REQUEST', 'write length and payload differ');
-        await disk(r.disk).write(r.key, r.offset, data, { fua: r.fua === true });
+        await disk(r.disk).write(r.key, r.offset, data, {
+          fua: r.fua === true,
+          ...(r.log ? { log: r.log } : {}),
+        });
         return acknowledged;
       }
       case MessageType.DiskTrim: {
         const r = parseDiskRequest(request.metadata);
-        await disk(r.disk).trim(r.key, r.offset, r.length);
+        await disk(r.disk).trim(r.key, r.offset, r.length, r.log);
         return acknowledged;
       }
       case MessageType.DiskZero: {
         const r = parseDiskRequest(request.metadata);
-        await disk(r.disk).zero(r.key, r.offset, r.length);
+        await disk(r.disk).zero(r.key, r.offset, r.length, r.log);
         return acknowledged;
       }
       case MessageType.DiskBlockStatus: {
@@ -147,7 +156,7 @@ export function makeHandler(
       case MessageType.DiskDelete: {
         const r = parseDiskRequest(request.metadata);
         return {
-          metadata: { incarnation, existed: await disk(r.disk).deleteObject(r.key) },
+          metadata: { incarnation, existed: await disk(r.disk).deleteObject(r.key, r.log) },
         };
       }
       case MessageType.DiskFlush: {
@@ -172,6 +181,24 @@ export function makeHandler(
           metadata: {
             keys: rest.slice(0, LIST_OBJECTS_MAX),
             truncated: rest.length > LIST_OBJECTS_MAX,
+          },
+        };
+      }
+      case MessageType.DiskPgLog: {
+        const r = parsePgLogRequest(request.metadata);
+        const store = disk(r.disk);
+        if (!store.pgLog || !store.markPgLog)
+          throw new CisternError('ENOTSUP', `disk ${r.disk} keeps no PG log`);
+        if (r.mark) {
+          await store.markPgLog(r.pool, r.pg, r.mark);
+          return ok;
+        }
+        const state = await store.pgLog(r.pool, r.pg, r.after);
+        return {
+          metadata: {
+            ...state,
+            entries: state.entries.slice(0, PG_LOG_PAGE_MAX),
+            truncated: state.entries.length > PG_LOG_PAGE_MAX,
           },
         };
       }

@@ -17,6 +17,7 @@ import { ActingMember } from '../cluster/state';
 import { ObjectEndpoint, ObjectIo, ownedLease } from './endpoint';
 import { checksumObject } from './checksum';
 import type { ReadFence } from '../cluster/read-fence';
+import { LogTag, PgLogState, PgVersion } from '../store/pg-log';
 
 export interface ReplicaSet {
   /** Placement of the object's pool for the current map. */
@@ -38,7 +39,42 @@ export interface ReplicaSet {
    * cluster may have overwritten. Absent on one host, where nobody else serves.
    */
   readFence?: ReadFence;
+  /** Milliseconds (virtual in the simulator): the base of this run's version sequence. */
+  now?: () => number;
 }
+
+/** Per PG this host has been primary of: the versions of its changes still settling. */
+interface PgVersions {
+  /** In assignment (= version) order; the head settles last of those before it. */
+  inFlight: Array<{ version: PgVersion; settled: boolean }>;
+  /** Every change up to it has settled: on every member, or the member taken out. */
+  complete: PgVersion | undefined;
+  /** Peering is done (RecoveryWorker): until then `complete` is not sent (assignVersion). */
+  peered: boolean;
+  /**
+   * Objects whose change failed after it was sent (a member refused it, or could not be
+   * taken out): members may differ on them although the watermark passed the change.
+   * Recovery makes them identical (reconcileObject) and copies them in every catch-up.
+   */
+  failed: Map<string, ObjectKey>;
+  /** More failed than FAILED_OBJECTS_MAX: the watermark is no longer sent (catch-up off). */
+  overflowed: boolean;
+}
+
+/**
+ * Failed objects remembered per PG. Each failure is a write that met a refusal or an
+ * unreachable member the map could not take out — rare, and recovery's next pass (2 s)
+ * reconciles them; beyond this many the PG's members catch up by backfill instead.
+ */
+export const FAILED_OBJECTS_MAX = 1024;
+
+/**
+ * Sequence numbers per millisecond of the clock at start: a daemon restarted within the
+ * same map epoch (faster than its lease lapses) must not reuse a version, so each run
+ * starts its sequence at its start time × this, above any earlier run's (which would
+ * need more than this many changes per millisecond on average to catch up).
+ */
+const VERSION_SEQ_PER_MS = 1000;
 
 /** Errors that mean the disk itself is failing, not that the request was bad. */
 export function isDeviceFailure(error: unknown): boolean {
@@ -61,8 +97,14 @@ export class LocalReplication implements ObjectIo {
    * on flushed disks; the rare write whose every holder left is not caught.)
    */
   private holders = new Map<string, Set<number>>();
+  /** PG versions (pg-log.ts): the last sequence number given, and per PG what is settling. */
+  private seq: number;
+  private readonly versions = new Map<string, PgVersions>();
 
-  constructor(private readonly replicas: ReplicaSet) {}
+  constructor(private readonly replicas: ReplicaSet) {
+    this.seq = Math.floor((replicas.now ?? Date.now)()) * VERSION_SEQ_PER_MS;
+    assert(Number.isSafeInteger(this.seq) && this.seq >= 0, 'version sequence base');
+  }
 
   /**
    * The up members of the object's PG in placement order, each marked whether it may
@@ -166,30 +208,148 @@ export class LocalReplication implements ObjectIo {
   }
 
   write(key: ObjectKey, offset: number, data: Uint8Array, fua: boolean): Promise<void> {
-    return this.mutate(key, offset, data.length, fua, (store) =>
-      store.write(key, offset, data, { fua }),
+    return this.mutate(key, offset, data.length, fua, (store, log) =>
+      store.write(key, offset, data, { fua, log }),
     );
   }
 
   trim(key: ObjectKey, offset: number, length: number, fua: boolean): Promise<void> {
-    return this.mutate(key, offset, length, fua, async (store) => {
-      await store.trim(key, offset, length);
+    return this.mutate(key, offset, length, fua, async (store, log) => {
+      await store.trim(key, offset, length, log);
       if (fua) await store.flush();
     });
   }
 
   zero(key: ObjectKey, offset: number, length: number, fua: boolean): Promise<void> {
-    return this.mutate(key, offset, length, fua, async (store) => {
-      await store.zero(key, offset, length);
+    return this.mutate(key, offset, length, fua, async (store, log) => {
+      await store.zero(key, offset, length, log);
       if (fua) await store.flush();
     });
   }
 
   /** Removes the object from every up member (volume deletion, shrinking). */
   deleteObject(key: ObjectKey): Promise<void> {
-    return this.mutate(key, 0, Number.MAX_SAFE_INTEGER, false, async (store) => {
-      await store.deleteObject(key);
+    return this.mutate(key, 0, Number.MAX_SAFE_INTEGER, false, async (store, log) => {
+      await store.deleteObject(key, log);
     });
+  }
+
+  private pgVersions(pool: number, pg: number): PgVersions {
+    const name = `${pool}:${pg}`;
+    let state = this.versions.get(name);
+    if (!state) {
+      state = {
+        inFlight: [],
+        complete: undefined,
+        peered: false,
+        failed: new Map(),
+        overflowed: false,
+      };
+      this.versions.set(name, state);
+    }
+    return state;
+  }
+
+  /**
+   * Gives a change its PG version — the epoch of the map it is sent at (this host is
+   * primary there: primaryHere runs in the same step) and the next sequence number, so
+   * versions grow with every change and a new primary's (a later epoch) are above the
+   * old one's. Returns the version and the watermark to send: `complete` only once the
+   * PG is peered, since before that members may still differ on the former primary's
+   * changes in flight, which no version of this host covers.
+   */
+  private assignVersion(
+    pool: number,
+    pg: number,
+    epoch: number,
+  ): { version: PgVersion; complete?: PgVersion; state: PgVersions } {
+    this.seq += 1;
+    const state = this.pgVersions(pool, pg);
+    const version = { epoch, seq: this.seq };
+    state.inFlight.push({ version, settled: false });
+    return {
+      version,
+      state,
+      ...(this.watermark(state) ? { complete: this.watermark(state)! } : {}),
+    };
+  }
+
+  private watermark(state: PgVersions | undefined): PgVersion | undefined {
+    return state?.peered && !state.overflowed ? state.complete : undefined;
+  }
+
+  private noteFailed(state: PgVersions, key: ObjectKey): void {
+    state.failed.set(`${key.volume}/${key.object}`, { ...key });
+    if (state.failed.size > FAILED_OBJECTS_MAX) {
+      state.overflowed = true;
+      state.failed.delete(state.failed.keys().next().value!);
+    }
+  }
+
+  /** A change settled (every member has it or was taken out): the watermark moves up. */
+  private settleVersion(state: PgVersions, version: PgVersion): void {
+    const item = state.inFlight.find((i) => i.version === version);
+    assert(item !== undefined && !item.settled, 'a version settles once');
+    item.settled = true;
+    while (state.inFlight[0]?.settled) state.complete = state.inFlight.shift()!.version;
+  }
+
+  /**
+   * RecoveryWorker: the PG is peered with this host as its primary (members agree on
+   * every change before this host's), or no longer (this host lost it).
+   */
+  setPeered(pool: number, pg: number, peered: boolean): void {
+    const state = this.pgVersions(pool, pg);
+    state.peered = peered;
+    if (peered) return;
+    // The next primary peers from the members' activity records, which list these too.
+    state.complete = undefined;
+    state.failed.clear();
+    state.overflowed = false;
+  }
+
+  /** Objects of the PG whose change failed on some member (see PgVersions.failed). */
+  failedObjectsOf(pool: number, pg: number): ObjectKey[] {
+    return [...(this.versions.get(`${pool}:${pg}`)?.failed.values() ?? [])];
+  }
+
+  /** PGs with failed objects, as [pool, pg]. */
+  pgsWithFailedObjects(): Array<[number, number]> {
+    const pgs: Array<[number, number]> = [];
+    for (const [name, state] of this.versions) {
+      if (state.failed.size > 0) pgs.push(name.split(':').map(Number) as [number, number]);
+    }
+    return pgs;
+  }
+
+  /** Recovery made the object identical on the members: forget its failure. */
+  failedObjectSettled(key: ObjectKey): void {
+    const table = this.replicas.table(key.pool);
+    const pg = objectToPg(table.pool, key.volume, key.object);
+    this.versions.get(`${key.pool}:${pg}`)?.failed.delete(`${key.volume}/${key.object}`);
+  }
+
+  /**
+   * Recovery: the PG's settled watermark (every change up to it is on every member that
+   * was not taken out), if the PG is peered; and a version above every one given so far.
+   */
+  pgVersionsNow(pool: number, pg: number): { complete?: PgVersion; top: PgVersion } {
+    const state = this.versions.get(`${pool}:${pg}`);
+    const epoch = this.replicas.table(pool).topology.map.epoch;
+    const complete = this.watermark(state);
+    return { ...(complete ? { complete } : {}), top: { epoch, seq: this.seq + 1 } };
+  }
+
+  /** Objects of the PG with a client change running now (recovery copies them too). */
+  busyObjectsOf(pool: number, pg: number): ObjectKey[] {
+    const table = this.replicas.table(pool);
+    const keys: ObjectKey[] = [];
+    for (const name of this.ordering.pendingNames()) {
+      const [p, volume, object] = name.split('/').map(Number) as [number, number, number];
+      if (p !== pool) continue;
+      if (objectToPg(table.pool, volume, object) === pg) keys.push({ pool, volume, object });
+    }
+    return keys;
   }
 
   private mutate(
@@ -197,7 +357,7 @@ export class LocalReplication implements ObjectIo {
     offset: number,
     length: number,
     fua: boolean,
-    operation: (store: ObjectEndpoint) => Promise<void>,
+    operation: (store: ObjectEndpoint, log: LogTag) => Promise<void>,
   ): Promise<void> {
     const name = `${key.pool}/${key.volume}/${key.object}`;
     return this.ordering.run(name, offset, offset + length, async () => {
@@ -205,28 +365,58 @@ export class LocalReplication implements ObjectIo {
       const readable = up.filter(([, , ok]) => ok).length;
       if (readable < minSize) throw this.unavailable(key, readable, minSize);
       this.primaryHere(key); // the sends below go out in this same step, at this map
-      const results = await Promise.allSettled(up.map(([, store]) => operation(store)));
-      let succeeded = 0;
-      let requestError: unknown;
-      const took = new Set<number>();
-      for (let i = 0; i < results.length; i += 1) {
-        const result = results[i] as PromiseSettledResult<void>;
-        const [disk, , counts] = up[i] as [number, ObjectEndpoint, boolean];
-        if (result.status === 'fulfilled') {
-          if (counts) succeeded += 1;
-          took.add(disk);
-          if (!fua) this.dirty.add(disk);
-        } else if (isDeviceFailure(result.reason)) {
-          await this.replicas.onDiskFailure(disk, result.reason as CisternError);
-        } else {
-          requestError ??= result.reason;
-        }
+      const table = this.replicas.table(key.pool);
+      const pg = objectToPg(table.pool, key.volume, key.object);
+      const assigned = this.assignVersion(key.pool, pg, table.topology.map.epoch);
+      try {
+        await this.sendAndCount(key, up, minSize, fua, (store, readableMember) =>
+          operation(store, {
+            pg,
+            version: assigned.version,
+            ...(assigned.complete ? { complete: assigned.complete } : {}),
+            ...(readableMember ? {} : { stale: true }),
+          }),
+        );
+      } catch (error) {
+        this.noteFailed(assigned.state, key);
+        throw error;
+      } finally {
+        this.settleVersion(assigned.state, assigned.version);
       }
-      if (requestError !== undefined) throw requestError;
-      if (succeeded < minSize) throw this.unavailable(key, succeeded, minSize);
-      this.heldByGoodMembers(key, took, minSize);
-      if (!fua) this.noteHolders(key, took);
     });
+  }
+
+  /** One change sent to every up member; failures handled; the acknowledgement rule. */
+  private async sendAndCount(
+    key: ObjectKey,
+    up: Array<[number, ObjectEndpoint, boolean]>,
+    minSize: number,
+    fua: boolean,
+    operation: (store: ObjectEndpoint, readable: boolean) => Promise<void>,
+  ): Promise<void> {
+    const results = await Promise.allSettled(
+      up.map(([, store, readable]) => operation(store, readable)),
+    );
+    let succeeded = 0;
+    let requestError: unknown;
+    const took = new Set<number>();
+    for (let i = 0; i < results.length; i += 1) {
+      const result = results[i] as PromiseSettledResult<void>;
+      const [disk, , counts] = up[i] as [number, ObjectEndpoint, boolean];
+      if (result.status === 'fulfilled') {
+        if (counts) succeeded += 1;
+        took.add(disk);
+        if (!fua) this.dirty.add(disk);
+      } else if (isDeviceFailure(result.reason)) {
+        await this.replicas.onDiskFailure(disk, result.reason as CisternError);
+      } else {
+        requestError ??= result.reason;
+      }
+    }
+    if (requestError !== undefined) throw requestError;
+    if (succeeded < minSize) throw this.unavailable(key, succeeded, minSize);
+    this.heldByGoodMembers(key, took, minSize);
+    if (!fua) this.noteHolders(key, took);
   }
 
   private noteHolders(key: ObjectKey, took: Set<number>): void {
@@ -288,6 +478,80 @@ export class LocalReplication implements ObjectIo {
     });
   }
 
+  /**
+   * Backfill: like recoverObject, but compares first — the content checksums of the
+   * source and the target — and copies only if they differ. Returns whether it copied,
+   * and the bytes copied.
+   */
+  backfillObject(
+    key: ObjectKey,
+    target: number,
+    objectSizeBytes: number,
+  ): Promise<{ copied: boolean; bytes: number }> {
+    const name = `${key.pool}/${key.volume}/${key.object}`;
+    return this.ordering.run(name, 0, objectSizeBytes, async () => {
+      const { up } = this.members(key);
+      const source = up.find(([disk, , readable]) => readable && disk !== target);
+      const destination = up.find(([disk]) => disk === target);
+      if (!source) throw this.unavailable(key, 0, 1);
+      if (!destination) {
+        throw new CisternError('UNAVAILABLE', `disk ${target} is not an up member of ${name}'s PG`);
+      }
+      const epoch = this.replicas.table(key.pool).topology.map.epoch;
+      const from = this.reportingFailures(source[0], source[1], key.pool, epoch);
+      const toStore = this.reportingFailures(target, destination[1], key.pool, epoch);
+      const [a, b] = await Promise.all(
+        [from, toStore].map((store) => digestOf(store, key, objectSizeBytes)),
+      );
+      if (a === b) return { copied: false, bytes: 0 };
+      const bytes = await this.copyObject(from, this.asPrimary(key, toStore), key, objectSizeBytes);
+      return { copied: true, bytes };
+    });
+  }
+
+  /**
+   * A member's copy of `key` was rewritten from the primary's without a PG version
+   * (peering, scrub): its log no longer lists every change it holds, so it is trusted
+   * only from now on (pg-log.ts `start`) — were it primary later, a member catching up
+   * from it must not miss a change it got this way.
+   */
+  private async markRewritten(key: ObjectKey, store: ObjectEndpoint): Promise<void> {
+    if (!store.markPgLog) return;
+    const table = this.replicas.table(key.pool);
+    const pg = objectToPg(table.pool, key.volume, key.object);
+    await store.markPgLog(key.pool, pg, { start: this.pgVersionsNow(key.pool, pg).top });
+  }
+
+  /** Scrub repaired `disk`'s copy of `key` (recoverObject): see markRewritten. */
+  async markRewrittenOn(key: ObjectKey, disk: number): Promise<void> {
+    const store = this.replicas.store(disk);
+    if (store) await this.markRewritten(key, store);
+  }
+
+  /** Recovery: one member's PG log (local store or remote disk), if it keeps one. */
+  async pgLogOf(
+    disk: number,
+    pool: number,
+    pg: number,
+    after?: PgVersion,
+  ): Promise<PgLogState | undefined> {
+    const store = this.replicas.store(disk);
+    if (!store) throw new CisternError('UNAVAILABLE', `disk ${disk} is not up`);
+    return store.pgLog ? store.pgLog(pool, pg, after) : undefined;
+  }
+
+  /** Recovery: `disk` was made whole for the PG (pg-log.ts mark); no-op without a log. */
+  async markPgLogOf(
+    disk: number,
+    pool: number,
+    pg: number,
+    mark: { start: PgVersion; complete?: PgVersion },
+  ): Promise<void> {
+    const store = this.replicas.store(disk);
+    if (!store) throw new CisternError('UNAVAILABLE', `disk ${disk} is not up`);
+    if (store.markPgLog) await store.markPgLog(pool, pg, mark);
+  }
+
   /** Copies one object's content between two members; the caller holds the ordering. */
   private async copyObject(
     source: ObjectEndpoint,
@@ -344,6 +608,7 @@ export class LocalReplication implements ObjectIo {
         const [disk, store] = readable[i] as [number, ObjectEndpoint, boolean];
         // Each change checked against the map as it is sent, as recovery's are.
         await this.copyObject(source[1], this.asPrimary(key, store), key, objectSizeBytes);
+        await this.markRewritten(key, store);
         rewritten.push(disk);
       }
       return rewritten;
@@ -417,6 +682,7 @@ export class LocalReplication implements ObjectIo {
       deleteObject: (k) => checked(() => store.deleteObject(k)),
       flush: () => store.flush(),
       activeObjects: (pool) => store.activeObjects(pool),
+      ...logMethods(store),
     };
   }
 
@@ -451,6 +717,11 @@ export class LocalReplication implements ObjectIo {
       deleteObject: (key) => guard(() => store.deleteObject(key)),
       flush: () => guard(() => store.flush()),
       activeObjects: (pool) => guard(() => store.activeObjects(pool)),
+      ...(store.checksum ? { checksum: (k, size) => guard(() => store.checksum!(k, size)) } : {}),
+      ...(store.pgLog ? { pgLog: (p, g, after) => guard(() => store.pgLog!(p, g, after)) } : {}),
+      ...(store.markPgLog
+        ? { markPgLog: (p, g, mark) => guard(() => store.markPgLog!(p, g, mark)) }
+        : {}),
     };
   }
 
@@ -515,6 +786,24 @@ export class LocalReplication implements ObjectIo {
   get busyObjects(): number {
     return this.ordering.pendingObjects;
   }
+}
+
+async function digestOf(
+  store: ObjectEndpoint,
+  key: ObjectKey,
+  objectSizeBytes: number,
+): Promise<string> {
+  return store.checksum
+    ? (await store.checksum(key, objectSizeBytes)).digest
+    : (await checksumObject(store, key, objectSizeBytes)).digest;
+}
+
+/** The PG log methods of `store`, where it has them (recovery copies are not logged). */
+function logMethods(store: ObjectEndpoint): Pick<ObjectEndpoint, 'pgLog' | 'markPgLog'> {
+  return {
+    ...(store.pgLog ? { pgLog: store.pgLog.bind(store) } : {}),
+    ...(store.markPgLog ? { markPgLog: store.markPgLog.bind(store) } : {}),
+  };
 }
 
 assert(typeof LocalReplication === 'function', 'module loaded');

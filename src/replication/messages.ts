@@ -8,6 +8,7 @@
 
 import { CisternError } from '../util/errors';
 import { ObjectKey, checkObjectKey } from '../store/key';
+import { LogTag, PgVersion, isVersion } from '../store/pg-log';
 
 export const enum MessageType {
   ObjectRead = 1,
@@ -31,6 +32,8 @@ export const enum MessageType {
   DiskChecksum = 27,
   /** Peering: a page of one disk's activity record for one pool (ObjectEndpoint.activeObjects). */
   DiskActiveObjects = 28,
+  /** Recovery: a page of one disk's PG log, or (with `mark`) raising its versions. */
+  DiskPgLog = 29,
 
   ListObjects = 40,
 }
@@ -44,8 +47,17 @@ export interface ObjectRequest {
 
 export interface DiskRequest extends ObjectRequest {
   disk: number;
-  /** The primary's PG version of a write: (epoch, sequence), for the PG log (issue 5). */
-  version?: [number, number];
+  /** The primary's PG version of a change, for the disk's PG log (pg-log.ts). */
+  log?: LogTag;
+}
+
+export interface PgLogRequest {
+  disk: number;
+  pool: number;
+  pg: number;
+  after?: PgVersion;
+  /** Instead of reading: recovery made the disk whole for the PG. */
+  mark?: { start: PgVersion; complete?: PgVersion };
 }
 
 export interface ListObjectsRequest {
@@ -104,12 +116,41 @@ export function parseDiskRequest(metadata: unknown): DiskRequest {
     ...parseObjectRequest(metadata),
     disk: integer((metadata as Record<string, unknown>)['disk'], 'disk', 0x7fffffff),
   };
-  const version = (metadata as Record<string, unknown>)['version'];
-  if (Array.isArray(version) && version.length === 2) {
-    request.version = [
-      integer(version[0], 'version epoch'),
-      integer(version[1], 'version sequence'),
-    ];
+  const log = (metadata as Record<string, unknown>)['log'];
+  if (log !== undefined) request.log = parseLogTag(log);
+  return request;
+}
+
+function version(value: unknown, name: string): PgVersion {
+  if (!isVersion(value)) throw invalid(`${name} must be a PG version {epoch, seq}`);
+  return { epoch: value.epoch, seq: value.seq };
+}
+
+function parseLogTag(value: unknown): LogTag {
+  if (!isRecord(value)) throw invalid('log tag must be a record');
+  const tag: LogTag = {
+    pg: integer(value['pg'], 'pg', 0xffffffff),
+    version: version(value['version'], 'version'),
+  };
+  if (value['complete'] !== undefined) tag.complete = version(value['complete'], 'complete');
+  if (value['stale'] === true) tag.stale = true;
+  return tag;
+}
+
+export function parsePgLogRequest(metadata: unknown): PgLogRequest {
+  if (!isRecord(metadata)) throw invalid('PG log request needs a disk, a pool and a pg');
+  const request: PgLogRequest = {
+    disk: integer(metadata['disk'], 'disk', 0x7fffffff),
+    pool: integer(metadata['pool'], 'pool', 0xffffffff),
+    pg: integer(metadata['pg'], 'pg', 0xffffffff),
+  };
+  if (metadata['after'] !== undefined) request.after = version(metadata['after'], 'after');
+  const mark = metadata['mark'];
+  if (mark !== undefined) {
+    if (!isRecord(mark)) throw invalid('PG log mark must be a record');
+    request.mark = { start: version(mark['start'], 'start') };
+    if (mark['complete'] !== undefined)
+      request.mark.complete = version(mark['complete'], 'complete');
   }
   return request;
 }

@@ -59,6 +59,11 @@ export class RangeOrdering {
     });
   }
 
+  /** The objects with an operation running or waiting now. */
+  pendingNames(): string[] {
+    return [...this.active.keys()];
+  }
+
   get pendingObjects(): number {
     return this.active.size;
   }

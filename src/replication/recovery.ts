@@ -1,7 +1,15 @@
-// Recovery (backfill) of stale members: a disk that joined a PG's set or came back up
-// missed writes; the PG's primary copies every object of the PG from itself to that
-// disk, deletes what the disk holds but the primary does not, flushes the disk, and
-// then clears the mark in the cluster map — only if the mark is still the one it
+// Recovery of stale members: a disk that joined a PG's set or came back up missed
+// writes. The PG's primary brings it up to date from itself, one of two ways:
+//   - log catch-up: the member's PG log says up to which version it holds every change
+//     (`complete`, pg-log.ts); if the primary's log reaches back to it, only the objects
+//     logged after it on either side (changes it missed; changes it holds that the
+//     primary lacks), the objects being written now and those whose change failed are
+//     copied, and the objects in the member's activity record (a crash may have torn
+//     them) compared and copied if they differ;
+//   - backfill otherwise: every object either holds is compared (content checksums)
+//     and copied only if it differs or is missing, and deleted where the primary has none.
+// Then it flushes the disk, raises its log's versions (markPgLog), and clears the mark
+// in the cluster map — only if the mark is still the one it
 // started from (a disk that left and came back meanwhile is recovered again). Runs in
 // the background on every daemon for the PGs it is primary of, one PG at a time, with
 // a bandwidth bound so that client I/O keeps its service.
@@ -22,6 +30,7 @@ import { Clock, Timer, systemClock } from '../util/clock';
 import { LocalReplication } from './local';
 import { MessageType } from './messages';
 import { PassRunner } from './passes';
+import { PgVersion, compareVersions, formatVersion } from '../store/pg-log';
 
 /** Default bound on recovery traffic from one daemon. */
 export const RECOVERY_BYTES_PER_SECOND_DEFAULT = 128 * 2 ** 20;
@@ -35,6 +44,8 @@ export const RECOVERY_RETRY_MS = 2000;
 export const RECOVERY_CLEAR_BATCH_MAX = 64;
 /** A recovered member waits at most this long for its batch: it serves reads once cleared. */
 export const RECOVERY_CLEAR_BATCH_MS = 1000;
+/** Below every version a primary gives (epochs start at 1). */
+const FIRST_VERSION: PgVersion = { epoch: 0, seq: 0 };
 /** Pages of a remote listing (each at most LIST_OBJECTS_MAX keys) before giving up. */
 const LIST_PAGES_MAX = 100_000;
 
@@ -66,9 +77,24 @@ interface Work {
 
 /** A member copied and flushed, its mark not yet cleared in the map. */
 interface Recovered extends Work {
+  /** How: from the PG log, or by comparing every object. */
+  mode: 'log' | 'backfill';
+  /** Objects copied (or deleted) on the member. */
   objects: number;
+  /** Objects compared and found identical (not copied). */
+  compared: number;
   bytes: number;
   ms: number;
+  /** Why a backfill: the member has no version, or the primary's log does not reach it. */
+  reason?: string;
+}
+
+/** What one recovery copies, and what it compares first. */
+interface Plan {
+  mode: 'log' | 'backfill';
+  copy: Map<string, ObjectKey>;
+  compare: Map<string, ObjectKey>;
+  reason?: string;
 }
 
 /** A PG to peer: this host is its primary, as disk `primary`. */
@@ -86,6 +112,8 @@ export class RecoveryWorker {
   recoveredTotal = 0;
   /** Objects peering found different on some member and made identical (tests, status). */
   reconciledTotal = 0;
+  /** Members recovered from the PG log, and by backfill; objects copied by each (status, tests). */
+  readonly totals = { logCatchUps: 0, backfills: 0, logObjects: 0, backfillObjects: 0 };
   /**
    * Per PG (`pool:pg`) this host is primary of: the primary disk it was peered as. A
    * PG not here (this host just became its primary, or just started) is peered.
@@ -159,6 +187,7 @@ export class RecoveryWorker {
 
   private async pass(): Promise<void> {
     await this.peerPass();
+    await this.settleFailed();
     const recovered: Recovered[] = [];
     let batchStarted = 0;
     try {
@@ -180,6 +209,45 @@ export class RecoveryWorker {
     }
   }
 
+  /**
+   * Objects whose change failed on some member after it was sent (LocalReplication's
+   * failed set): made identical on every readable member from the primary's copy, as
+   * peering does. A failure leaves the object for the next pass.
+   */
+  private async settleFailed(): Promise<void> {
+    for (const [pool, pg] of this.context.primary.pgsWithFailedObjects()) {
+      if (this.closed) return;
+      let primary: { id: number; host: string } | undefined;
+      try {
+        primary = this.context.primaryOfPg(pool, pg);
+      } catch {
+        primary = undefined;
+      }
+      if (primary?.host !== this.context.hostId) {
+        this.context.primary.setPeered(pool, pg, false);
+        continue;
+      }
+      for (const key of this.context.primary.failedObjectsOf(pool, pg)) {
+        const volume = this.context.cluster.current().volumes.find((v) => v.id === key.volume);
+        try {
+          if (volume) {
+            const rewritten = await this.context.primary.reconcileObject(
+              key,
+              volume.objectSizeBytes,
+            );
+            for (const disk of rewritten) await this.context.primary.flushDisk(disk);
+            if (rewritten.length > 0) this.reconciledTotal += 1;
+          }
+          this.context.primary.failedObjectSettled(key);
+        } catch (error) {
+          if (!isCisternError(error)) throw error;
+          this.context.log('recovery.failed-object', { pool, pg, error: error.message });
+          break;
+        }
+      }
+    }
+  }
+
   /** The PGs of `pool` this host must peer now; forgets those it is no longer primary of. */
   private peerWork(state: ClusterState, poolId: number, pgCount: number): PeerWork[] {
     let table: PlacementTable;
@@ -198,16 +266,20 @@ export class RecoveryWorker {
       try {
         primary = this.context.primaryOfPg(poolId, pg);
       } catch {
-        this.peered.delete(key);
+        this.forgetPeered(poolId, pg);
         continue;
       }
       if (primary.host !== this.context.hostId || members[0] !== primary.id) {
-        this.peered.delete(key);
+        this.forgetPeered(poolId, pg);
         continue;
       }
       if (this.peered.get(key) !== primary.id) work.push({ pg, primary: primary.id, members });
     }
     return work;
+  }
+
+  private forgetPeered(pool: number, pg: number): void {
+    if (this.peered.delete(pgKey(pool, pg))) this.context.primary.setPeered(pool, pg, false);
   }
 
   /**
@@ -279,6 +351,7 @@ export class RecoveryWorker {
       return false;
     }
     this.peered.set(pgKey(pool, item.pg), item.primary);
+    this.context.primary.setPeered(pool, item.pg, true);
     if (listed.size > 0) {
       this.context.log('peering.done', {
         pool,
@@ -312,12 +385,24 @@ export class RecoveryWorker {
       return;
     }
     recovered.forEach((item, index) => {
-      if (cleared[index]) this.recoveredTotal += 1;
+      if (cleared[index]) {
+        this.recoveredTotal += 1;
+        if (item.mode === 'log') {
+          this.totals.logCatchUps += 1;
+          this.totals.logObjects += item.objects;
+        } else {
+          this.totals.backfills += 1;
+          this.totals.backfillObjects += item.objects;
+        }
+      }
       this.context.log(cleared[index] ? 'recovery.pg-done' : 'recovery.pg-superseded', {
         pool: item.pool,
         pg: item.pg,
         disk: item.disk,
+        mode: item.mode,
+        ...(item.reason ? { reason: item.reason } : {}),
         objects: item.objects,
+        compared: item.compared,
         bytes: item.bytes,
         ms: item.ms,
       });
@@ -344,33 +429,50 @@ export class RecoveryWorker {
   private async recover(item: Work): Promise<Recovered | undefined> {
     const started = this.clock.now();
     const state = this.context.cluster.current();
-    const sourceKeys = await this.listPg(
-      this.context.primaryOfPg(item.pool, item.pg),
-      item.pool,
-      item.pg,
-    );
+    const primary = this.context.primaryOfPg(item.pool, item.pg);
     const targetHost = state.map.disks.find((d) => d.id === item.disk)?.host;
     if (!targetHost) return undefined;
-    const targetKeys = await this.listPg({ id: item.disk, host: targetHost }, item.pool, item.pg);
-    const wanted = new Map(sourceKeys.map((key) => [`${key.volume}/${key.object}`, key]));
-    for (const key of targetKeys) {
-      if (!wanted.has(`${key.volume}/${key.object}`))
-        wanted.set(`${key.volume}/${key.object}`, key);
+    // The map may have moved since the work was listed: the logs and listings compared
+    // must be the primary's, the disk every copy reads from (LocalReplication's first
+    // good member) — never the stale target's own.
+    const staleNow = state.staleMembers[pgKey(item.pool, item.pg)] ?? [];
+    if (primary.host !== this.context.hostId || staleNow.includes(primary.id)) {
+      throw new CisternError(
+        'STALE_EPOCH',
+        `pg ${item.pool}:${item.pg}: disk ${primary.id} on ${primary.host} is its primary now` +
+          (staleNow.includes(primary.id) ? ' (stale: no member is up to date)' : ''),
+      );
     }
+    // Every change settled by now reaches the member through what is copied below.
+    const { complete } = this.context.primary.pgVersionsNow(item.pool, item.pg);
+    const plan = await this.plan(item, primary, { id: item.disk, host: targetHost });
     let bytes = 0;
     let objects = 0;
+    let compared = 0;
     const budget = this.context.bytesPerSecondMax ?? RECOVERY_BYTES_PER_SECOND_DEFAULT;
-    for (const key of wanted.values()) {
+    const steps: Array<[ObjectKey, boolean]> = [
+      ...[...plan.copy.values()].map((key): [ObjectKey, boolean] => [key, false]),
+      ...[...plan.compare.values()].map((key): [ObjectKey, boolean] => [key, true]),
+    ];
+    for (const [key, compareFirst] of steps) {
       if (this.closed) return undefined;
       const volume = this.context.cluster.current().volumes.find((v) => v.id === key.volume);
       if (!volume) continue; // removed: garbage collection deletes its objects
-      const copied = await this.context.primary.recoverObject(
-        key,
-        item.disk,
-        volume.objectSizeBytes,
-      );
+      let copied = 0;
+      if (compareFirst) {
+        const result = await this.context.primary.backfillObject(
+          key,
+          item.disk,
+          volume.objectSizeBytes,
+        );
+        if (!result.copied) compared += 1;
+        else objects += 1;
+        copied = result.bytes;
+      } else {
+        copied = await this.context.primary.recoverObject(key, item.disk, volume.objectSizeBytes);
+        objects += 1;
+      }
       bytes += copied;
-      objects += 1;
       await this.context.throttle?.take(copied);
       // Bandwidth bound: never run ahead of the budget since this PG started.
       const aheadMs = (bytes / budget) * 1000 - (this.clock.now() - started);
@@ -379,12 +481,129 @@ export class RecoveryWorker {
     }
     const epoch = this.context.cluster.current().map.epoch;
     try {
+      // Its log has a hole where it was away: it lists changes reliably only from now.
+      // Made durable by the flush, before the stale mark is cleared.
+      const { top } = this.context.primary.pgVersionsNow(item.pool, item.pg);
+      await this.context.primary.markPgLogOf(item.disk, item.pool, item.pg, {
+        start: top,
+        ...(complete ? { complete } : {}),
+      });
       await this.context.primary.flushDisk(item.disk);
     } catch (error) {
       await this.diskFailed(item.disk, error, epoch);
       throw error;
     }
-    return { ...item, objects, bytes, ms: this.clock.now() - started };
+    return {
+      ...item,
+      mode: plan.mode,
+      ...(plan.reason ? { reason: plan.reason } : {}),
+      objects,
+      compared,
+      bytes,
+      ms: this.clock.now() - started,
+    };
+  }
+
+  /**
+   * Log catch-up if the member has a version and the primary's log reaches back to it;
+   * otherwise backfill. Either way the objects being written now and those whose change
+   * failed are copied too (a change still settling may not be logged yet).
+   */
+  private async plan(
+    item: Work,
+    primary: { id: number; host: string },
+    target: { id: number; host: string },
+  ): Promise<Plan> {
+    const named = (keys: Iterable<ObjectKey>, into = new Map<string, ObjectKey>()) => {
+      for (const key of keys) into.set(`${key.volume}/${key.object}`, key);
+      return into;
+    };
+    const busy = [
+      ...this.context.primary.busyObjectsOf(item.pool, item.pg),
+      ...this.context.primary.failedObjectsOf(item.pool, item.pg),
+    ];
+    const log = await this.logPlan(item, primary.id);
+    if (log.copy) {
+      const copy = named(busy, named(log.copy));
+      const active = await this.guarded(item.disk, () =>
+        this.context.primary.activeObjectsOf(item.disk, item.pool),
+      );
+      const table = this.context.table(item.pool);
+      const compare = named(
+        active.filter(
+          (k) =>
+            objectToPg(table.pool, k.volume, k.object) === item.pg &&
+            !copy.has(`${k.volume}/${k.object}`),
+        ),
+      );
+      return { mode: 'log', copy, compare, reason: log.reason };
+    }
+    // Held by both: compared. By one only: copied (to the member, or deleted there).
+    const onPrimary = named(await this.listPg(primary, item.pool, item.pg));
+    const onTarget = named(await this.listPg(target, item.pool, item.pg));
+    const copy = named(busy);
+    const compare = new Map<string, ObjectKey>();
+    for (const [name, key] of onPrimary) {
+      if (copy.has(name)) continue;
+      if (onTarget.has(name)) compare.set(name, key);
+      else copy.set(name, key);
+    }
+    for (const [name, key] of onTarget) if (!onPrimary.has(name)) copy.set(name, key);
+    return { mode: 'backfill', copy, compare, reason: log.reason };
+  }
+
+  /** The objects logged after the member's version, or why the log cannot say. */
+  private async logPlan(
+    item: Work,
+    primaryDisk: number,
+  ): Promise<{ copy?: ObjectKey[]; reason: string }> {
+    const member = await this.guarded(item.disk, () =>
+      this.context.primary.pgLogOf(item.disk, item.pool, item.pg),
+    );
+    if (!member) return { reason: 'the member keeps no PG log' };
+    // No version: the member is sure of no change; a primary whose log never lost an
+    // entry (no start: never trimmed, never stale, never recovered) still lists them all.
+    const from: PgVersion | undefined = member.complete;
+    const source = await this.guarded(primaryDisk, () =>
+      this.context.primary.pgLogOf(primaryDisk, item.pool, item.pg, from ?? FIRST_VERSION),
+    );
+    if (!source) return { reason: 'the primary keeps no PG log' };
+    if (source.start && (!from || compareVersions(source.start, from) > 0)) {
+      return {
+        reason: `the primary's log starts at ${formatVersion(source.start)}, after the member's ${formatVersion(from)}`,
+      };
+    }
+    // After `from`, a change both logs list (the same version) is on the member — its
+    // entry is durable only with the change — and changes to one object reach every
+    // member in order (RangeOrdering). The rest: on the primary only, changes the member
+    // missed; on the member only, changes the primary lacks (a write that failed, or an
+    // old primary's last): either way the object is copied from the primary.
+    const name = (e: { version: PgVersion }) => `${e.version.epoch}.${e.version.seq}`;
+    const onMember = new Set(member.entries.map(name));
+    const onPrimary = new Set(source.entries.map(name));
+    return {
+      copy: [
+        ...source.entries.filter((e) => !onMember.has(name(e))).map((e) => e.key),
+        ...member.entries.filter((e) => !onPrimary.has(name(e))).map((e) => e.key),
+      ],
+      reason: `from ${formatVersion(from)}`,
+    };
+  }
+
+  /**
+   * A question to one disk (its PG log, its activity record): a device failure of it
+   * takes the disk out, as listPg does — but not a host that did not answer: a daemon
+   * refuses until its datastore is open, right after it added its disks to the map, and
+   * whether a host is away is its lease's to say. The next pass (2 s) asks again.
+   */
+  private async guarded<T>(disk: number, call: () => Promise<T>): Promise<T> {
+    const epoch = this.context.cluster.current().map.epoch;
+    try {
+      return await call();
+    } catch (error) {
+      if (!isCisternError(error, 'UNREACHABLE')) await this.diskFailed(disk, error, epoch);
+      throw error;
+    }
   }
 
   /**

@@ -12,6 +12,10 @@ import { MessageType, parseObjectRequest } from './messages';
 /** Pages of one activity record listing (each at most LIST_OBJECTS_MAX keys) before giving up. */
 const ACTIVE_OBJECT_PAGES_MAX = 64;
 import { ObjectChecksum } from './checksum';
+import { LogTag, PgLogEntry, PgLogState, PgVersion, isVersion } from '../store/pg-log';
+
+/** Pages of one PG log (each at most PG_LOG_PAGE_MAX entries) before giving up. */
+const PG_LOG_PAGES_MAX = 64;
 
 export class RemoteDisk implements ObjectEndpoint {
   /**
@@ -86,25 +90,27 @@ export class RemoteDisk implements ObjectEndpoint {
     key: ObjectKey,
     offset: number,
     data: Uint8Array,
-    options: { fua?: boolean } = {},
+    options: { fua?: boolean; log?: LogTag } = {},
   ): Promise<void> {
     const reply = await this.call(
       MessageType.DiskWrite,
       key,
       offset,
       data.length,
-      { fua: options.fua === true },
+      { fua: options.fua === true, ...(options.log ? { log: options.log } : {}) },
       data,
     );
     this.noteChange(reply.metadata);
   }
 
-  async trim(key: ObjectKey, offset: number, length: number): Promise<void> {
-    this.noteChange((await this.call(MessageType.DiskTrim, key, offset, length)).metadata);
+  async trim(key: ObjectKey, offset: number, length: number, log?: LogTag): Promise<void> {
+    const extra = log ? { log } : {};
+    this.noteChange((await this.call(MessageType.DiskTrim, key, offset, length, extra)).metadata);
   }
 
-  async zero(key: ObjectKey, offset: number, length: number): Promise<void> {
-    this.noteChange((await this.call(MessageType.DiskZero, key, offset, length)).metadata);
+  async zero(key: ObjectKey, offset: number, length: number, log?: LogTag): Promise<void> {
+    const extra = log ? { log } : {};
+    this.noteChange((await this.call(MessageType.DiskZero, key, offset, length, extra)).metadata);
   }
 
   async blockStatus(key: ObjectKey, offset: number, length: number): Promise<Extent[]> {
@@ -112,8 +118,8 @@ export class RemoteDisk implements ObjectEndpoint {
     return parseExtents(reply.metadata);
   }
 
-  async deleteObject(key: ObjectKey): Promise<boolean> {
-    const reply = await this.call(MessageType.DiskDelete, key, 0, 0);
+  async deleteObject(key: ObjectKey, log?: LogTag): Promise<boolean> {
+    const reply = await this.call(MessageType.DiskDelete, key, 0, 0, log ? { log } : {});
     this.noteChange(reply.metadata);
     return (reply.metadata as { existed?: unknown } | undefined)?.existed === true;
   }
@@ -154,6 +160,40 @@ export class RemoteDisk implements ObjectEndpoint {
     throw new CisternError('EIO', `activity record of disk ${this.disk} did not end`);
   }
 
+  /** Recovery: the disk's PG log, fetched page by page (handler.ts PG_LOG_PAGE_MAX). */
+  async pgLog(pool: number, pg: number, after?: PgVersion): Promise<PgLogState> {
+    const result: PgLogState = { entries: [] };
+    let from = after;
+    for (let page = 0; page < PG_LOG_PAGES_MAX; page += 1) {
+      const reply = await this.request(MessageType.DiskPgLog, {
+        disk: this.disk,
+        pool,
+        pg,
+        ...(from ? { after: from } : {}),
+      });
+      const m = (reply.metadata ?? {}) as Record<string, unknown>;
+      if (!Array.isArray(m['entries']))
+        throw new CisternError('EIO', `disk ${this.disk} on ${this.hostId} sent no PG log`);
+      if (page === 0) {
+        if (isVersion(m['complete'])) result.complete = m['complete'];
+        if (isVersion(m['start'])) result.start = m['start'];
+      }
+      const batch = (m['entries'] as unknown[]).map((raw) => parseEntry(raw, this.disk));
+      result.entries.push(...batch);
+      if (m['truncated'] !== true || batch.length === 0) return result;
+      from = batch[batch.length - 1]!.version;
+    }
+    throw new CisternError('EIO', `PG log of disk ${this.disk} did not end`);
+  }
+
+  async markPgLog(
+    pool: number,
+    pg: number,
+    mark: { start: PgVersion; complete?: PgVersion },
+  ): Promise<void> {
+    await this.request(MessageType.DiskPgLog, { disk: this.disk, pool, pg, mark });
+  }
+
   /**
    * Flushes the disk. When the daemon answering is not the one that took the changes
    * since the last flush (it restarted), those may be lost: UNREACHABLE, so the primary
@@ -177,6 +217,13 @@ export class RemoteDisk implements ObjectEndpoint {
       );
     }
   }
+}
+
+function parseEntry(raw: unknown, disk: number): PgLogEntry {
+  const e = raw as Partial<PgLogEntry> | null;
+  if (typeof e !== 'object' || e === null || !isVersion(e.version))
+    throw new CisternError('EIO', `disk ${disk} sent a malformed PG log entry`);
+  return { version: e.version, key: parseObjectRequest({ key: e.key }).key };
 }
 
 /** Extents from a peer's reply, checked: a malformed reply is an I/O error, not a crash. */

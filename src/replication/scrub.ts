@@ -261,6 +261,7 @@ export class ScrubWorker {
     try {
       for (const member of differing) {
         await replication.recoverObject(key, member.disk, volume.objectSizeBytes);
+        await replication.markRewrittenOn(key, member.disk);
         await replication.flushDisk(member.disk);
       }
       const after = await replication.scrubObject(key, volume.objectSizeBytes);

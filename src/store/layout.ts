@@ -11,6 +11,8 @@
 //                              bitmap of written 4 KiB blocks (objectSizeBytes / 32 KiB bytes)
 //   0x02 + ObjectKey (13 B)  → empty: the activity record — the object may have been
 //                              changed since the last flush (replicas may differ on it)
+//   0x03 + pool u32 + pg u32 + epoch u32 + seq u64 → ObjectKey: one PG log entry (pg-log.ts)
+//   0x04 + pool u32 + pg u32 → the PG log's `complete` and `start` versions (pg-log.ts)
 
 import { randomUUID } from 'node:crypto';
 import { crc32 } from 'node:zlib';

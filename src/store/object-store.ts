@@ -46,6 +46,7 @@ import {
   type Geometry,
 } from './layout';
 import { RwLock } from './rw-lock';
+import { LogTag, PgLogBook, PgLogState, PgVersion, pgLogIndexRanges } from './pg-log';
 
 /** Operations running at once; more wait in a queue. Bounds device queue depth from one store. */
 export const MAX_IN_FLIGHT_OPS = 256;
@@ -87,6 +88,8 @@ export interface OpenOptions {
 export interface WriteOptions {
   /** Durable (data and metadata) when the call resolves. */
   fua?: boolean;
+  /** The primary's PG version of this change, recorded in the PG log once it completed. */
+  log?: LogTag;
 }
 
 export interface StoreStats {
@@ -169,6 +172,8 @@ export class ObjectStore {
   private clearingMarks = new Set<string>();
   /** Commits that have taken their snapshot (a mark records the count at its last change). */
   private snapshots = 0;
+  /** The PG logs (pg-log.ts): entries recorded as changes complete, persisted by commits. */
+  private readonly pgLogs = new PgLogBook(true);
   /** Injectable for tests: milliseconds for the activity record's retention. */
   now: () => number = Date.now;
 
@@ -204,6 +209,7 @@ export class ObjectStore {
       const store = new ObjectStore(device, db, geometry);
       await store.rebuildAllocator();
       await store.loadMarks();
+      await store.loadPgLogs();
       return store;
     } catch (error) {
       await db.close();
@@ -255,27 +261,30 @@ export class ObjectStore {
       await this.changing(entry, async () => {
         if (data.length > 0) await this.writeBlocks(entry, offset, data);
       });
+      if (options.log) this.pgLogs.record(key, options.log);
       // FUA shares the group commit: the commit flushes the device, then the metadata.
       if (options.fua) await this.requestCommit();
     });
   }
 
   /** Frees the whole blocks the range covers; partial blocks at the ends are left as they are. */
-  async trim(key: ObjectKey, offset: number, length: number): Promise<void> {
+  async trim(key: ObjectKey, offset: number, length: number, log?: LogTag): Promise<void> {
     this.checkRange(key, offset, length);
     if (length === 0) return;
-    await this.operate(key, true, (entry) =>
-      this.changing(entry, () => this.discard(entry, offset, length, false)),
-    );
+    await this.operate(key, true, async (entry) => {
+      await this.changing(entry, () => this.discard(entry, offset, length, false));
+      if (log) this.pgLogs.record(key, log);
+    });
   }
 
   /** The range reads as zeros: whole blocks are freed, partial blocks get zeros written. */
-  async zero(key: ObjectKey, offset: number, length: number): Promise<void> {
+  async zero(key: ObjectKey, offset: number, length: number, log?: LogTag): Promise<void> {
     this.checkRange(key, offset, length);
     if (length === 0) return;
-    await this.operate(key, true, (entry) =>
-      this.changing(entry, () => this.discard(entry, offset, length, true)),
-    );
+    await this.operate(key, true, async (entry) => {
+      await this.changing(entry, () => this.discard(entry, offset, length, true));
+      if (log) this.pgLogs.record(key, log);
+    });
   }
 
   /** Extents exactly covering the range: written blocks are data, the rest holes of zeros. */
@@ -286,16 +295,49 @@ export class ObjectStore {
   }
 
   /** Returns whether the object held a slot. */
-  async deleteObject(key: ObjectKey): Promise<boolean> {
+  async deleteObject(key: ObjectKey, log?: LogTag): Promise<boolean> {
     checkObjectKey(key);
     return this.operate(key, true, async (entry) => {
-      if (entry.slot === null) return false;
+      if (entry.slot === null) {
+        if (log) this.pgLogs.record(key, log);
+        return false;
+      }
       await this.changing(entry, async () => {
         this.clearWritten(entry, 0, this.blocksPerObject);
         await this.releaseSlot(entry);
       });
+      if (log) this.pgLogs.record(key, log);
       return true;
     });
+  }
+
+  /**
+   * One PG's log (pg-log.ts): its `complete` and `start` versions and the entries after
+   * `after` (default: after its own `complete`), at most `limit`. What it reports is made
+   * durable before it returns — it is read first, then a commit runs (whose snapshot is
+   * later, so it covers every change the answer reflects) — so recovery never relies on
+   * a version a crash of this disk could take back.
+   */
+  async pgLog(pool: number, pg: number, after?: PgVersion, limit?: number): Promise<PgLogState> {
+    this.checkOpen();
+    const own = this.pgLogs.state(pool, pg, undefined, 0);
+    const state = this.pgLogs.state(pool, pg, after ?? own.complete, limit);
+    // A commit taken or running past its snapshot may not hold it all: join or start one.
+    if (this.pgLogs.journalPending || this.runningCommit) await this.requestCommit();
+    return state;
+  }
+
+  /**
+   * Recovery made this disk whole for the PG (pg-log.ts `mark`). Durable with the next
+   * commit: recovery flushes the disk right after, before it clears the stale mark.
+   */
+  async markPgLog(
+    pool: number,
+    pg: number,
+    mark: { start: PgVersion; complete?: PgVersion },
+  ): Promise<void> {
+    this.checkOpen();
+    this.pgLogs.mark(pool, pg, mark);
   }
 
   /**
@@ -874,6 +916,14 @@ export class ObjectStore {
     }
   }
 
+  /** The PG logs as the last commit left them. */
+  private async loadPgLogs(): Promise<void> {
+    for (const range of pgLogIndexRanges()) {
+      for await (const [indexKey, value] of this.db.iterator(range))
+        this.pgLogs.load(indexKey, value);
+    }
+  }
+
   /** Marks left by the last run (a crash, or changes too recent to clear): kept as fresh. */
   private async loadMarks(): Promise<void> {
     const now = this.now();
@@ -976,19 +1026,26 @@ export class ObjectStore {
     this.committingFree = this.pendingFree;
     this.pendingFree = [];
     const clearedMarks = this.marksToClear();
+    // Log entries of changes completed by now, like the records: durable only with them.
+    const logOps = this.pgLogs.takeJournal();
     this.snapshots += 1;
     try {
       await this.device.flush();
-      for (let first = 0; first < snapshot.length; first += MAX_COMMIT_BATCH_RECORDS) {
+      const chunks = Math.max(1, Math.ceil(snapshot.length / MAX_COMMIT_BATCH_RECORDS));
+      for (let index = 0; index < chunks; index += 1) {
+        const first = index * MAX_COMMIT_BATCH_RECORDS;
         const chunk = snapshot.slice(first, first + MAX_COMMIT_BATCH_RECORDS);
-        await this.db.batch(
-          chunk.map((item) =>
-            item.value === null
-              ? { type: 'del' as const, key: item.indexKey }
-              : { type: 'put' as const, key: item.indexKey, value: item.value },
-          ),
-          { sync: true },
+        const ops: Array<
+          { type: 'put'; key: Buffer; value: Buffer } | { type: 'del'; key: Buffer }
+        > = chunk.map((item) =>
+          item.value === null
+            ? { type: 'del' as const, key: item.indexKey }
+            : { type: 'put' as const, key: item.indexKey, value: item.value },
         );
+        // In the last batch, after every record: a version a crash keeps never claims a
+        // change whose record it lost (the batches land in order, each atomically).
+        if (index === chunks - 1) ops.push(...logOps);
+        if (ops.length > 0) await this.db.batch(ops, { sync: true });
       }
       // After the records: a mark goes only once what it covers is durable. Not synced:
       // a lost delete only leaves a mark that peering checks once more.
@@ -1000,6 +1057,7 @@ export class ObjectStore {
       this.pendingFree = this.committingFree.concat(this.pendingFree);
       this.committingFree = [];
       this.restoreMarks(clearedMarks);
+      this.pgLogs.restoreJournal(logOps);
       throw asCisternError(error, 'commit failed');
     } finally {
       for (const key of clearedMarks) {

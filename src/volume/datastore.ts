@@ -849,7 +849,7 @@ export class Datastore implements DatastoreAdmin, ExportProvider, AccessProvider
       capacityBytes: disks.filter((d) => d.up).reduce((sum, d) => sum + d.sizeBytes, 0),
       usedBytes: disks.reduce((sum, d) => sum + d.usedBytes, 0),
       pgStates: pgTotals,
-      recovery,
+      recovery: this.recovery ? { ...recovery, done: { ...this.recovery.totals } } : recovery,
     };
   }
 

@@ -7,6 +7,7 @@ import { LoopbackNetwork } from '../../src/replication/loopback';
 import { Datastore } from '../../src/volume/datastore';
 import { scratchDir } from '../datastore/helpers';
 import fs from 'node:fs';
+import { CisternError } from '../../src/util/errors';
 
 export interface InProcessCluster {
   dir: string;
@@ -29,6 +30,18 @@ export async function inProcessCluster(
   const hosts = new Map<string, Datastore>();
   const events: InProcessCluster['events'] = [];
   const addHost = async (hostId: string, rack = `rack-${hostId}`): Promise<Datastore> => {
+    // Answering before the datastore opens, as a daemon's peer server does (it refuses
+    // until then): the map has the new disks as soon as open adds them, and a recovery
+    // that found the host unreachable would take them out as failed.
+    let handler: ReturnType<Datastore['peerHandler']> | undefined;
+    network.register(
+      hostId,
+      async (request) => {
+        if (!handler) throw new CisternError('UNAVAILABLE', `host ${hostId} is still starting`);
+        return handler(request);
+      },
+      () => store.current().map.epoch,
+    );
     const datastore = await Datastore.open({
       dataDir: path.join(dir, hostId),
       disks: Array.from({ length: disksPerHost }, (_, d) => ({
@@ -44,7 +57,7 @@ export async function inProcessCluster(
         waitForEpoch: (epoch, timeoutMs) => store.waitForEpoch(epoch, timeoutMs),
       },
     });
-    network.register(hostId, datastore.peerHandler(), () => store.current().map.epoch);
+    handler = datastore.peerHandler();
     hosts.set(hostId, datastore);
     return datastore;
   };

@@ -17,6 +17,7 @@ import { ObjectKey, ObjectKeyFilter, encodeObjectKey } from '../../src/store/key
 import { Extent } from '../../src/volume/backend';
 import { LocalDisk } from '../../src/replication/endpoint';
 import { Scheduler } from './scheduler';
+import { LogTag, PgLogBook, PgLogState, PgVersion } from '../../src/store/pg-log';
 
 export const SIM_BLOCK_BYTES = 4096;
 /** Latency of one simulated disk operation, virtual milliseconds. */
@@ -31,7 +32,16 @@ type Objects = Map<string, { key: ObjectKey; blocks: Blocks }>;
 export type Change =
   | { kind: 'write'; key: ObjectKey; block: number; data: Uint8Array }
   | { kind: 'discard'; key: ObjectKey; block: number }
-  | { kind: 'delete'; key: ObjectKey };
+  | { kind: 'delete'; key: ObjectKey }
+  // PG log changes (pg-log.ts): durable only through a flush, never by luck in a crash —
+  // the real store writes them in the commit batch after the device flush.
+  | { kind: 'log'; key: ObjectKey; tag: LogTag }
+  | {
+      kind: 'log-mark';
+      pool: number;
+      pg: number;
+      mark: { start: PgVersion; complete?: PgVersion };
+    };
 
 export function keyName(key: ObjectKey): string {
   return `${key.pool}/${key.volume}/${key.object}`;
@@ -41,6 +51,9 @@ export function keyName(key: ObjectKey): string {
 export class DiskMedium {
   readonly durable: Objects = new Map();
   readonly current: Objects = new Map();
+  /** The PG logs as a flush left them, and with every completed change. */
+  durableLog = new PgLogBook();
+  currentLog = new PgLogBook();
   /** Completed changes not yet known durable, oldest first. */
   unflushed: Change[] = [];
   failed = false;
@@ -59,7 +72,7 @@ export class DiskMedium {
   apply(change: Change): void {
     if (change.kind === 'write' && this.dropEvery > 0 && ++this.writes % this.dropEvery === 0)
       return;
-    applyTo(this.current, change);
+    applyTo(this.current, change, this.currentLog);
     this.unflushed.push(change);
     this.onChange?.(change);
   }
@@ -69,7 +82,7 @@ export class DiskMedium {
     if (this.flushLies) return;
     const done = this.unflushed.splice(0, count);
     this.onPersist?.(done.length, this.unflushed.length);
-    for (const change of done) applyTo(this.durable, change);
+    for (const change of done) applyTo(this.durable, change, this.durableLog);
   }
 
   /**
@@ -80,10 +93,12 @@ export class DiskMedium {
   crash(survives: () => boolean): number {
     let lost = 0;
     for (const change of this.unflushed) {
-      if (survives()) applyTo(this.durable, change);
+      if (change.kind === 'log' || change.kind === 'log-mark') continue;
+      if (survives()) applyTo(this.durable, change, this.durableLog);
       else lost += 1;
     }
     this.unflushed = [];
+    this.currentLog = this.durableLog.clone();
     this.current.clear();
     for (const [name, object] of this.durable)
       this.current.set(name, { key: object.key, blocks: new Map(object.blocks) });
@@ -98,7 +113,15 @@ export class DiskMedium {
 
 const ZEROS = new Uint8Array(SIM_BLOCK_BYTES);
 
-function applyTo(objects: Objects, change: Change): void {
+function applyTo(objects: Objects, change: Change, log: PgLogBook): void {
+  if (change.kind === 'log') {
+    log.record(change.key, change.tag);
+    return;
+  }
+  if (change.kind === 'log-mark') {
+    log.mark(change.pool, change.pg, change.mark);
+    return;
+  }
   const name = keyName(change.key);
   if (change.kind === 'delete') {
     objects.delete(name);
@@ -160,7 +183,7 @@ export class SimDisk implements LocalDisk {
     key: ObjectKey,
     offset: number,
     data: Uint8Array,
-    options: { fua?: boolean } = {},
+    options: { fua?: boolean; log?: LogTag } = {},
   ): Promise<void> {
     const [first, count] = blocksOf(offset, data.length);
     // The caller may reuse its buffer once we return: keep our own copy now.
@@ -170,19 +193,31 @@ export class SimDisk implements LocalDisk {
         const bytes = copy.subarray(i * SIM_BLOCK_BYTES, (i + 1) * SIM_BLOCK_BYTES);
         this.medium.apply({ kind: 'write', key: { ...key }, block: first + i, data: bytes });
       }
+      this.logged(key, options.log);
       if (options.fua) this.medium.persist(this.medium.unflushed.length);
     });
   }
 
-  trim(key: ObjectKey, offset: number, length: number): Promise<void> {
-    return this.discard('trim', key, offset, length);
+  trim(key: ObjectKey, offset: number, length: number, log?: LogTag): Promise<void> {
+    return this.discard('trim', key, offset, length, log);
   }
 
-  zero(key: ObjectKey, offset: number, length: number): Promise<void> {
-    return this.discard('zero', key, offset, length);
+  zero(key: ObjectKey, offset: number, length: number, log?: LogTag): Promise<void> {
+    return this.discard('zero', key, offset, length, log);
   }
 
-  private discard(name: string, key: ObjectKey, offset: number, length: number): Promise<void> {
+  /** A change completed: its PG log entry follows it, in the same step. */
+  private logged(key: ObjectKey, tag: LogTag | undefined): void {
+    if (tag) this.medium.apply({ kind: 'log', key: { ...key }, tag });
+  }
+
+  private discard(
+    name: string,
+    key: ObjectKey,
+    offset: number,
+    length: number,
+    log?: LogTag,
+  ): Promise<void> {
     const [first, count] = blocksOf(offset, length);
     return this.complete(name, () => {
       const object = this.medium.current.get(keyName(key));
@@ -190,6 +225,7 @@ export class SimDisk implements LocalDisk {
         if (object?.blocks.has(first + i))
           this.medium.apply({ kind: 'discard', key: { ...key }, block: first + i });
       }
+      this.logged(key, log);
     });
   }
 
@@ -208,12 +244,33 @@ export class SimDisk implements LocalDisk {
     });
   }
 
-  deleteObject(key: ObjectKey): Promise<boolean> {
+  deleteObject(key: ObjectKey, log?: LogTag): Promise<boolean> {
     return this.complete('delete', () => {
       const existed = this.medium.current.has(keyName(key));
       if (existed) this.medium.apply({ kind: 'delete', key: { ...key } });
+      this.logged(key, log);
       return existed;
     });
+  }
+
+  /**
+   * The PG log (ObjectEndpoint.pgLog). As the real store does, what it reports is made
+   * durable first (a flush), so a crash cannot take back a version recovery relied on.
+   */
+  async pgLog(pool: number, pg: number, after?: PgVersion): Promise<PgLogState> {
+    const own = this.medium.currentLog.state(pool, pg, undefined, 0);
+    const state = this.medium.currentLog.state(pool, pg, after ?? own.complete);
+    await this.flush();
+    return state;
+  }
+
+  async markPgLog(
+    pool: number,
+    pg: number,
+    mark: { start: PgVersion; complete?: PgVersion },
+  ): Promise<void> {
+    // Durable with the next flush, as in the store (recovery flushes right after).
+    await this.complete('log-mark', () => this.medium.apply({ kind: 'log-mark', pool, pg, mark }));
   }
 
   flush(): Promise<void> {

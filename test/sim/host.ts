@@ -129,6 +129,7 @@ export class SimHost {
       onDiskFailure: diskFailed,
       hostId: this.id,
       readFence: fence,
+      now: () => this.scheduler.now,
     });
     const gateway = new Gateway({
       hostId: this.id,

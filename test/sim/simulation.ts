@@ -250,13 +250,15 @@ class Simulation {
       for (const disks of media.values()) {
         for (const medium of disks.values()) {
           medium.onChange = (change) => {
-            if (change.key.object !== Number(traced)) return;
+            if (change.kind === 'log-mark' || change.key.object !== Number(traced)) return;
             const what =
               change.kind === 'write'
                 ? `block ${change.block} = w${new DataView(change.data.buffer, change.data.byteOffset).getUint32(0)}`
                 : change.kind === 'discard'
                   ? `block ${change.block} discarded`
-                  : 'deleted';
+                  : change.kind === 'log'
+                    ? `logged ${change.tag.version.epoch}.${change.tag.version.seq}`
+                    : 'deleted';
             this.log(`disk${medium.id}`, 'change', { what });
           };
           medium.onPersist = (persisted, left) =>

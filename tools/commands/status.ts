@@ -49,6 +49,14 @@ export function formatStatus(report: StatusReport): string[] {
         `${formatSize(recovery.bytesPerSecond)}/s`,
     );
   }
+  const done = recovery?.done;
+  if (done && done.logCatchUps + done.backfills > 0) {
+    lines.push(
+      `recovered here: ${plural(done.logCatchUps, 'PG member')} from the PG log ` +
+        `(${plural(done.logObjects, 'object')} copied), ${done.backfills} by backfill ` +
+        `(${plural(done.backfillObjects, 'object')} copied)`,
+    );
+  }
   lines.push('', 'disks:');
   const diskRows = report.disks.map((d) => [
     String(d.id),

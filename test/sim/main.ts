@@ -4,14 +4,22 @@
 // status 1 when a failure is not a known bug (known-bugs.ts), or with --strict on any.
 //
 //   SEED=123 node dist/test/sim/main.js       replay one seed (VERBOSE=1: its events;
-//                                             TRACE_OBJECT=n: every change to object n)
+//                                             TRACE_OBJECT=n: every change to object n;
+//                                             FAULT_FREE=1: the fault-free run of it)
 //   npm run sim:soak -- --seeds 1000 [--from 5000] [--quick-restarts] [--etcd-everywhere] [--strict]
 
 import { runSimulation, SimResult } from './simulation';
 import { knownBugOf } from './known-bugs';
 
-export function replayLine(seed: number, quickRestarts = false, etcdEverywhere = false): string {
-  const flags = `${quickRestarts ? ' QUICK_RESTARTS=1' : ''}${etcdEverywhere ? ' ETCD_EVERYWHERE=1' : ''}`;
+export function replayLine(
+  seed: number,
+  quickRestarts = false,
+  etcdEverywhere = false,
+  faultFree = false,
+): string {
+  const flags =
+    `${quickRestarts ? ' QUICK_RESTARTS=1' : ''}${etcdEverywhere ? ' ETCD_EVERYWHERE=1' : ''}` +
+    `${faultFree ? ' FAULT_FREE=1' : ''}`;
   return `SEED=${seed}${flags} node dist/test/sim/main.js`;
 }
 
@@ -19,6 +27,7 @@ export function formatFailure(
   result: SimResult,
   quickRestarts = false,
   etcdEverywhere = false,
+  faultFree = false,
 ): string {
   return [
     `seed ${result.seed} FAILED (${result.config}; ${result.steps} steps, ${result.simulatedMs.toFixed(0)} ms simulated)`,
@@ -30,7 +39,7 @@ export function formatFailure(
       ),
     '  last events:',
     ...result.recent.slice(-15).map((line) => `    ${line}`),
-    `  replay: ${replayLine(result.seed, quickRestarts, etcdEverywhere)}`,
+    `  replay: ${replayLine(result.seed, quickRestarts, etcdEverywhere, faultFree)}`,
   ].join('\n');
 }
 
@@ -43,6 +52,7 @@ async function main(): Promise<void> {
   const quickRestarts = args.includes('--quick-restarts') || process.env.QUICK_RESTARTS === '1';
   const etcdEverywhere = args.includes('--etcd-everywhere') || process.env.ETCD_EVERYWHERE === '1';
   const strict = args.includes('--strict');
+  const faultFree = args.includes('--fault-free') || process.env.FAULT_FREE === '1';
   const verbose = process.env.VERBOSE === '1';
   let seeds: number[];
   if (process.env.SEED !== undefined) seeds = [Number(process.env.SEED)];
@@ -56,14 +66,20 @@ async function main(): Promise<void> {
   const byCause = new Map<string, number[]>();
   const started = Date.now();
   for (const seed of seeds) {
-    const result = await runSimulation({ seed, quickRestarts, etcdEverywhere, verbose });
+    const result = await runSimulation({
+      seed,
+      quickRestarts,
+      etcdEverywhere,
+      verbose,
+      ...(faultFree ? { faults: false } : {}),
+    });
     if (result.failures.length > 0) {
       failed += 1;
       const first = result.failures[0]!;
       const cause = knownBugOf(first)?.name ?? `NEW ${first.kind}`;
       if (!knownBugOf(first)) unknown += 1;
       byCause.set(cause, [...(byCause.get(cause) ?? []), seed]);
-      console.log(formatFailure(result, quickRestarts, etcdEverywhere));
+      console.log(formatFailure(result, quickRestarts, etcdEverywhere, faultFree));
     } else if (seeds.length === 1 || verbose) {
       console.log(
         `seed ${seed} ok (${result.config}; ${result.steps} steps, ${result.simulatedMs.toFixed(0)} ms simulated, trace ${result.traceHash.slice(0, 16)}) ${JSON.stringify(result.stats)}`,

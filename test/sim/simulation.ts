@@ -125,6 +125,8 @@ export interface SimResult {
 interface Client {
   id: number;
   gateway: string | undefined;
+  /** The incarnation of `gateway` the client is connected to. */
+  gatewayIncarnation: number;
   /** Acked writes through the current gateway incarnation not yet covered by a flush. */
   unflushed: Array<{ block: BlockModel; version: Version }>;
   inFlight: { host: string; incarnation: number; abandon: () => void } | undefined;
@@ -314,7 +316,13 @@ class Simulation {
       for (const host of this.hosts.values()) host.start();
       this.startMonitor();
       for (let c = 0; c < this.random.range(2, 4); c += 1) {
-        const client: Client = { id: c, gateway: undefined, unflushed: [], inFlight: undefined };
+        const client: Client = {
+          id: c,
+          gateway: undefined,
+          gatewayIncarnation: 0,
+          unflushed: [],
+          inFlight: undefined,
+        };
         this.clients.push(client);
         this.scheduler.schedule(this.random.float() * 10, `client${c}.start`, () =>
           this.nextOperation(client),
@@ -394,12 +402,23 @@ class Simulation {
 
   // ---- clients ------------------------------------------------------------------------
 
+  /**
+   * The client's gateway: the one it has while that daemon runs; else a running one
+   * picked at random. A gateway daemon that restarted meanwhile is a new connection (an
+   * NBD client's connection ends with the daemon): the writes acknowledged through its
+   * former incarnation are not covered by a flush through the new one, which never saw
+   * them — as with a new gateway.
+   */
   private pickGateway(client: Client): string | undefined {
-    if (client.gateway && this.hosts.get(client.gateway)?.running) return client.gateway;
-    const running = this.hostIds.filter((h) => this.hosts.get(h)!.running);
-    if (running.length === 0) return undefined;
-    client.gateway = this.random.pick(running);
-    client.unflushed = []; // not covered by a flush through the new gateway
+    const current = client.gateway ? this.hosts.get(client.gateway)?.running : undefined;
+    if (current && current.number === client.gatewayIncarnation) return client.gateway;
+    if (!current) {
+      const running = this.hostIds.filter((h) => this.hosts.get(h)!.running);
+      if (running.length === 0) return undefined;
+      client.gateway = this.random.pick(running);
+    }
+    client.gatewayIncarnation = this.hosts.get(client.gateway!)!.running!.number;
+    client.unflushed = []; // not covered by a flush through the new gateway (incarnation)
     return client.gateway;
   }
 
@@ -524,18 +543,25 @@ class Simulation {
     const covered = client.unflushed;
     client.unflushed = [];
     this.stats.flushes! += 1;
+    const writes = covered.map((c) => `w${c.version.id}`).join(' ');
+    this.log(`client${client.id}`, 'flush', { via: host, covers: writes });
     this.track(
       client,
       host,
       (gateway) => gateway.flush(),
       () => {
         this.stats.flushesOk! += 1;
+        this.log(`client${client.id}`, 'flush.ok', { via: host, covers: writes });
         this.flushed(covered, host);
       },
       (error) => {
+        this.log(`client${client.id}`, 'flush.failed', { via: host, error: describe(error) });
         this.operationFailed(error);
-        // Not known durable: a later flush through this gateway covers them again.
-        if (client.gateway === host) client.unflushed.unshift(...covered);
+        // Not known durable: a later flush through this gateway covers them again —
+        // unless the flush said EIO: then they may be lost, the client has been told, and
+        // the next flush starts afresh (as the final flush below, and fsync, have it).
+        if (client.gateway === host && !isCisternError(error, 'EIO'))
+          client.unflushed.unshift(...covered);
       },
       done,
     );
@@ -886,6 +912,14 @@ class Simulation {
       return;
     }
     if (!(await this.flushEveryClient())) return;
+    // A final flush may take out a member whose daemon restarted after taking writes it
+    // had not flushed (it comes back stale and is recovered): clean again first.
+    const flushedAt = this.scheduler.elapsedMs;
+    if (!(await this.runUntil(() => this.clean(), flushedAt + LIVENESS_BOUND_MS))) {
+      if (this.failures.length === 0)
+        this.fail('liveness', `not clean after the final flushes: ${this.unclean()}`);
+      return;
+    }
     await this.readEverything('after healing');
     if (this.failures.length > 0) return;
     this.compareReplicas();

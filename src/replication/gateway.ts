@@ -14,6 +14,13 @@ import { BufferLease } from '../store/buffer-cache';
 import { MessageType } from './messages';
 import { parseExtents } from './remote-disk';
 import { PeerRemoteError } from './peer';
+import { MapChanges, TAKEN_DOWN, unlessTakenDown } from './map-watch';
+
+/** Which daemon run of a primary acknowledged writes through this gateway (handler.ts). */
+interface Acknowledger {
+  incarnation?: string;
+  restarted: boolean;
+}
 
 /** Attempts of one operation across map changes before giving up. */
 export const GATEWAY_ATTEMPTS_MAX = 8;
@@ -46,8 +53,23 @@ export interface GatewayOptions {
   onPrimaryUnreachable: (disk: number, error: CisternError) => Promise<void>;
   /** Flushes every up disk of this host. */
   flushLocalDisks: () => Promise<void>;
+  /**
+   * Map changes as they arrive: a flush stops waiting on a primary once the map has
+   * every disk of its host down (map-watch.ts). Without it, until the request times out.
+   */
+  mapChanges?: MapChanges;
   /** Milliseconds for the degraded wait's bound; Date.now by default (the simulator's clock). */
   now?: () => number;
+}
+
+/**
+ * Like Promise.all, but settles only once every promise has: a flush's part still under
+ * way must stay visible to later flushes until it is done. Throws the first failure.
+ */
+async function settleAll(parts: Array<Promise<unknown>>): Promise<void> {
+  const results = await Promise.allSettled(parts);
+  const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+  if (failed) throw failed.reason;
 }
 
 export class Gateway implements ObjectIo {
@@ -56,7 +78,12 @@ export class Gateway implements ObjectIo {
    * the daemon that acknowledged those writes (handler.ts): a daemon restarted since
    * cannot flush what its former self replicated, so the flush must reach every host.
    */
-  private readonly written = new Map<string, { incarnation?: string; restarted: boolean }>();
+  private readonly written = new Map<string, Acknowledger>();
+  /**
+   * Per flush under way, the primaries it has yet to hear from, with who acknowledged
+   * the writes it covers there: a later flush asks them again itself (flush()).
+   */
+  private readonly flushesUnderWay = new Set<Map<string, Acknowledger[]>>();
 
   constructor(private readonly options: GatewayOptions) {}
 
@@ -192,15 +219,21 @@ export class Gateway implements ObjectIo {
     payload?: Uint8Array,
   ): Promise<void> {
     const reply = await this.request(host, epoch, type, metadata, payload);
-    this.noteIncarnation(host, reply.metadata);
+    this.noteAcknowledged(host, reply.metadata);
   }
 
-  private noteIncarnation(host: string, metadata: unknown): void {
-    const incarnation = (metadata as { incarnation?: unknown } | undefined)?.incarnation;
-    if (typeof incarnation !== 'string') return;
+  /**
+   * Marks `host` written (again) as its acknowledgement arrives, not only as the change
+   * was sent: a FLUSH that took the marks while the change was in flight has not covered
+   * it, so the next one must ask that primary.
+   */
+  private noteAcknowledged(host: string, metadata: unknown): void {
     const seen = this.written.get(host) ?? { restarted: false };
-    if (seen.incarnation !== undefined && seen.incarnation !== incarnation) seen.restarted = true;
-    seen.incarnation = incarnation;
+    const incarnation = (metadata as { incarnation?: unknown } | undefined)?.incarnation;
+    if (typeof incarnation === 'string') {
+      if (seen.incarnation !== undefined && seen.incarnation !== incarnation) seen.restarted = true;
+      seen.incarnation = incarnation;
+    }
     this.written.set(host, seen);
   }
 
@@ -306,26 +339,32 @@ export class Gateway implements ObjectIo {
    * holds it. Each primary written through flushes what it replicated. A primary that
    * cannot be reached cannot be asked: its disks leave the acting set, and every other
    * host flushes all its disks instead — the replicas that primary wrote to are among
-   * them, so what it acknowledged is durable on them. A primary that answers as another
-   * incarnation than the one that acknowledged the writes restarted meanwhile: every host
-   * flushes, and the FLUSH fails with EIO, since the restart may have lost some.
+   * them, so what it acknowledged is durable on them. So does one the map takes down
+   * while it is being asked (its lease lapsed: map-watch.ts), without waiting for the
+   * request to time out. A primary that answers as another incarnation than the one
+   * that acknowledged the writes restarted meanwhile: every host flushes, and the FLUSH
+   * fails with EIO, since the restart may have lost some.
+   *
+   * Concurrent flushes: each takes the marks and clears them, so a later flush asks
+   * again, itself, every primary an earlier one is still waiting for (the writes that
+   * one covers were acknowledged before the later flush was asked for) — rather than
+   * waiting for the earlier flush, which may be stuck on a host being cut off.
    */
   async flush(): Promise<void> {
-    const hosts = [...this.written];
+    const taken = [...this.written];
     this.written.clear();
+    const own = new Map<string, Acknowledger[]>(taken.map(([host, seen]) => [host, [seen]]));
+    for (const earlier of this.flushesUnderWay)
+      for (const [host, seen] of earlier) own.set(host, [...(own.get(host) ?? []), ...seen]);
+    this.flushesUnderWay.add(own);
     const lost: string[] = [];
     const restarted: string[] = [];
     try {
-      await Promise.all([
+      await settleAll([
         this.untilEpochSettles(() => this.options.local.flush()),
-        ...hosts.map(async ([host, seen]) => {
+        ...[...own].map(async ([host, seen]) => {
           try {
-            await this.untilEpochSettles(async (epoch) => {
-              const reply = await this.request(host, epoch, MessageType.PrimaryFlush, {});
-              const now = (reply.metadata as { incarnation?: unknown } | undefined)?.incarnation;
-              if (seen.restarted || (seen.incarnation !== undefined && now !== seen.incarnation))
-                restarted.push(host);
-            });
+            await this.flushPrimary(host, seen, restarted);
           } catch (error) {
             if (
               error instanceof PeerRemoteError ||
@@ -337,6 +376,8 @@ export class Gateway implements ObjectIo {
               if (disk.host === host && disk.up)
                 await this.options.onPrimaryUnreachable(disk.id, error);
             }
+          } finally {
+            own.delete(host);
           }
         }),
       ]);
@@ -345,8 +386,10 @@ export class Gateway implements ObjectIo {
       // Not known durable: again next time — unless EIO already told the client they
       // may be lost, after which the next FLUSH starts afresh.
       if (!isCisternError(error, 'EIO'))
-        for (const [host, seen] of hosts) this.written.set(host, seen);
+        for (const [host, seen] of taken) this.written.set(host, seen);
       throw error;
+    } finally {
+      this.flushesUnderWay.delete(own);
     }
     if (restarted.length > 0) {
       // The daemon that acknowledged our writes is gone, and its own copies of them may
@@ -359,6 +402,35 @@ export class Gateway implements ObjectIo {
           'covers: they may be lost',
       );
     }
+  }
+
+  /**
+   * One primary's PrimaryFlush; UNAVAILABLE once the map has every disk of the host down
+   * (it can no longer be anybody's primary). Notes the host in `restarted` when it
+   * answers as another incarnation than one that acknowledged the writes covered.
+   */
+  private async flushPrimary(
+    host: string,
+    seen: readonly Acknowledger[],
+    restarted: string[],
+  ): Promise<void> {
+    const hostDown = (): boolean =>
+      !this.options.state().map.disks.some((disk) => disk.host === host && disk.up);
+    const mapChanges = this.options.mapChanges ?? (() => () => undefined);
+    await this.untilEpochSettles(async (epoch) => {
+      const reply = await unlessTakenDown(
+        this.request(host, epoch, MessageType.PrimaryFlush, {}),
+        hostDown,
+        mapChanges,
+      );
+      if (reply === TAKEN_DOWN)
+        throw new CisternError('UNAVAILABLE', `host ${host} was taken down during the flush`);
+      const now = (reply.metadata as { incarnation?: unknown } | undefined)?.incarnation;
+      const lostSome = seen.some(
+        (by) => by.restarted || (by.incarnation !== undefined && now !== by.incarnation),
+      );
+      if (lostSome) restarted.push(host);
+    });
   }
 
   /**

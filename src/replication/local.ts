@@ -18,6 +18,8 @@ import { ObjectEndpoint, ObjectIo, ownedLease } from './endpoint';
 import { checksumObject } from './checksum';
 import type { ReadFence } from '../cluster/read-fence';
 import { LogTag, PgLogState, PgVersion } from '../store/pg-log';
+import { MapChanges, TAKEN_DOWN, unlessTakenDown } from './map-watch';
+import { MemberRestarted } from './remote-disk';
 
 export interface ReplicaSet {
   /** Placement of the object's pool for the current map. */
@@ -41,6 +43,17 @@ export interface ReplicaSet {
   readFence?: ReadFence;
   /** Milliseconds (virtual in the simulator): the base of this run's version sequence. */
   now?: () => number;
+  /**
+   * Map changes as they arrive: a flush stops waiting on a member disk once the map has
+   * it down (map-watch.ts). Without it, a flush waits for the disk's own answer.
+   */
+  mapChanges?: MapChanges;
+  /**
+   * A PG's authoritative record (state.ts peerPg; key `pool:pg`): the members peering
+   * may make the PG's source once it has no good member left. A flush cannot vouch for
+   * writes one of them holds unflushed (flush()).
+   */
+  authoritative?(pg: string): readonly number[];
 }
 
 /** Per PG this host has been primary of: the versions of its changes still settling. */
@@ -85,10 +98,22 @@ export function isDeviceFailure(error: unknown): boolean {
   );
 }
 
+/**
+ * One flush under way: the disks it has yet to flush, those it flushed, and the writes
+ * (per PG, their holders) it vouches for. A later flush re-covers what is still pending.
+ */
+interface FlushUnderWay {
+  pending: Set<number>;
+  flushed: Set<number>;
+  holders: Map<string, Set<number>>;
+}
+
 export class LocalReplication implements ObjectIo {
   private readonly ordering = new RangeOrdering();
   /** Disks written since their last flush. */
   private readonly dirty = new Set<number>();
+  /** Flushes not yet complete (flush(): a later one covers what they still hold). */
+  private readonly flushesUnderWay = new Set<FlushUnderWay>();
   /**
    * Per PG, the disks that took writes of it acknowledged since the last flush: a flush
    * vouches for those writes only if one of these disks is flushed — a member taken
@@ -406,7 +431,6 @@ export class LocalReplication implements ObjectIo {
       if (result.status === 'fulfilled') {
         if (counts) succeeded += 1;
         took.add(disk);
-        if (!fua) this.dirty.add(disk);
       } else if (isDeviceFailure(result.reason)) {
         await this.replicas.onDiskFailure(disk, result.reason as CisternError);
       } else {
@@ -419,7 +443,14 @@ export class LocalReplication implements ObjectIo {
     if (!fua) this.noteHolders(key, took);
   }
 
+  /**
+   * At the acknowledgement, in one synchronous step: the disks that took the change are
+   * dirty and hold its PG's writes. (Marked any earlier — before the awaits that take
+   * failed members out — a flush in between would take the dirty mark without the
+   * holders, and the next flush would find holders it never flushed: a spurious EIO.)
+   */
   private noteHolders(key: ObjectKey, took: Set<number>): void {
+    for (const disk of took) this.dirty.add(disk);
     const table = this.replicas.table(key.pool);
     const pg = `${key.pool}:${objectToPg(table.pool, key.volume, key.object)}`;
     const known = this.holders.get(pg);
@@ -726,59 +757,111 @@ export class LocalReplication implements ObjectIo {
   }
 
   /**
-   * Makes every write acknowledged before the call durable on every disk that took
-   * it. A disk that fails to flush is taken out; the others still hold the writes —
-   * unless no disk that took a PG's writes since the last flush could be flushed
-   * (every one failed or was taken down meanwhile): then EIO, since saying "durable"
-   * would vouch for writes that may exist only in lost caches (invariant 1).
+   * Makes every write acknowledged before the call durable on every disk that took it
+   * and is still a member. A disk that fails to flush is taken out, and one the map has
+   * down is skipped (also while its flush is under way: map-watch.ts); the others still
+   * hold the writes — unless no disk that took a PG's writes since the last flush could
+   * be flushed (every one failed or was taken down meanwhile), or a member that took
+   * writes since the last flush restarted meanwhile (its cache is gone): then EIO, since
+   * saying "durable" would vouch for writes that may exist only in lost caches
+   * (invariant 1).
+   *
+   * Concurrent flushes: each takes the dirty disks and clears the set, so a second one
+   * finds the set empty while the first is still flushing writes acknowledged before the
+   * second was asked for. The second therefore flushes again, itself, every disk an
+   * earlier flush is still working on, and vouches for that flush's writes too — rather
+   * than waiting for the earlier flush to complete, which may be stuck on a member the
+   * map has since taken down.
    */
   async flush(): Promise<void> {
-    const disks = [...this.dirty];
+    const earlier = [...this.flushesUnderWay];
+    const own: FlushUnderWay = {
+      pending: new Set(this.dirty),
+      flushed: new Set(),
+      holders: this.holders,
+    };
+    for (const flush of earlier) for (const disk of flush.pending) own.pending.add(disk);
     this.dirty.clear();
-    const holders = this.holders;
     this.holders = new Map();
-    const flushed = new Set<number>();
-    // Every disk's flush is waited for, even after one failed: which PGs this flush made
-    // durable is known only once each has answered.
-    const outcomes = await Promise.allSettled(
-      disks.map(async (disk) => {
-        const store = this.replicas.store(disk);
-        if (!store) return;
-        try {
-          await store.flush();
-          flushed.add(disk);
-        } catch (error) {
-          if (!isDeviceFailure(error)) {
-            this.dirty.add(disk);
-            throw error;
-          }
-          await this.replicas.onDiskFailure(disk, error as CisternError);
-        }
-      }),
+    this.flushesUnderWay.add(own);
+    const restarted: number[] = [];
+    // Every member settles before the flush does, failed or not: which PGs this flush
+    // made durable is known only once each has answered, and one still pending must stay
+    // visible to later flushes (and back in `dirty` if it failed) until it is done.
+    const results = await Promise.allSettled(
+      [...own.pending].map((disk) => this.flushMember(disk, own, restarted)),
     );
-    // A PG one of whose holders was flushed is durable; only the others are still owed.
-    const unsound = [...holders].filter(([, set]) => ![...set].some((d) => flushed.has(d)));
-    const failed = outcomes.find((o): o is PromiseRejectedResult => o.status === 'rejected');
-    if (failed !== undefined) {
-      // Not known durable: the next flush answers for them (their disks that failed with
-      // a request error are dirty again). Handing back the PGs this flush did make
-      // durable would have the next one judge them by disks it no longer flushes — an
-      // EIO for writes that are safe (seen under map churn, when replicas refuse flushes
-      // for a stale epoch).
-      for (const [pg, set] of unsound) {
+    this.flushesUnderWay.delete(own);
+    // Each PG's writes (ours, and those of earlier flushes still under way) must be on a
+    // disk flushed since they were acknowledged: by us, or by the earlier flush itself.
+    // Nor may a holder left unflushed (down, failed, taken out) be one peering may make
+    // the PG's source: it holds the writes in its cache only, or lost them with it.
+    const unsoundIn = (flush: FlushUnderWay): Array<[string, Set<number>]> =>
+      [...flush.holders].filter(([pg, set]) => {
+        const flushed = (d: number): boolean => own.flushed.has(d) || flush.flushed.has(d);
+        const record = this.replicas.authoritative?.(pg) ?? [];
+        return ![...set].some(flushed) || [...set].some((d) => !flushed(d) && record.includes(d));
+      });
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) {
+      // Not known durable: the next flush answers for our PGs this one did not make
+      // durable (their disks that failed with a request error are dirty again). Handing
+      // back the PGs it did make durable would have the next one judge them by disks it
+      // no longer flushes — an EIO for writes that are safe (seen under map churn, when
+      // replicas refuse flushes for a stale epoch).
+      for (const [pg, set] of unsoundIn(own)) {
         const known = this.holders.get(pg);
         if (!known) this.holders.set(pg, set);
         else for (const disk of set) known.add(disk);
       }
       throw failed.reason;
     }
+    const unsound = [own, ...earlier].flatMap((flush) => unsoundIn(flush).map(([pg]) => pg));
     if (unsound.length > 0) {
       throw new CisternError(
         'EIO',
-        `writes acknowledged in pg ${unsound.map(([pg]) => pg).join(', ')} since the last ` +
-          'flush are on no disk that could be flushed (their disks failed or were taken ' +
-          'out): they may be lost',
+        `writes acknowledged in pg ${[...new Set(unsound)].join(', ')} since the last ` +
+          'flush are on no disk that could be flushed, or on one left unflushed that the ' +
+          "PG's authoritative record names (their disks failed or were taken out): they " +
+          'may be lost',
       );
+    }
+    if (restarted.length > 0) {
+      throw new CisternError(
+        'EIO',
+        `member disk(s) ${restarted.join(', ')} restarted after taking writes this flush ` +
+          'covers: they may be lost',
+      );
+    }
+  }
+
+  /**
+   * One disk of a flush: flushed (noted in `flush.flushed`), skipped when the map has it
+   * down (before or while it is flushed), taken out when it fails. A non-device error
+   * leaves it dirty and fails the flush.
+   */
+  private async flushMember(
+    disk: number,
+    flush: FlushUnderWay,
+    restarted: number[],
+  ): Promise<void> {
+    try {
+      const store = this.replicas.store(disk);
+      if (!store) return;
+      const mapChanges = this.replicas.mapChanges;
+      const outcome = mapChanges
+        ? await unlessTakenDown(store.flush(), () => !this.replicas.store(disk), mapChanges)
+        : await store.flush();
+      if (outcome !== TAKEN_DOWN) flush.flushed.add(disk);
+    } catch (error) {
+      if (!isDeviceFailure(error)) {
+        this.dirty.add(disk);
+        throw error;
+      }
+      if (error instanceof MemberRestarted) restarted.push(disk);
+      await this.replicas.onDiskFailure(disk, error as CisternError);
+    } finally {
+      flush.pending.delete(disk);
     }
   }
 

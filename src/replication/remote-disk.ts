@@ -17,13 +17,31 @@ import { LogTag, PgLogEntry, PgLogState, PgVersion, isVersion } from '../store/p
 /** Pages of one PG log (each at most PG_LOG_PAGE_MAX entries) before giving up. */
 const PG_LOG_PAGES_MAX = 64;
 
+/**
+ * A replica disk's daemon restarted after taking changes not yet flushed (UNREACHABLE, a
+ * device failure to the primary: the disk is taken out). The flush that meets it fails
+ * with EIO (LocalReplication.flush): the changes may be gone with the daemon's caches.
+ */
+export class MemberRestarted extends CisternError {
+  constructor(message: string) {
+    super('UNREACHABLE', message);
+  }
+}
+
+interface ChangedBy {
+  incarnation?: string;
+  restarted: boolean;
+}
+
 export class RemoteDisk implements ObjectEndpoint {
   /**
    * The incarnation of the daemon that took this disk's changes since the last flush
    * (handler.ts), and whether more than one did: a flush answered by another one would
    * vouch for changes the restarted daemon may have lost.
    */
-  private changedBy: { incarnation?: string; restarted: boolean } = { restarted: false };
+  private changedBy: ChangedBy = { restarted: false };
+  /** What flushes still under way took: a later flush checks those changes too. */
+  private readonly flushesUnderWay = new Set<ChangedBy>();
 
   constructor(
     private readonly transport: PeerTransport,
@@ -202,16 +220,24 @@ export class RemoteDisk implements ObjectEndpoint {
   async flush(): Promise<void> {
     const changedBy = this.changedBy;
     this.changedBy = { restarted: false };
-    const reply = await this.call(MessageType.DiskFlush, { pool: 0, volume: 0, object: 0 }, 0, 0);
+    // Changes an earlier flush took and has not yet seen flushed were acknowledged before
+    // this one was asked for: this flush vouches for them as well.
+    const covered = [changedBy, ...this.flushesUnderWay];
+    this.flushesUnderWay.add(changedBy);
+    let reply: { metadata: unknown };
+    try {
+      reply = await this.call(MessageType.DiskFlush, { pool: 0, volume: 0, object: 0 }, 0, 0);
+    } finally {
+      this.flushesUnderWay.delete(changedBy);
+    }
     const now = (reply.metadata as { incarnation?: unknown } | undefined)?.incarnation;
-    if (
-      changedBy.restarted ||
-      (changedBy.incarnation !== undefined &&
-        typeof now === 'string' &&
-        now !== changedBy.incarnation)
-    ) {
-      throw new CisternError(
-        'UNREACHABLE',
+    const lost = covered.some(
+      (by) =>
+        by.restarted ||
+        (by.incarnation !== undefined && typeof now === 'string' && now !== by.incarnation),
+    );
+    if (lost) {
+      throw new MemberRestarted(
         `disk ${this.disk} on host ${this.hostId}: its daemon restarted after taking writes ` +
           'not yet flushed; they may be lost',
       );

@@ -156,6 +156,8 @@ export class Datastore implements DatastoreAdmin, ExportProvider, AccessProvider
       onDiskFailure: (diskId, error) => this.diskFailed(diskId, error),
       hostId: this.hostId,
       ...(options.cluster?.readFence ? { readFence: options.cluster.readFence } : {}),
+      mapChanges: (listener) => this.cluster.subscribe(() => listener()),
+      authoritative: (pg) => this.cluster.current().authoritativeMembers?.[pg] ?? [],
     });
     const multi = options.cluster;
     this.gateway = multi
@@ -174,6 +176,7 @@ export class Datastore implements DatastoreAdmin, ExportProvider, AccessProvider
           flushLocalDisks: async () => {
             await Promise.all([...this.disks.keys()].map((id) => this.upStore(id)?.flush()));
           },
+          mapChanges: (listener) => this.cluster.subscribe(() => listener()),
         })
       : undefined;
     this.io = this.gateway ?? this.replication;

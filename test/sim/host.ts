@@ -130,6 +130,8 @@ export class SimHost {
       hostId: this.id,
       readFence: fence,
       now: () => this.scheduler.now,
+      mapChanges: (listener) => view.subscribe(() => listener()),
+      authoritative: (pg) => view.current().authoritativeMembers?.[pg] ?? [],
     });
     const gateway = new Gateway({
       hostId: this.id,
@@ -144,6 +146,7 @@ export class SimHost {
         await Promise.all([...disks.keys()].map((id) => upStore(id)?.flush()));
       },
       now: () => this.scheduler.now,
+      mapChanges: (listener) => view.subscribe(() => listener()),
     });
     const handler = makeHandler({
       hostId: this.id,

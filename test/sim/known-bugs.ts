@@ -5,13 +5,7 @@
 // lands: its seeds then must pass.
 
 import type { Failure } from './simulation';
-import {
-  ACROSS_CRASH_TEXT,
-  LEFT_IN_CACHE_TEXT,
-  NOT_DURABLE_TEXT,
-  UNNOTICED_RESTART_TEXT,
-  FAILED_WRITES_TEXT,
-} from './simulation';
+import { ACROSS_CRASH_TEXT, UNNOTICED_RESTART_TEXT, FAILED_WRITES_TEXT } from './simulation';
 
 export interface KnownBug {
   name: string;
@@ -23,13 +17,16 @@ export interface KnownBug {
 export const KNOWN_BUGS: KnownBug[] = [
   {
     name: 'flush-vouches-for-writes-lost-in-a-crash',
-    owner: 'peering (issue 5: activity record; gateway.ts / local.ts flush)',
+    owner: 'flush (gateway.ts: EIO told to one connection) / peering',
     what:
-      'writes are acknowledged from volatile caches; when the members holding an ' +
-      'acknowledged, unflushed write lose power before the client flushes, a later FLUSH ' +
-      'still succeeds (it flushes whatever the disks hold now), telling the client the ' +
-      'lost write is durable (invariant 1). A flush must fail (EIO) when a member that ' +
-      'took writes since the last flush restarted meanwhile',
+      'writes are acknowledged from volatile caches; a FLUSH must fail (EIO) when writes ' +
+      'it covers may have been lost with a cache. It does when a member that took them ' +
+      'answers as a restarted daemon, or a holder left unflushed is in the PG authoritative ' +
+      'record (local.ts, remote-disk.ts, gateway.ts). Left: the gateway tells its EIO to ' +
+      'the one FLUSH that met it and starts afresh, so a later FLUSH through the same ' +
+      "gateway by another client (connection) vouches for that client's lost writes (seed " +
+      '184: the final flushes, client0 told, client1 not). Fix: an error sequence per ' +
+      "connection, as Linux's errseq does for fsync",
     matches: (f) => f.kind === 'inv1-durability' && f.text.includes(ACROSS_CRASH_TEXT),
   },
   {
@@ -41,30 +38,6 @@ export const KNOWN_BUGS: KnownBug[] = [
       'cache lost are missing there for good and its copies differ from the others. The ' +
       'activity record (objects written since the last flush) is what will find them',
     matches: (f) => f.kind === 'inv4-replicas-differ' && f.text.includes(UNNOTICED_RESTART_TEXT),
-  },
-  {
-    name: 'gateway-flush-forgets-writes-in-flight',
-    owner: 'peering (gateway.ts flush)',
-    what:
-      'Gateway marks a primary as written when a write is sent, and a FLUSH takes and ' +
-      'clears those marks. A flush by another client through the same gateway while a ' +
-      'write is still in flight (e.g. waiting on a slow replica) clears the mark, the ' +
-      "primary's own dirty set does not have the write yet, and once the write is " +
-      'acknowledged no later flush through that gateway asks that primary again: the FLUSH ' +
-      'returns while the write is durable nowhere (seed 1592: lost in the power loss). ' +
-      'Marking the primary again when the write returns would fix it',
-    matches: (f) => f.kind === 'inv1-durability' && f.text.includes(NOT_DURABLE_TEXT),
-  },
-  {
-    name: 'flush-skips-members-taken-down',
-    owner: 'peering (local.ts flush; authoritativeMembers)',
-    what:
-      'LocalReplication.flush skips a dirty disk the map has down (`if (!store) return`) ' +
-      'and still succeeds; a member that took an acknowledged write and was taken down ' +
-      'before the FLUSH keeps it only in its cache. If that member is then the one peering ' +
-      'makes authoritative and its host loses power, recovery spreads its older data and ' +
-      'the flushed write is gone (seed 1461)',
-    matches: (f) => f.kind === 'inv1-durability' && f.text.includes(LEFT_IN_CACHE_TEXT),
   },
   {
     name: 'failed-write-leaves-replicas-divergent',

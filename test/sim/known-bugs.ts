@@ -5,7 +5,12 @@
 // lands: its seeds then must pass.
 
 import type { Failure } from './simulation';
-import { ACROSS_CRASH_TEXT, UNNOTICED_RESTART_TEXT, FAILED_WRITES_TEXT } from './simulation';
+import {
+  ACROSS_CRASH_TEXT,
+  UNNOTICED_RESTART_TEXT,
+  FAILED_WRITES_TEXT,
+  WRONG_COPY_TEXT,
+} from './simulation';
 
 export interface KnownBug {
   name: string;
@@ -28,6 +33,16 @@ export const KNOWN_BUGS: KnownBug[] = [
       '184: the final flushes, client0 told, client1 not). Fix: an error sequence per ' +
       "connection, as Linux's errseq does for fsync",
     matches: (f) => f.kind === 'inv1-durability' && f.text.includes(ACROSS_CRASH_TEXT),
+  },
+  {
+    name: 'accept-loss-passes-over-a-complete-copy',
+    owner: 'peering (state.ts incomplete PGs, acceptPgLoss: the best copy)',
+    what:
+      'an incomplete PG accepted as lost is served from the copy stale longest although ' +
+      'another surviving disk holds every acknowledged write (seed 126: PG 5 served from ' +
+      'disk 1 while disk 2 held them all). Found once the gateway flush race, which ended ' +
+      'that run earlier, was fixed',
+    matches: (f) => f.kind === 'inv1-durability' && f.text.includes(WRONG_COPY_TEXT),
   },
   {
     name: 'restart-within-lease-loses-cached-writes',

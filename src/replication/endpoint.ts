@@ -8,6 +8,7 @@ import { ObjectKey, ObjectKeyFilter } from '../store/key';
 import { Extent } from '../volume/backend';
 import { BufferLease } from '../store/buffer-cache';
 import { LogTag, PgLogState, PgVersion } from '../store/pg-log';
+import type { FlushWatch } from './flush-errors';
 
 export interface ObjectEndpoint {
   read(key: ObjectKey, offset: number, length: number): Promise<Uint8Array>;
@@ -78,8 +79,16 @@ export interface ObjectIo {
   zero(key: ObjectKey, offset: number, length: number, fua: boolean): Promise<void>;
   blockStatus(key: ObjectKey, offset: number, length: number): Promise<Extent[]>;
   deleteObject(key: ObjectKey): Promise<void>;
-  /** Every write acknowledged before the call is durable on every replica that took it. */
-  flush(): Promise<void>;
+  /**
+   * Every write acknowledged before the call is durable on every replica that took it.
+   * With a connection's `watch` (flushErrors()), also EIO once if a flush through this
+   * daemon failed with EIO since the connection last looked (flush-errors.ts).
+   */
+  flush(watch?: FlushWatch): Promise<void>;
+  /** A new connection's sample of this daemon's flush errors, where it keeps them. */
+  flushWatch?(): FlushWatch;
+  /** How many flushes failed with EIO here so far (flush-errors.ts). */
+  flushErrorCount?(): number;
 }
 
 /** What the replication layer needs of the peer transport (PeerPool implements it). */

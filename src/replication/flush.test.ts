@@ -15,7 +15,8 @@
 //     spurious EIO "on no disk that could be flushed").
 //   - A member's flush that hangs (a host cut off) ends once the map has it down, and a
 //     later flush does not wait for it either; a replica daemon that restarted after
-//     taking unflushed writes fails the flush with EIO.
+//     taking unflushed writes fails the flush with EIO, and that EIO reaches every
+//     connection open then, once (not only the one whose FLUSH met it).
 
 import { strict as assert } from 'node:assert';
 import { test } from 'node:test';
@@ -298,6 +299,7 @@ function gatewayHarness(): {
   durable: Map<string, number>;
   hold: Map<string, Promise<void>>;
   holdWrite: Map<string, Promise<void>>;
+  incarnation: Map<string, string>;
   keyOn(host: string): ObjectKey;
 } {
   const initial = state.emptyState();
@@ -321,6 +323,7 @@ function gatewayHarness(): {
   const durable = new Map<string, number>();
   const hold = new Map<string, Promise<void>>();
   const holdWrite = new Map<string, Promise<void>>();
+  const incarnation = new Map<string, string>();
   const transport: PeerTransport = {
     request: async (host, type) => {
       if (type === MessageType.PrimaryFlush) {
@@ -331,7 +334,7 @@ function gatewayHarness(): {
         await holdWrite.get(host);
         cached.set(host, (cached.get(host) ?? 0) + 1);
       }
-      return { metadata: { incarnation: `${host}#1` } };
+      return { metadata: { incarnation: incarnation.get(host) ?? `${host}#1` } };
     },
   };
   const noLocal: ObjectIo = {
@@ -365,7 +368,7 @@ function gatewayHarness(): {
     throw new Error(`no object on ${host}`);
   };
   assert.ok(pgRow(table(), 0).length === 1);
-  return { gateway, cluster, durable, hold, holdWrite, keyOn };
+  return { gateway, cluster, durable, hold, holdWrite, incarnation, keyOn };
 }
 
 test('Gateway: a second flush does not return while a primary it covers is still being flushed', async () => {
@@ -414,4 +417,20 @@ test('Gateway: a flush waiting on a primary ends once the map has its host down'
   const disk = g.cluster.current().map.disks.find((d) => d.host === 'h1')!.id;
   await g.cluster.update((s) => state.markDiskDown(s, disk, 'lease lapsed'));
   await flush; // every other host flushed instead (none here but h2, which answers)
+});
+
+test('Gateway: an EIO told to one connection is told once to every other connection open then', async () => {
+  const g = gatewayHarness();
+  const [told, other] = [g.gateway.flushWatch(), g.gateway.flushWatch()];
+  await g.gateway.write(g.keyOn('h1'), 0, block(1), false);
+  g.incarnation.set('h1', 'h1#2'); // the primary lost power with the write in its cache
+  await assert.rejects(g.gateway.flush(told), /restarted/);
+  const later = g.gateway.flushWatch(); // opened after the failure: not its business
+  await assert.rejects(g.gateway.flush(other), (error: unknown) => {
+    assert.ok(error instanceof CisternError && error.code === 'EIO', String(error));
+    return true;
+  });
+  await g.gateway.flush(other); // told once
+  await g.gateway.flush(told);
+  await g.gateway.flush(later);
 });

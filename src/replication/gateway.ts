@@ -15,11 +15,14 @@ import { MessageType } from './messages';
 import { parseExtents } from './remote-disk';
 import { PeerRemoteError } from './peer';
 import { MapChanges, TAKEN_DOWN, unlessTakenDown } from './map-watch';
+import { FlushErrors, FlushWatch } from './flush-errors';
 
 /** Which daemon run of a primary acknowledged writes through this gateway (handler.ts). */
 interface Acknowledger {
   incarnation?: string;
   restarted: boolean;
+  /** The primary's count of failed flushes at the first acknowledgement (handler.ts). */
+  flushErrors?: number;
 }
 
 /** Attempts of one operation across map changes before giving up. */
@@ -84,6 +87,8 @@ export class Gateway implements ObjectIo {
    * the writes it covers there: a later flush asks them again itself (flush()).
    */
   private readonly flushesUnderWay = new Set<Map<string, Acknowledger[]>>();
+  /** EIOs after which the next flush started afresh, told to every connection once. */
+  private readonly flushErrors = new FlushErrors();
 
   constructor(private readonly options: GatewayOptions) {}
 
@@ -234,6 +239,8 @@ export class Gateway implements ObjectIo {
       if (seen.incarnation !== undefined && seen.incarnation !== incarnation) seen.restarted = true;
       seen.incarnation = incarnation;
     }
+    const flushErrors = (metadata as { flushErrors?: unknown } | undefined)?.flushErrors;
+    if (typeof flushErrors === 'number') seen.flushErrors ??= flushErrors;
     this.written.set(host, seen);
   }
 
@@ -350,7 +357,21 @@ export class Gateway implements ObjectIo {
    * one covers were acknowledged before the later flush was asked for) — rather than
    * waiting for the earlier flush, which may be stuck on a host being cut off.
    */
-  async flush(): Promise<void> {
+  flushWatch(): FlushWatch {
+    return this.flushErrors.watch();
+  }
+
+  async flush(watch?: FlushWatch): Promise<void> {
+    try {
+      await this.flushOnce();
+    } catch (error) {
+      if (isCisternError(error, 'EIO')) this.flushErrors.failed(watch);
+      throw error;
+    }
+    this.flushErrors.check(watch);
+  }
+
+  private async flushOnce(): Promise<void> {
     const taken = [...this.written];
     this.written.clear();
     const own = new Map<string, Acknowledger[]>(taken.map(([host, seen]) => [host, [seen]]));
@@ -359,12 +380,13 @@ export class Gateway implements ObjectIo {
     this.flushesUnderWay.add(own);
     const lost: string[] = [];
     const restarted: string[] = [];
+    const failedFlushes: string[] = [];
     try {
       await settleAll([
         this.untilEpochSettles(() => this.options.local.flush()),
         ...[...own].map(async ([host, seen]) => {
           try {
-            await this.flushPrimary(host, seen, restarted);
+            await this.flushPrimary(host, seen, restarted, failedFlushes);
           } catch (error) {
             if (
               error instanceof PeerRemoteError ||
@@ -391,6 +413,13 @@ export class Gateway implements ObjectIo {
     } finally {
       this.flushesUnderWay.delete(own);
     }
+    if (failedFlushes.length > 0) {
+      throw new CisternError(
+        'EIO',
+        `primary ${failedFlushes.join(', ')} failed a flush (EIO) after acknowledging writes ` +
+          'this flush covers: they may be lost',
+      );
+    }
     if (restarted.length > 0) {
       // The daemon that acknowledged our writes is gone, and its own copies of them may
       // have gone with its caches. Every host flushed all its disks, which keeps them
@@ -407,12 +436,14 @@ export class Gateway implements ObjectIo {
   /**
    * One primary's PrimaryFlush; UNAVAILABLE once the map has every disk of the host down
    * (it can no longer be anybody's primary). Notes the host in `restarted` when it
-   * answers as another incarnation than one that acknowledged the writes covered.
+   * answers as another incarnation than one that acknowledged the writes covered, and
+   * in `failedFlushes` when a flush there failed with EIO since it acknowledged them.
    */
   private async flushPrimary(
     host: string,
     seen: readonly Acknowledger[],
     restarted: string[],
+    failedFlushes: string[],
   ): Promise<void> {
     const hostDown = (): boolean =>
       !this.options.state().map.disks.some((disk) => disk.host === host && disk.up);
@@ -425,11 +456,21 @@ export class Gateway implements ObjectIo {
       );
       if (reply === TAKEN_DOWN)
         throw new CisternError('UNAVAILABLE', `host ${host} was taken down during the flush`);
-      const now = (reply.metadata as { incarnation?: unknown } | undefined)?.incarnation;
+      const answer = reply.metadata as { incarnation?: unknown; flushErrors?: unknown } | undefined;
       const lostSome = seen.some(
-        (by) => by.restarted || (by.incarnation !== undefined && now !== by.incarnation),
+        (by) =>
+          by.restarted || (by.incarnation !== undefined && answer?.incarnation !== by.incarnation),
       );
       if (lostSome) restarted.push(host);
+      // A flush there failed with EIO (and dropped its marks) since it acknowledged our
+      // writes: it told whoever asked for it, but those may have been ours.
+      const failedThere = seen.some(
+        (by) =>
+          by.flushErrors !== undefined &&
+          typeof answer?.flushErrors === 'number' &&
+          answer.flushErrors > by.flushErrors,
+      );
+      if (failedThere && !lostSome) failedFlushes.push(host);
     });
   }
 

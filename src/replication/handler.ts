@@ -61,6 +61,12 @@ export function makeHandler(
   const ok: HandlerReply = { metadata: {} };
   const incarnation = context.incarnation ?? randomUUID();
   const acknowledged: HandlerReply = { metadata: { incarnation } };
+  // A gateway's changes and flushes are answered with the count of flushes this primary
+  // failed with EIO too: one after a gateway's writes were acknowledged may have dropped
+  // them (flush-errors.ts), and that gateway's next FLUSH must then fail as well.
+  const primaryAcknowledged = (): HandlerReply => ({
+    metadata: { incarnation, flushErrors: context.primary.flushErrorCount?.() ?? 0 },
+  });
 
   const asPrimary = (key: ObjectKey): ObjectIo => {
     const primary = context.primaryOf(key);
@@ -95,17 +101,17 @@ export function makeHandler(
         if (data.length !== r.length)
           throw new CisternError('BAD_REQUEST', 'write length and payload differ');
         await asPrimary(r.key).write(r.key, r.offset, data, r.fua === true);
-        return acknowledged;
+        return primaryAcknowledged();
       }
       case MessageType.ObjectTrim: {
         const r = parseObjectRequest(request.metadata);
         await asPrimary(r.key).trim(r.key, r.offset, r.length, r.fua === true);
-        return acknowledged;
+        return primaryAcknowledged();
       }
       case MessageType.ObjectZero: {
         const r = parseObjectRequest(request.metadata);
         await asPrimary(r.key).zero(r.key, r.offset, r.length, r.fua === true);
-        return acknowledged;
+        return primaryAcknowledged();
       }
       case MessageType.ObjectBlockStatus: {
         const r = parseObjectRequest(request.metadata);
@@ -116,11 +122,11 @@ export function makeHandler(
       case MessageType.ObjectDelete: {
         const r = parseObjectRequest(request.metadata);
         await asPrimary(r.key).deleteObject(r.key);
-        return acknowledged;
+        return primaryAcknowledged();
       }
       case MessageType.PrimaryFlush:
         await context.primary.flush();
-        return acknowledged;
+        return primaryAcknowledged();
       case MessageType.HostFlush:
         await Promise.all(context.localStores().map((store) => store.flush()));
         return ok;

@@ -20,6 +20,7 @@ import type { ReadFence } from '../cluster/read-fence';
 import { LogTag, PgLogState, PgVersion } from '../store/pg-log';
 import { MapChanges, TAKEN_DOWN, unlessTakenDown } from './map-watch';
 import { MemberRestarted } from './remote-disk';
+import { FlushErrors, FlushWatch } from './flush-errors';
 
 export interface ReplicaSet {
   /** Placement of the object's pool for the current map. */
@@ -114,6 +115,8 @@ export class LocalReplication implements ObjectIo {
   private readonly dirty = new Set<number>();
   /** Flushes not yet complete (flush(): a later one covers what they still hold). */
   private readonly flushesUnderWay = new Set<FlushUnderWay>();
+  /** EIOs after which the next flush started afresh, told to every connection once. */
+  private readonly flushErrors = new FlushErrors();
   /**
    * Per PG, the disks that took writes of it acknowledged since the last flush: a flush
    * vouches for those writes only if one of these disks is flushed — a member taken
@@ -773,7 +776,25 @@ export class LocalReplication implements ObjectIo {
    * than waiting for the earlier flush to complete, which may be stuck on a member the
    * map has since taken down.
    */
-  async flush(): Promise<void> {
+  flushWatch(): FlushWatch {
+    return this.flushErrors.watch();
+  }
+
+  flushErrorCount(): number {
+    return this.flushErrors.failures;
+  }
+
+  async flush(watch?: FlushWatch): Promise<void> {
+    try {
+      await this.flushOnce();
+    } catch (error) {
+      if (isCisternError(error, 'EIO')) this.flushErrors.failed(watch);
+      throw error;
+    }
+    this.flushErrors.check(watch);
+  }
+
+  private async flushOnce(): Promise<void> {
     const earlier = [...this.flushesUnderWay];
     const own: FlushUnderWay = {
       pending: new Set(this.dirty),

@@ -6,6 +6,7 @@
 import { assert } from '../util/assert';
 import { CisternError } from '../util/errors';
 import { ObjectIo } from '../replication/endpoint';
+import type { FlushWatch } from '../replication/flush-errors';
 import { VolumeSpec } from '../cluster/state';
 import { ObjectKey } from '../store/key';
 import { Extent, IoFlags, ReadLease, VolumeHandle, ZeroFlags } from './backend';
@@ -26,12 +27,17 @@ export class Volume implements VolumeHandle {
   private inFlight = 0;
   private idle: (() => void) | undefined;
 
+  /** This handle's (connection's) sample of the daemon's flush errors (flush-errors.ts). */
+  private readonly flushWatch: FlushWatch | undefined;
+
   constructor(
     private readonly spec: VolumeSpec,
     private readonly replication: ObjectIo,
     readonly readOnly: boolean,
     private readonly onClose: () => void,
-  ) {}
+  ) {
+    this.flushWatch = replication.flushWatch?.();
+  }
 
   get name(): string {
     return this.spec.name;
@@ -196,7 +202,7 @@ export class Volume implements VolumeHandle {
   async flush(): Promise<void> {
     if (this.closed)
       return Promise.reject(new CisternError('CLOSED', `volume ${this.name} handle is closed`));
-    return this.track(() => this.replication.flush());
+    return this.track(() => this.replication.flush(this.flushWatch));
   }
 
   async blockStatus(offset: number, length: number): Promise<Extent[]> {

@@ -25,6 +25,7 @@ import { applyLiveness } from '../../src/cluster/monitor';
 import { incompleteMessages, pgStates } from '../../src/cluster/cluster-admin';
 import { computeTable, objectToPg, pgRow } from '../../src/placement/straw2';
 import { MessageType } from '../../src/replication/messages';
+import type { FlushWatch } from '../../src/replication/flush-errors';
 import { ObjectKey } from '../../src/store/key';
 import { SIM_EPOCH_MS, Scheduler, drainMicrotasks } from './scheduler';
 import { DiskMedium, keyName, SIM_BLOCK_BYTES } from './disk';
@@ -127,6 +128,8 @@ interface Client {
   gateway: string | undefined;
   /** The incarnation of `gateway` the client is connected to. */
   gatewayIncarnation: number;
+  /** The connection's sample of the gateway's flush errors (flush-errors.ts). */
+  flushWatch: FlushWatch | undefined;
   /** Acked writes through the current gateway incarnation not yet covered by a flush. */
   unflushed: Array<{ block: BlockModel; version: Version }>;
   inFlight: { host: string; incarnation: number; abandon: () => void } | undefined;
@@ -320,6 +323,7 @@ class Simulation {
           id: c,
           gateway: undefined,
           gatewayIncarnation: 0,
+          flushWatch: undefined,
           unflushed: [],
           inFlight: undefined,
         };
@@ -413,11 +417,13 @@ class Simulation {
     const current = client.gateway ? this.hosts.get(client.gateway)?.running : undefined;
     if (current && current.number === client.gatewayIncarnation) return client.gateway;
     if (!current) {
-      const running = this.hostIds.filter((h) => this.hosts.get(h)!.running);
-      if (running.length === 0) return undefined;
-      client.gateway = this.random.pick(running);
+      const candidates = this.hostIds.filter((h) => this.hosts.get(h)!.running);
+      if (candidates.length === 0) return undefined;
+      client.gateway = this.random.pick(candidates);
     }
-    client.gatewayIncarnation = this.hosts.get(client.gateway!)!.running!.number;
+    const running = this.hosts.get(client.gateway!)!.running!;
+    client.gatewayIncarnation = running.number;
+    client.flushWatch = running.gateway.flushWatch();
     client.unflushed = []; // not covered by a flush through the new gateway (incarnation)
     return client.gateway;
   }
@@ -548,7 +554,7 @@ class Simulation {
     this.track(
       client,
       host,
-      (gateway) => gateway.flush(),
+      (gateway) => gateway.flush(client.flushWatch),
       () => {
         this.stats.flushesOk! += 1;
         this.log(`client${client.id}`, 'flush.ok', { via: host, covers: writes });
@@ -1158,7 +1164,7 @@ class Simulation {
       // starts afresh — which must succeed.
       const outcome = await this.settle(`final flush via ${host}`, async () => {
         try {
-          await gateway.flush();
+          await gateway.flush(client.flushWatch);
           return 'durable' as const;
         } catch (error) {
           if (isCisternError(error, 'EIO')) return 'maybe lost' as const;
@@ -1168,7 +1174,7 @@ class Simulation {
       if (!outcome) return false;
       if (outcome === 'maybe lost') {
         const again = await this.settle(`final flush via ${host} after an EIO`, async () => {
-          await gateway.flush();
+          await gateway.flush(client.flushWatch);
           return true;
         });
         if (!again) return false;

@@ -22,16 +22,17 @@ export interface KnownBug {
 export const KNOWN_BUGS: KnownBug[] = [
   {
     name: 'flush-vouches-for-writes-lost-in-a-crash',
-    owner: 'flush (gateway.ts: EIO told to one connection) / peering',
+    owner: 'flush (gateway.ts: a primary it could not reach) / peering',
     what:
       'writes are acknowledged from volatile caches; a FLUSH must fail (EIO) when writes ' +
       'it covers may have been lost with a cache. It does when a member that took them ' +
-      'answers as a restarted daemon, or a holder left unflushed is in the PG authoritative ' +
-      'record (local.ts, remote-disk.ts, gateway.ts). Left: the gateway tells its EIO to ' +
-      'the one FLUSH that met it and starts afresh, so a later FLUSH through the same ' +
-      "gateway by another client (connection) vouches for that client's lost writes (seed " +
-      '184: the final flushes, client0 told, client1 not). Fix: an error sequence per ' +
-      "connection, as Linux's errseq does for fsync",
+      'answers as a restarted daemon, when a holder left unflushed is in the PG ' +
+      'authoritative record, and an EIO reaches every connection (local.ts, remote-disk.ts, ' +
+      'gateway.ts, flush-errors.ts): 0 of the 300 CI seeds. Left (6 in soak seeds ' +
+      '301-1300, e.g. 423, 602, 675): a primary the gateway cannot reach (it lost power) is ' +
+      'replaced by every other host flushing all its disks, and the FLUSH succeeds — also ' +
+      'when the other holders of its writes lost them in a crash too before it, or peering ' +
+      'later serves a member that crashed with them unflushed',
     matches: (f) => f.kind === 'inv1-durability' && f.text.includes(ACROSS_CRASH_TEXT),
   },
   {

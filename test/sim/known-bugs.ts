@@ -28,11 +28,11 @@ export const KNOWN_BUGS: KnownBug[] = [
       'it covers may have been lost with a cache. It does when a member that took them ' +
       'answers as a restarted daemon, when a holder left unflushed is in the PG ' +
       'authoritative record, and an EIO reaches every connection (local.ts, remote-disk.ts, ' +
-      'gateway.ts, flush-errors.ts): 0 of the 300 CI seeds. Left (6 in soak seeds ' +
-      '301-1300, e.g. 423, 602, 675): a primary the gateway cannot reach (it lost power) is ' +
-      'replaced by every other host flushing all its disks, and the FLUSH succeeds — also ' +
-      'when the other holders of its writes lost them in a crash too before it, or peering ' +
-      'later serves a member that crashed with them unflushed',
+      'gateway.ts, flush-errors.ts). Left (2 of the 300 CI seeds, 5 and 111; 12 before ' +
+      'those fixes): a primary the gateway cannot reach (it lost power) is replaced by ' +
+      'every other host flushing all its disks, and the FLUSH succeeds — also when the ' +
+      'other holders of its writes lost them in a crash too before it, or peering later ' +
+      'serves a member that crashed with them unflushed',
     matches: (f) => f.kind === 'inv1-durability' && f.text.includes(ACROSS_CRASH_TEXT),
   },
   {
@@ -40,9 +40,9 @@ export const KNOWN_BUGS: KnownBug[] = [
     owner: 'peering (state.ts incomplete PGs, acceptPgLoss: the best copy)',
     what:
       'an incomplete PG accepted as lost is served from the copy stale longest although ' +
-      'another surviving disk holds every acknowledged write (seed 126: PG 5 served from ' +
-      'disk 1 while disk 2 held them all). Found once the gateway flush race, which ended ' +
-      'that run earlier, was fixed',
+      'another surviving disk holds every acknowledged write (seed 138: PG 3 served from ' +
+      'disk 7 while disk 3 held them all). Found once the gateway flush race, which ended ' +
+      'such runs earlier, was fixed',
     matches: (f) => f.kind === 'inv1-durability' && f.text.includes(WRONG_COPY_TEXT),
   },
   {

@@ -1,10 +1,10 @@
 // Proves a real filesystem lives on an export: nbdfuse exposes it as a file, mkfs.ext4
 // formats it, the kernel mounts it through a loop device, files are written and read
-// back, and after unmounting e2fsck -fn finds it clean (so every write, flush and
-// discard the kernel sent landed where it belongs). Runs against the memory provider
-// (serve-memory.js) and the real daemon (`cistern daemon` on file-backed disks); the
-// server is always in a process of its own, because this test blocks in filesystem calls
-// that the server must answer.
+// back, and after unmounting (and the loop device letting go of the file) e2fsck -fn
+// finds it clean (so every write, flush and discard the kernel sent landed where it
+// belongs). Runs against the memory provider (serve-memory.js) and the real daemon
+// (`cistern daemon` on file-backed disks); the server is always in a process of its
+// own, because this test blocks in filesystem calls that the server must answer.
 
 import { strict as assert } from 'node:assert';
 import { spawn } from 'node:child_process';
@@ -63,6 +63,11 @@ for (const backend of BACKENDS) {
         await run('sync', []);
         await run('umount', [mountDir]);
         mounted = false;
+        // umount returns while the loop device may still hold the file, its last writes
+        // (the superblock that marks the journal clean) not yet sent: e2fsck then read the
+        // superblock as of the mount (a flake under load). Once the kernel has let go of
+        // the file, everything it wrote has reached the export.
+        await waitForLoopRelease(disk);
         const { stdout } = await run('e2fsck', ['-fn', disk]);
         assert.match(stdout, /18\/\d+ files/); // 11 reserved inodes + lost+found... + 7 files
         // Mount again read-only: the files must have survived the trip through the export.
@@ -78,6 +83,23 @@ for (const backend of BACKENDS) {
       }
     });
   });
+}
+
+/** Bounds the kernel's release of a loop device after umount: milliseconds when idle. */
+const LOOP_RELEASE_TIMEOUT_MS = 30_000;
+const LOOP_POLL_MS = 50;
+
+/** Waits until no loop device is backed by `file` (`losetup -j` lists none). */
+async function waitForLoopRelease(file: string): Promise<void> {
+  const deadline = Date.now() + LOOP_RELEASE_TIMEOUT_MS;
+  for (;;) {
+    const { stdout } = await run('losetup', ['-j', file]);
+    if (stdout.trim() === '') return;
+    if (Date.now() > deadline) {
+      throw new Error(`the loop device still holds ${file}: ${stdout.trim()}`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, LOOP_POLL_MS));
+  }
 }
 
 async function waitFor(condition: () => boolean, timeoutMs: number): Promise<void> {

@@ -2,7 +2,8 @@
 // min(TTL, request timeout) less a quarter; reads pass with no wait while a renewal is
 // recent, none pass before the first; once the lease has run out a read waits and goes
 // on when a renewal comes, or fails with UNAVAILABLE naming the host after the bounded
-// wait; a late answer to an old renewal never shortens the lease.
+// wait; a late answer to an old renewal never shortens the lease; a fence held until
+// start-up peering is done serves nothing before started(), however fresh the lease.
 
 import { strict as assert } from 'node:assert';
 import { test } from 'node:test';
@@ -77,4 +78,22 @@ test('with no renewal a read fails with UNAVAILABLE after the bounded wait', asy
     assert.match(error.message, /host h7 could not renew its liveness lease/);
     return true;
   });
+});
+
+test('held until started: a fresh lease serves nothing before start-up peering is done', async () => {
+  const clock = new HandClock();
+  const fence = new ReadFence({ clock, hostId: 'h2', leaseMs: 750, holdUntilStarted: true });
+  fence.renewed(clock.now());
+  assert.ok(!fence.valid());
+  let served = false;
+  void fence.check()!.then(() => (served = true));
+  fence.started();
+  await Promise.resolve();
+  assert.ok(served, 'started() lets the waiting read through');
+  assert.equal(fence.check(), undefined);
+  const held = new ReadFence({ clock, hostId: 'h3', leaseMs: 750, holdUntilStarted: true });
+  held.renewed(clock.now());
+  const waiting = held.check()!;
+  clock.advance(5_000);
+  await assert.rejects(waiting, /host h3 is still starting/);
 });

@@ -38,6 +38,11 @@ export interface ReadFenceOptions {
   /** readLeaseMs(...) */
   leaseMs: number;
   waitMs?: number;
+  /**
+   * Reads wait for started() too: a daemon back from a crash first marks its disks stale
+   * where its cache may have lost writes (state.markRestartedStale).
+   */
+  holdUntilStarted?: boolean;
 }
 
 export class ReadFence {
@@ -45,10 +50,18 @@ export class ReadFence {
   private validUntilMs = -Infinity;
   private readonly waiters = new Set<() => void>();
   private readonly waitMs: number;
+  private held: boolean;
 
   constructor(private readonly options: ReadFenceOptions) {
     assert(options.leaseMs > 0, 'read lease must be positive');
     this.waitMs = options.waitMs ?? READ_FENCE_WAIT_MS_DEFAULT;
+    this.held = options.holdUntilStarted === true;
+  }
+
+  /** The daemon's start-up peering is done: reads may be served (while the lease is valid). */
+  started(): void {
+    this.held = false;
+    if (this.valid()) for (const wake of [...this.waiters]) wake();
   }
 
   /** A renewal sent at `sentAtMs` (clock ms) succeeded. */
@@ -59,7 +72,7 @@ export class ReadFence {
   }
 
   valid(): boolean {
-    return this.options.clock.now() < this.validUntilMs;
+    return !this.held && this.options.clock.now() < this.validUntilMs;
   }
 
   /**
@@ -80,9 +93,12 @@ export class ReadFence {
         reject(
           new CisternError(
             'UNAVAILABLE',
-            `host ${this.options.hostId} could not renew its liveness lease (etcd unreachable?) ` +
-              `for ${this.waitMs} ms more than its read lease: reads are refused here, since ` +
-              'other hosts may have taken its disks over and written newer data (see: cistern status)',
+            this.held
+              ? `host ${this.options.hostId} is still starting (marking what its cache may have ` +
+                  'lost before it serves reads): try again shortly'
+              : `host ${this.options.hostId} could not renew its liveness lease (etcd unreachable?) ` +
+                  `for ${this.waitMs} ms more than its read lease: reads are refused here, since ` +
+                  'other hosts may have taken its disks over and written newer data (see: cistern status)',
           ),
         );
       });

@@ -6,7 +6,9 @@
 // min-size records the members good just before, and the first of those back (placement
 // order on ties) serves again while members that were stale — however recently up —
 // wait; a PG whose record all failed for good is incomplete, and accepting its loss
-// serves the copy stale longest, refused where there is nothing to accept.
+// serves the copy stale longest, refused where there is nothing to accept; a disk back
+// from a crash within its lease is marked stale where listed (last in the record if the
+// PG falls below min-size), never as the last good copy.
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -267,4 +269,47 @@ test('accept-loss is refused where there is nothing to accept', () => {
     (p) => p !== pg && !state.incompletePgs(now).some((i) => i.pg === p),
   )!;
   assert.throws(() => state.acceptPgLoss(now, 1, other), { code: 'EPERM' });
+});
+
+// A daemon back from a crash within its lease marks its disk stale where its activity
+// record says its cache may have lost writes (markRestartedStale).
+
+test('a restarted disk is marked stale in the listed PGs where another good member remains', () => {
+  const { s, pg, row, key } = onePg();
+  const [a, b, c] = row as [number, number, number];
+  const marked = state.markRestartedStale(s, a, [{ pool: 1, pg }]);
+  assert.deepEqual(marked, [{ pool: 1, pg }]);
+  assert.deepEqual(s.staleMembers[key], [a]);
+  assert.equal(s.staleSince[state.staleKey(1, pg, a)], s.map.epoch + 1, 'the epoch of this update');
+  assert.deepEqual(good(s, pg).sort(), [b, c].sort(), 'reads come from the others');
+  assert.equal(s.authoritativeMembers[key], undefined, 'min-size still met');
+  // Listed again (a second restart): already stale, nothing more.
+  assert.deepEqual(state.markRestartedStale(s, a, [{ pool: 1, pg }]), []);
+  // A PG the disk is not a member of, or of an unknown pool, is skipped.
+  const other = [...Array(64).keys()].find((p) => !pgRow(computeTable(s.map, 1), p).includes(a))!;
+  assert.deepEqual(
+    state.markRestartedStale(s, a, [
+      { pool: 1, pg: other },
+      { pool: 9, pg },
+    ]),
+    [],
+  );
+});
+
+test('below min-size the record holds the others, then the restarted disk; the last good stays', () => {
+  const { s, pg, row, key } = onePg();
+  const [a, b, c] = row as [number, number, number];
+  let now = up(down(s, c), c); // c stale: a and b good, exactly min-size
+  assert.deepEqual(state.markRestartedStale(now, a, [{ pool: 1, pg }]), [{ pool: 1, pg }]);
+  assert.deepEqual(good(now, pg), [b]);
+  assert.deepEqual(now.authoritativeMembers[key], [b, a], 'b holds every ack; a all but its crash');
+  // b restarts too: it is the last good copy, and stays good.
+  assert.deepEqual(state.markRestartedStale(now, b, [{ pool: 1, pg }]), []);
+  assert.deepEqual(good(now, pg), [b]);
+  // b fails for good: a, next in the record, serves again rather than the PG going incomplete.
+  now = down(now, b);
+  assert.deepEqual(good(now, pg), [a]);
+  assert.ok(!state.incompletePgs(now).some((i) => i.pg === pg));
+  // A disk the map has down is not touched (it comes back stale anyway).
+  assert.deepEqual(state.markRestartedStale(now, b, [{ pool: 1, pg }]), []);
 });

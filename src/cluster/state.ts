@@ -568,3 +568,56 @@ export function acceptPgLoss(state: ClusterState, poolId: number, pg: number): I
   state.authoritativeMembers[key] = [incomplete.best];
   return incomplete;
 }
+
+/**
+ * A daemon that lost power and came back before its lease lapsed was never marked down,
+ * so nothing says its disks may lack writes: those its volatile cache lost. Its disks'
+ * activity records list the objects changed since their last flush (with every object
+ * whose change a crash may have dropped); before serving, the daemon marks `disk` stale
+ * in the PGs of those objects (`pgs`), so reads come from the other members and recovery
+ * copies the PG back to it. Only where `disk` is an up, good member of the PG's row and
+ * another good member (up, not stale) remains: the last good copy stays good. When the
+ * mark takes the PG below min-size, peering's record (authoritativeMembers) is the good
+ * members just before, this disk last: the others hold every acknowledged write, and
+ * this one every write but the unflushed ones its crash took (which a crash may take) —
+ * so should the others fail for good it serves again, rather than the PG being left
+ * incomplete with a nearly complete copy looking no better than members that missed far
+ * more (the simulator found exactly that when the record named only the others).
+ * Returns the PGs marked. Called by every store as an update (the epoch bumps).
+ */
+export function markRestartedStale(
+  state: ClusterState,
+  disk: number,
+  pgs: ReadonlyArray<{ pool: number; pg: number }>,
+): Array<{ pool: number; pg: number }> {
+  const epoch = state.map.epoch + 1; // the epoch this update will carry
+  const marked: Array<{ pool: number; pg: number }> = [];
+  const tables = new Map<number, PlacementTable | undefined>();
+  for (const { pool: poolId, pg } of pgs) {
+    const pool = state.map.pools.find((p) => p.id === poolId);
+    if (!pool || pg < 0 || pg >= pool.pgCount) continue;
+    if (!tables.has(poolId)) {
+      try {
+        tables.set(poolId, computeTable(state.map, poolId));
+      } catch {
+        tables.set(poolId, undefined); // unplaceable: nothing serves from it
+      }
+    }
+    const table = tables.get(poolId);
+    if (!table || !pgRow(table, pg).includes(disk)) continue;
+    const members = actingMembers(state, table, pg);
+    const self = members.find((m) => m.disk === disk);
+    if (!self || self.stale) continue;
+    const others = members.filter((m) => !m.stale && m.disk !== disk).map((m) => m.disk);
+    if (others.length === 0) continue;
+    const key = pgKey(poolId, pg);
+    state.staleMembers[key] = [...(state.staleMembers[key] ?? []), disk].sort((a, b) => a - b);
+    state.staleSince[staleKey(poolId, pg, disk)] = epoch;
+    // Below min-size now: the record peering keeps (peerPg), with this disk last.
+    const fell = others.length < pool.minSize && others.length + 1 >= pool.minSize;
+    if (fell || (others.length < pool.minSize && state.authoritativeMembers[key] === undefined))
+      state.authoritativeMembers[key] = [...others, disk];
+    marked.push({ pool: poolId, pg });
+  }
+  return marked;
+}

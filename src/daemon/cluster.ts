@@ -112,6 +112,7 @@ export class ClusterMember implements DaemonStore {
         clock: systemClock,
         hostId: cluster.hostId,
         leaseMs: readLeaseMs(registration.ttlS * 1000, REQUEST_TIMEOUT_MS),
+        holdUntilStarted: true, // until Datastore.open has marked what a crash may have cost
       });
       registration.onRenewed((sentAtMs) => readFence.renewed(sentAtMs));
 

@@ -30,6 +30,7 @@ import type { ReadFence } from '../cluster/read-fence';
 import { AccessChange, accessOf, publicAccess, setVolumeAccess } from '../cluster/iscsi-access';
 import type { AccessProvider, VolumeAccess } from '../frontend/iscsi/access';
 import { RemoteDisk } from '../replication/remote-disk';
+import { markRestartedDisks } from '../replication/restart';
 import { HandlerReply, HandlerRequest, makeHandler } from '../replication/handler';
 import { ExportInfo, ExportProvider, VolumeHandle } from './backend';
 import {
@@ -182,6 +183,20 @@ export class Datastore implements DatastoreAdmin, ExportProvider, AccessProvider
     this.io = this.gateway ?? this.replication;
   }
 
+  /**
+   * Multi-host, before serving reads: this daemon may be back from a crash nobody saw
+   * (within its lease), so its disks are marked stale where their activity records say
+   * its caches may have lost writes (restart.ts); then the read fence opens.
+   */
+  private async markRestartedDisks(): Promise<void> {
+    const marked = await markRestartedDisks(
+      this.cluster,
+      [...this.disks].map(([id, disk]) => [id, disk.store] as [number, ObjectStore]),
+    );
+    if (marked > 0) this.log('startup.marked-stale', { marks: marked });
+    this.options.cluster?.readFence?.started();
+  }
+
   static async open(options: DatastoreOptions): Promise<Datastore> {
     fs.mkdirSync(options.dataDir, { recursive: true, mode: 0o700 });
     const cluster =
@@ -192,6 +207,7 @@ export class Datastore implements DatastoreAdmin, ExportProvider, AccessProvider
       await datastore.attachDisks();
       if (!options.cluster) await datastore.ensureDefaultPool();
       else {
+        await datastore.markRestartedDisks();
         datastore.watchVolumes();
         datastore.watchHostsGoingDown();
         datastore.startRecovery();

@@ -16,6 +16,7 @@ import { CisternError } from '../../src/util/errors';
 import { ObjectKey, ObjectKeyFilter, encodeObjectKey } from '../../src/store/key';
 import { Extent } from '../../src/volume/backend';
 import { LocalDisk } from '../../src/replication/endpoint';
+import { ACTIVITY_MARK_RETAIN_MS } from '../../src/store/object-store';
 import { Scheduler } from './scheduler';
 import { LogTag, PgLogBook, PgLogState, PgVersion } from '../../src/store/pg-log';
 
@@ -67,7 +68,30 @@ export class DiskMedium {
   onChange: ((change: Change) => void) | undefined;
   onPersist: ((persisted: number, left: number) => void) | undefined;
 
+  /**
+   * The activity record, as the real store keeps it (ObjectStore.activeObjects): a mark
+   * per object, durable before its change reaches the medium (so a crash keeps it), and
+   * cleared only once a flush has made the object's changes durable and it has been
+   * idle for ACTIVITY_MARK_RETAIN_MS.
+   */
+  readonly marks = new Map<string, { key: ObjectKey; changedAtMs: number; durable: boolean }>();
+
   constructor(readonly id: number) {}
+
+  /** Records the activity mark of a change about to be applied at `nowMs`. */
+  mark(key: ObjectKey, nowMs: number): void {
+    this.marks.set(keyName(key), { key: { ...key }, changedAtMs: nowMs, durable: false });
+  }
+
+  /** Objects whose marks are not cleared at `nowMs`, in `pool`. */
+  activeKeys(pool: number, nowMs: number): ObjectKey[] {
+    return [...this.marks.values()]
+      .filter(
+        (m) =>
+          m.key.pool === pool && (!m.durable || nowMs - m.changedAtMs < ACTIVITY_MARK_RETAIN_MS),
+      )
+      .map((m) => ({ ...m.key }));
+  }
 
   apply(change: Change): void {
     if (change.kind === 'write' && this.dropEvery > 0 && ++this.writes % this.dropEvery === 0)
@@ -83,6 +107,15 @@ export class DiskMedium {
     const done = this.unflushed.splice(0, count);
     this.onPersist?.(done.length, this.unflushed.length);
     for (const change of done) applyTo(this.durable, change, this.durableLog);
+    // Activity marks: an object's is cleared (after the retention) once none of its data
+    // changes is unflushed. PG log changes carry no data and leave marks alone.
+    const dataChange = (change: Change): change is Change & { key: ObjectKey } =>
+      change.kind === 'write' || change.kind === 'discard' || change.kind === 'delete';
+    const pending = new Set(this.unflushed.filter(dataChange).map((c) => keyName(c.key)));
+    for (const change of done.filter(dataChange)) {
+      const mark = this.marks.get(keyName(change.key));
+      if (mark && !pending.has(keyName(change.key))) mark.durable = true;
+    }
   }
 
   /**
@@ -191,6 +224,7 @@ export class SimDisk implements LocalDisk {
     return this.complete('write', () => {
       for (let i = 0; i < count; i += 1) {
         const bytes = copy.subarray(i * SIM_BLOCK_BYTES, (i + 1) * SIM_BLOCK_BYTES);
+        this.medium.mark(key, this.scheduler.now);
         this.medium.apply({ kind: 'write', key: { ...key }, block: first + i, data: bytes });
       }
       this.logged(key, options.log);
@@ -222,8 +256,10 @@ export class SimDisk implements LocalDisk {
     return this.complete(name, () => {
       const object = this.medium.current.get(keyName(key));
       for (let i = 0; i < count; i += 1) {
-        if (object?.blocks.has(first + i))
+        if (object?.blocks.has(first + i)) {
+          this.medium.mark(key, this.scheduler.now);
           this.medium.apply({ kind: 'discard', key: { ...key }, block: first + i });
+        }
       }
       this.logged(key, log);
     });
@@ -247,7 +283,10 @@ export class SimDisk implements LocalDisk {
   deleteObject(key: ObjectKey, log?: LogTag): Promise<boolean> {
     return this.complete('delete', () => {
       const existed = this.medium.current.has(keyName(key));
-      if (existed) this.medium.apply({ kind: 'delete', key: { ...key } });
+      if (existed) {
+        this.medium.mark(key, this.scheduler.now);
+        this.medium.apply({ kind: 'delete', key: { ...key } });
+      }
       this.logged(key, log);
       return existed;
     });
@@ -290,15 +329,12 @@ export class SimDisk implements LocalDisk {
   }
 
   /**
-   * Peering's activity record (ObjectEndpoint.activeObjects). The simulated medium keeps
-   * none, so this lists every object the disk holds in the pool: a superset, which the
-   * contract allows — an object members differ on exists on at least one of them, which
-   * lists it — at the cost of comparing more objects than a real store would.
+   * Peering's activity record (ObjectEndpoint.activeObjects): the medium's marks, kept
+   * as the real store keeps them (DiskMedium.marks) — every object changed since its
+   * last flush, or within ACTIVITY_MARK_RETAIN_MS, crash or not.
    */
-  async activeObjects(pool: number): Promise<ObjectKey[]> {
-    const keys: ObjectKey[] = [];
-    for await (const key of this.listObjects({ pool })) keys.push(key);
-    return keys;
+  activeObjects(pool: number): Promise<ObjectKey[]> {
+    return this.complete('active', () => this.medium.activeKeys(pool, this.scheduler.now));
   }
 
   async *listObjects(filter: ObjectKeyFilter = {}): AsyncGenerator<ObjectKey> {

@@ -11,7 +11,9 @@
 // settle), its disks lose or tear their unflushed writes, its map view stops. A restart
 // is a new incarnation that reads the map afresh, as a daemon starting does.
 
-import { CisternError } from '../../src/util/errors';
+import { CisternError, isCisternError } from '../../src/util/errors';
+import type { Clock } from '../../src/util/clock';
+import { markRestartedDisks } from '../../src/replication/restart';
 import * as state from '../../src/cluster/state';
 import { PlacementTable, computeTable } from '../../src/placement/straw2';
 import { LocalReplication } from '../../src/replication/local';
@@ -31,6 +33,10 @@ import { Scheduler } from './scheduler';
 
 /** The hosts' liveness lease (virtual ms): the monitor takes a host down this long after its last renewal. */
 export const SIM_LEASE_TTL_MS = 1_500;
+
+/** Start-up peering retries while etcd is unreachable: every this long, this often at most. */
+const STARTUP_RETRY_MS = 500;
+const STARTUP_ATTEMPTS_MAX = 10_000;
 
 /** The gateway's requests to primaries wait longer than a primary's to its replicas (as the daemon's). */
 const GATEWAY_TIMEOUT_FACTOR = 3;
@@ -119,6 +125,7 @@ export class SimHost {
       clock: this.scheduler.clock(alive, `${label}.fence`),
       hostId: this.id,
       leaseMs: readLeaseMs(SIM_LEASE_TTL_MS, SIM_REQUEST_TIMEOUT_MS),
+      holdUntilStarted: true,
     });
     // A daemon starts by registering its lease in etcd (it cannot start without it).
     if (this.authority.reachable(this.id)) fence.renewed(this.scheduler.now);
@@ -219,6 +226,7 @@ export class SimHost {
     recovery.start();
     strays.start();
     scrubber.start();
+    void this.startUpPeering(view, disks, fence, this.scheduler.clock(alive, `${label}.startup`));
     // A disk whose medium failed while the daemon was down cannot be opened: down, as
     // Datastore.openKnownDisk marks it (a no-op when the map has it down already).
     for (const [id, medium] of this.media) {
@@ -229,6 +237,30 @@ export class SimHost {
       }
     }
     return incarnation;
+  }
+
+  /**
+   * As Datastore.open does before the daemon serves reads: marks its disks stale where
+   * their activity records say the crash may have cost writes (restart.ts). Retried
+   * while etcd is out of reach (the real daemon would not start without it).
+   */
+  private async startUpPeering(
+    view: HostView,
+    disks: Map<number, SimDisk>,
+    fence: ReadFence,
+    clock: Clock,
+  ): Promise<void> {
+    for (let attempt = 0; attempt < STARTUP_ATTEMPTS_MAX; attempt += 1) {
+      try {
+        const marked = await markRestartedDisks(view, disks);
+        if (marked > 0) this.log(this.id, 'startup.marked-stale', { marks: marked });
+        fence.started();
+        return;
+      } catch (error) {
+        if (!isCisternError(error)) throw error;
+        await clock.sleep(STARTUP_RETRY_MS);
+      }
+    }
   }
 
   /** Power loss: the incarnation stops where it is; unflushed writes are dropped or torn. */

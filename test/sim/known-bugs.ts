@@ -5,12 +5,7 @@
 // lands: its seeds then must pass.
 
 import type { Failure } from './simulation';
-import {
-  ACROSS_CRASH_TEXT,
-  UNNOTICED_RESTART_TEXT,
-  FAILED_WRITES_TEXT,
-  WRONG_COPY_TEXT,
-} from './simulation';
+import { ACROSS_CRASH_TEXT, FAILED_WRITES_TEXT, WRONG_COPY_TEXT } from './simulation';
 
 export interface KnownBug {
   name: string;
@@ -44,16 +39,6 @@ export const KNOWN_BUGS: KnownBug[] = [
       'disk 7 while disk 3 held them all). Found once the gateway flush race, which ended ' +
       'such runs earlier, was fixed',
     matches: (f) => f.kind === 'inv1-durability' && f.text.includes(WRONG_COPY_TEXT),
-  },
-  {
-    name: 'restart-within-lease-loses-cached-writes',
-    owner: 'peering (issue 5: activity record)',
-    what:
-      '(soak --quick-restarts) a daemon that loses power and is back before its lease ' +
-      'lapses is never marked down, so its disks are not stale; the acknowledged writes its ' +
-      'cache lost are missing there for good and its copies differ from the others. The ' +
-      'activity record (objects written since the last flush) is what will find them',
-    matches: (f) => f.kind === 'inv4-replicas-differ' && f.text.includes(UNNOTICED_RESTART_TEXT),
   },
   {
     name: 'failed-write-leaves-replicas-divergent',

@@ -774,9 +774,9 @@ class Simulation {
 
   /**
    * Starts a crashed host again. Unless quick restarts are asked for, not before the
-   * monitor has taken its disks down: a daemon back within its lease is never seen to
-   * have lost its volatile writes (issue 5's activity record is what will cover that),
-   * a known gap the `quickRestarts` option exercises on purpose.
+   * monitor has taken its disks down; `quickRestarts` brings it back within its lease,
+   * where nothing but the daemon's start-up peering (restart.ts: its disks marked stale
+   * where their activity records say its caches may have lost writes) covers the loss.
    */
   private restart(victim: string, quick = this.options.quickRestarts === true): void {
     const host = this.hosts.get(victim)!;
@@ -1066,7 +1066,10 @@ class Simulation {
           this.fail(
             'inv1-durability',
             `${WRONG_COPY_TEXT}: PG ${pg.pg} served from disk ${pg.best} while disk(s) ` +
-              `${complete.map((m) => m.id).join(', ')} held every acknowledged write`,
+              `${complete.map((m) => m.id).join(', ')} held every acknowledged write ` +
+              `(stale ${JSON.stringify(s.staleMembers[state.pgKey(pg.pool, pg.pg)])} since ` +
+              `${JSON.stringify(Object.entries(s.staleSince).filter(([k]) => k.startsWith(`${state.pgKey(pg.pool, pg.pg)}:`)))}, ` +
+              `lost ${pg.lost.join(',')})`,
           );
           return false;
         }

@@ -26,10 +26,10 @@ import { ClusterState, actingMembers, clearStale, pgKey, staleKey } from '../clu
 import { ClusterStore } from '../cluster/store';
 import { PlacementTable, objectToPg } from '../placement/straw2';
 import { LocalDisk, PeerTransport } from './endpoint';
-import { Clock, Timer, systemClock } from '../util/clock';
+import { Clock } from '../util/clock';
 import { LocalReplication } from './local';
 import { MessageType } from './messages';
-import { PassRunner } from './passes';
+import { BackgroundPasses, mapSchedule } from './passes';
 import { PgVersion, compareVersions, formatVersion } from '../store/pg-log';
 
 /** Default bound on recovery traffic from one daemon. */
@@ -105,9 +105,7 @@ interface PeerWork {
   members: number[];
 }
 
-export class RecoveryWorker {
-  private timer: Timer | undefined;
-  private unsubscribe: (() => void) | undefined;
+export class RecoveryWorker extends BackgroundPasses {
   /** Recovered PG members, for status and tests. */
   recoveredTotal = 0;
   /** Objects peering found different on some member and made identical (tests, status). */
@@ -122,47 +120,9 @@ export class RecoveryWorker {
   /** Epoch of the last peering pass that left nothing to do. */
   private peeredEpoch = -1;
 
-  private readonly runner: PassRunner;
-  private readonly clock: Clock;
-
   constructor(private readonly context: RecoveryContext) {
-    this.runner = new PassRunner(() => this.pass());
-    this.clock = context.clock ?? systemClock;
-  }
-
-  private get closed(): boolean {
-    return this.runner.isClosed;
-  }
-
-  start(): void {
-    this.unsubscribe = this.context.cluster.subscribe(() => this.kick());
-    this.retryLater();
-    this.kick();
-  }
-
-  /** A pass every RECOVERY_RETRY_MS, for PGs whose recovery failed (one-shot timers chained). */
-  private retryLater(): void {
-    this.timer = this.clock.setTimer(RECOVERY_RETRY_MS, () => {
-      if (this.closed) return;
-      this.kick();
-      this.retryLater();
-    });
-  }
-
-  /** Runs a pass now, or right after the one in progress. */
-  kick(): void {
-    this.runner.kick();
-  }
-
-  /** Resolves when no pass is running (tests wait on it). */
-  async idle(): Promise<void> {
-    await this.runner.idle();
-  }
-
-  async close(): Promise<void> {
-    this.unsubscribe?.();
-    this.timer?.cancel();
-    await this.runner.close();
+    // A pass on every map change, and every RECOVERY_RETRY_MS for PGs whose recovery failed.
+    super(mapSchedule(context.cluster, context.clock, RECOVERY_RETRY_MS));
   }
 
   /** The stale members of PGs this host is primary of, right now. */
@@ -185,7 +145,7 @@ export class RecoveryWorker {
     return work;
   }
 
-  private async pass(): Promise<void> {
+  protected async pass(): Promise<void> {
     await this.peerPass();
     await this.settleFailed();
     const recovered: Recovered[] = [];

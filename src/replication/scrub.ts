@@ -22,10 +22,10 @@ import {
 } from '../cluster/scrub-state';
 import { PlacementTable, objectToPg, pgRow } from '../placement/straw2';
 import { LocalDisk, PeerTransport } from './endpoint';
-import { Clock, systemClock } from '../util/clock';
+import { Clock } from '../util/clock';
 import { LocalReplication } from './local';
 import { MessageType } from './messages';
-import { PassRunner } from './passes';
+import { BackgroundPasses, mapSchedule } from './passes';
 
 /** Default bound on the bytes one daemon's scrub reads per second (all members together). */
 export const SCRUB_BYTES_PER_SECOND_DEFAULT = 64 * 2 ** 20;
@@ -60,50 +60,20 @@ export interface ScrubContext {
 
 type Totals = Omit<ScrubReport, 'host' | 'finishedAt' | 'ms'> & { bytesRead: number };
 
-export class ScrubWorker {
-  private unsubscribe: (() => void) | undefined;
-
-  private readonly runner: PassRunner;
-  private readonly clock: Clock;
-
+export class ScrubWorker extends BackgroundPasses {
   constructor(private readonly context: ScrubContext) {
-    this.clock = context.clock ?? systemClock;
-    this.runner = new PassRunner(
-      () => this.pass(),
-      () =>
-        pendingScrubs(
-          this.context.cluster.current(),
-          this.context.hostId,
-          new Date(this.clock.now()),
-        ).length > 0,
+    // Acts on requests pending at start and on every later map change that adds one.
+    super(mapSchedule(context.cluster, context.clock));
+  }
+
+  protected override wanted(): boolean {
+    return (
+      pendingScrubs(this.context.cluster.current(), this.context.hostId, new Date(this.clock.now()))
+        .length > 0
     );
   }
 
-  private get closed(): boolean {
-    return this.runner.isClosed;
-  }
-
-  /** Acts on requests pending now and on every later map change that adds one. */
-  start(): void {
-    this.unsubscribe = this.context.cluster.subscribe(() => this.kick());
-    this.kick();
-  }
-
-  kick(): void {
-    this.runner.kick();
-  }
-
-  /** Resolves when no scrub is running (tests wait on it). */
-  async idle(): Promise<void> {
-    await this.runner.idle();
-  }
-
-  async close(): Promise<void> {
-    this.unsubscribe?.();
-    await this.runner.close();
-  }
-
-  private async pass(): Promise<void> {
+  protected async pass(): Promise<void> {
     const pending = pendingScrubs(
       this.context.cluster.current(),
       this.context.hostId,

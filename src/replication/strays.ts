@@ -18,9 +18,9 @@ import { ObjectKey } from '../store/key';
 import { ClusterState, pgKey } from '../cluster/state';
 import { ClusterStore } from '../cluster/store';
 import { PlacementTable, objectToPg, pgRow } from '../placement/straw2';
-import { PassRunner } from './passes';
+import { BackgroundPasses, mapSchedule } from './passes';
 import { LocalDisk } from './endpoint';
-import { Clock, Timer, systemClock } from '../util/clock';
+import { Clock } from '../util/clock';
 
 /** Period of the pass besides map changes (a PG turns clean without a map change of ours). */
 export const STRAY_PASS_PERIOD_MS = 10_000;
@@ -71,56 +71,23 @@ export function isStrayCopy(
   return row.every((member) => table.topology.disksById.get(member)?.up === true);
 }
 
-export class StrayCollector {
+export class StrayCollector extends BackgroundPasses {
   /** Copies removed since start, for tests. */
   removedTotal = 0;
-  private readonly runner: PassRunner;
-  private timer: Timer | undefined;
-  private unsubscribe: (() => void) | undefined;
   /** The epoch of the last pass logged: a pass is logged when it removed or the map moved. */
   private loggedEpoch = -1;
-  private readonly clock: Clock;
 
   constructor(private readonly context: StrayContext) {
-    this.runner = new PassRunner(() => this.pass());
-    this.clock = context.clock ?? systemClock;
+    // A pass on every map change, and every STRAY_PASS_PERIOD_MS.
+    super(mapSchedule(context.cluster, context.clock, STRAY_PASS_PERIOD_MS));
   }
 
-  start(): void {
-    this.unsubscribe = this.context.cluster.subscribe(() => this.kick());
-    this.passLater();
-    this.kick();
-  }
-
-  /** A pass every STRAY_PASS_PERIOD_MS (one-shot timers chained). */
-  private passLater(): void {
-    this.timer = this.clock.setTimer(STRAY_PASS_PERIOD_MS, () => {
-      if (this.runner.isClosed) return;
-      this.kick();
-      this.passLater();
-    });
-  }
-
-  kick(): void {
-    this.runner.kick();
-  }
-
-  async idle(): Promise<void> {
-    await this.runner.idle();
-  }
-
-  async close(): Promise<void> {
-    this.unsubscribe?.();
-    this.timer?.cancel();
-    await this.runner.close();
-  }
-
-  private async pass(): Promise<void> {
+  protected async pass(): Promise<void> {
     const epoch = this.context.cluster.current().map.epoch;
     let removed = 0;
     try {
       for (const { id, store } of this.context.localDisks()) {
-        if (this.runner.isClosed) return;
+        if (this.closed) return;
         removed += await this.collectDisk(id, store);
       }
     } catch (error) {
@@ -143,7 +110,7 @@ export class StrayCollector {
     assert(rate > 0, `bad stray delete rate ${rate}`);
     let removed = 0;
     for (const [index, key] of candidates.entries()) {
-      if (this.runner.isClosed) break;
+      if (this.closed) break;
       if (index > 0 && index % STRAY_DELETE_BATCH === 0) {
         const pauseMs = (STRAY_DELETE_BATCH / rate) * 1000;
         await (this.context.sleep ?? ((ms: number) => this.clock.sleep(ms)))(pauseMs);

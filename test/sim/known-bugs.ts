@@ -36,8 +36,11 @@ export const KNOWN_BUGS: KnownBug[] = [
     what:
       'an incomplete PG accepted as lost is served from the copy stale longest although ' +
       'another surviving disk holds every acknowledged write (seed 138: PG 3 served from ' +
-      'disk 7 while disk 3 held them all). Found once the gateway flush race, which ended ' +
-      'such runs earlier, was fixed',
+      'disk 7 while disk 3 held them all; soak seed 1774: disk 2, which joined when the ' +
+      'failed disks went out, over disk 4, a former member re-marked stale later). The ' +
+      'map alone cannot tell how complete a stale copy is (its mark epoch says when, not ' +
+      'what it holds); the PG log now can: accept-loss should serve the member whose log ' +
+      'is complete furthest (PgLogState.complete), asked by the daemon that peers the PG',
     matches: (f) => f.kind === 'inv1-durability' && f.text.includes(WRONG_COPY_TEXT),
   },
   {

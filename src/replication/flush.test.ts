@@ -17,6 +17,9 @@
 //     later flush does not wait for it either; a replica daemon that restarted after
 //     taking unflushed writes fails the flush with EIO, and that EIO reaches every
 //     connection open then, once (not only the one whose FLUSH met it).
+//   - When a primary is lost, the flush of every other host's disks that replaces its
+//     flush is asked again at the new epoch if the map moved under it (was: it failed
+//     with "request from epoch N is older than ours").
 
 import { strict as assert } from 'node:assert';
 import { test } from 'node:test';
@@ -300,6 +303,10 @@ function gatewayHarness(): {
   hold: Map<string, Promise<void>>;
   holdWrite: Map<string, Promise<void>>;
   incarnation: Map<string, string>;
+  /** HostFlush requests as sent, with their epochs. */
+  hostFlushes: { host: string; epoch: number }[];
+  /** Runs as each HostFlush arrives, before the epoch check. */
+  hooks: { beforeHostFlush: () => Promise<void> };
   keyOn(host: string): ObjectKey;
 } {
   const initial = state.emptyState();
@@ -324,9 +331,17 @@ function gatewayHarness(): {
   const hold = new Map<string, Promise<void>>();
   const holdWrite = new Map<string, Promise<void>>();
   const incarnation = new Map<string, string>();
+  const hostFlushes: { host: string; epoch: number }[] = [];
+  const hooks = { beforeHostFlush: async (): Promise<void> => undefined };
   const transport: PeerTransport = {
-    request: async (host, type) => {
-      if (type === MessageType.PrimaryFlush) {
+    request: async (host, type, epoch) => {
+      if (type === MessageType.HostFlush) {
+        await hooks.beforeHostFlush();
+        hostFlushes.push({ host, epoch });
+        // As a daemon's handler does: a request from an older map is refused.
+        if (epoch < cluster.current().map.epoch)
+          throw new CisternError('STALE_EPOCH', `request from epoch ${epoch} is older than ours`);
+      } else if (type === MessageType.PrimaryFlush) {
         const issued = cached.get(host) ?? 0;
         await hold.get(host);
         durable.set(host, Math.max(durable.get(host) ?? 0, issued));
@@ -368,7 +383,7 @@ function gatewayHarness(): {
     throw new Error(`no object on ${host}`);
   };
   assert.ok(pgRow(table(), 0).length === 1);
-  return { gateway, cluster, durable, hold, holdWrite, incarnation, keyOn };
+  return { gateway, cluster, durable, hold, holdWrite, incarnation, hostFlushes, hooks, keyOn };
 }
 
 test('Gateway: a second flush does not return while a primary it covers is still being flushed', async () => {
@@ -433,4 +448,31 @@ test('Gateway: an EIO told to one connection is told once to every other connect
   await g.gateway.flush(other); // told once
   await g.gateway.flush(told);
   await g.gateway.flush(later);
+});
+
+test('Gateway: flushing every host after a lost primary asks again when the map moved under it', async () => {
+  const g = gatewayHarness();
+  await g.gateway.write(g.keyOn('h1'), 0, block(1), false);
+  g.incarnation.set('h1', 'h1#2'); // h1 restarted: every other host must flush its disks
+  const epoch = g.cluster.current().map.epoch;
+  // The map moves as the flush of every host goes out (here h1's disk reported down):
+  // the HostFlush sent with the old epoch is refused as stale.
+  let moved = false;
+  g.hooks.beforeHostFlush = async () => {
+    if (moved) return;
+    moved = true;
+    const disk = g.cluster.current().map.disks.find((d) => d.host === 'h1')!.id;
+    await g.cluster.update((s) => state.markDiskDown(s, disk, 'reported unreachable'));
+  };
+  await assert.rejects(g.gateway.flush(), (error: unknown) => {
+    assert.ok(error instanceof CisternError && error.code === 'EIO', String(error));
+    assert.match(error.message, /restarted/, 'EIO for the restart, not the stale map');
+    return true;
+  });
+  const toH2 = g.hostFlushes.filter((f) => f.host === 'h2');
+  assert.ok(toH2.length >= 1, 'h2 was asked to flush its disks');
+  assert.ok(
+    toH2.some((f) => f.epoch > epoch),
+    `a HostFlush refused as stale is sent again at the new epoch: ${JSON.stringify(toH2)}`,
+  );
 });

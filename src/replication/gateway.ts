@@ -503,7 +503,11 @@ export class Gateway implements ObjectIo {
       [...hosts].map((host) =>
         host === this.options.hostId
           ? this.options.flushLocalDisks()
-          : this.request(host, state.map.epoch, MessageType.HostFlush, {}),
+          : // A map change while this runs (the lost host's disks marked down, say)
+            // refuses the request as stale: ask again at the new epoch, as any flush does.
+            this.untilEpochSettles(async (epoch) => {
+              await this.request(host, epoch, MessageType.HostFlush, {});
+            }),
       ),
     );
   }

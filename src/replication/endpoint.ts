@@ -56,9 +56,11 @@ export interface ObjectEndpoint {
    * an object not listed has had no change that is still in flight or not yet durable:
    * members that took the same acknowledged writes hold the same content of it. Listing
    * more than that is allowed (a superset only costs a comparison); listing less is not.
-   * About ACTIVITY_MARKS_MAX keys at most per disk.
+   * About ACTIVITY_MARKS_MAX keys at most per disk. `carriedOver`: only the keys an
+   * earlier run of the disk's daemon left — the objects its crash may have torn (a
+   * superset is allowed here too) — for log catch-up, which needs no more.
    */
-  activeObjects(pool: number): Promise<ObjectKey[]>;
+  activeObjects(pool: number, carriedOver?: boolean): Promise<ObjectKey[]>;
 }
 
 /**

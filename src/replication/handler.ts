@@ -179,7 +179,7 @@ export function makeHandler(
       case MessageType.DiskActiveObjects: {
         const r = parseActiveObjects(request.metadata);
         const after = r.after ? encodeObjectKey(r.after) : undefined;
-        const all = await disk(r.disk).activeObjects(r.pool);
+        const all = await disk(r.disk).activeObjects(r.pool, r.carriedOver === true);
         const rest = after
           ? all.filter((key) => Buffer.compare(encodeObjectKey(key), after) > 0)
           : all;

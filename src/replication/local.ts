@@ -650,10 +650,10 @@ export class LocalReplication implements ObjectIo {
   }
 
   /** Peering: one member disk's activity record for a pool (local store or remote disk). */
-  async activeObjectsOf(disk: number, pool: number): Promise<ObjectKey[]> {
+  async activeObjectsOf(disk: number, pool: number, carriedOver = false): Promise<ObjectKey[]> {
     const store = this.replicas.store(disk);
     if (!store) throw new CisternError('UNAVAILABLE', `disk ${disk} is not up`);
-    return store.activeObjects(pool);
+    return store.activeObjects(pool, carriedOver);
   }
 
   /**
@@ -715,7 +715,7 @@ export class LocalReplication implements ObjectIo {
       blockStatus: (k, offset, length) => store.blockStatus(k, offset, length),
       deleteObject: (k) => checked(() => store.deleteObject(k)),
       flush: () => store.flush(),
-      activeObjects: (pool) => store.activeObjects(pool),
+      activeObjects: (pool, carriedOver) => store.activeObjects(pool, carriedOver),
       ...logMethods(store),
     };
   }
@@ -750,7 +750,7 @@ export class LocalReplication implements ObjectIo {
       blockStatus: (key, offset, length) => guard(() => store.blockStatus(key, offset, length)),
       deleteObject: (key) => guard(() => store.deleteObject(key)),
       flush: () => guard(() => store.flush()),
-      activeObjects: (pool) => guard(() => store.activeObjects(pool)),
+      activeObjects: (pool, carriedOver) => guard(() => store.activeObjects(pool, carriedOver)),
       ...(store.checksum ? { checksum: (k, size) => guard(() => store.checksum!(k, size)) } : {}),
       ...(store.pgLog ? { pgLog: (p, g, after) => guard(() => store.pgLog!(p, g, after)) } : {}),
       ...(store.markPgLog

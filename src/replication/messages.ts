@@ -72,6 +72,8 @@ export interface ListObjectsRequest {
 export interface ActiveObjectsRequest {
   disk: number;
   pool: number;
+  /** Only the marks an earlier run left (ObjectEndpoint.activeObjects). */
+  carriedOver?: boolean;
   /** Keys after this one (pagination: a reply holds at most LIST_OBJECTS_MAX keys). */
   after?: ObjectKey;
 }
@@ -175,5 +177,6 @@ export function parseActiveObjects(metadata: unknown): ActiveObjectsRequest {
   };
   if (metadata['after'] !== undefined)
     request.after = parseObjectRequest({ key: metadata['after'] }).key;
+  if (metadata['carriedOver'] === true) request.carriedOver = true;
   return request;
 }

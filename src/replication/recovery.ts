@@ -486,7 +486,7 @@ export class RecoveryWorker extends BackgroundPasses {
     if (log.copy) {
       const copy = named(busy, named(log.copy));
       const active = await this.guarded(item.disk, () =>
-        this.context.primary.activeObjectsOf(item.disk, item.pool),
+        this.context.primary.activeObjectsOf(item.disk, item.pool, true),
       );
       const table = this.context.table(item.pool);
       const compare = named(

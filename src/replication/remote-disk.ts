@@ -156,13 +156,14 @@ export class RemoteDisk implements ObjectEndpoint {
   }
 
   /** Peering: this disk's activity record for `pool`, fetched page by page. */
-  async activeObjects(pool: number): Promise<ObjectKey[]> {
+  async activeObjects(pool: number, carriedOver = false): Promise<ObjectKey[]> {
     const keys: ObjectKey[] = [];
     let after: ObjectKey | undefined;
     for (let page = 0; page < ACTIVE_OBJECT_PAGES_MAX; page += 1) {
       const reply = await this.request(MessageType.DiskActiveObjects, {
         disk: this.disk,
         pool,
+        ...(carriedOver ? { carriedOver } : {}),
         ...(after ? { after } : {}),
       });
       const { keys: batch, truncated } = (reply.metadata ?? {}) as {

@@ -115,6 +115,8 @@ interface Mark {
   changedAtMs: number;
   /** Changes running now: a mark is never cleared under one. */
   changing: number;
+  /** Left by an earlier run (loaded at open): a crash may have torn the object. */
+  carriedOver?: boolean;
 }
 
 interface Waiter {
@@ -346,13 +348,16 @@ export class ObjectStore {
    * ACTIVITY_MARK_RETAIN_MS), so after a crash — of this host or of a primary writing to
    * it — these are the objects whose replicas may differ. Sorted by key.
    */
-  async activeObjects(pool?: number): Promise<ObjectKey[]> {
+  async activeObjects(pool?: number, carriedOver = false): Promise<ObjectKey[]> {
     this.checkOpen();
     const prefix = objectKeyPrefix(pool === undefined ? {} : { pool });
     const keys: string[] = [];
     for (const [cacheKey, mark] of this.marks) {
+      if (carriedOver && !mark.carriedOver) continue;
       if (mark.keyBytes.subarray(0, prefix.length).equals(prefix)) keys.push(cacheKey);
     }
+    // `carriedOver`: only the marks an earlier run left (what a crash may have torn).
+    if (carriedOver) return keys.sort().map(cacheKeyToKey);
     for (const [cacheKey, pending] of this.pendingMarks) {
       if (!this.marks.has(cacheKey) && pending.keyBytes.subarray(0, prefix.length).equals(prefix))
         keys.push(cacheKey);
@@ -934,6 +939,7 @@ export class ObjectStore {
         changedAtSnapshot: this.snapshots,
         changedAtMs: now,
         changing: 0,
+        carriedOver: true,
       });
     }
   }

@@ -3,7 +3,8 @@
 // crash of a disk that loses or tears unflushed writes (MemoryDevice.crash, seeded),
 // the reopened log never claims a change the disk lost — every entry it lists and every
 // change up to its `complete` reads back — and reading a PG's log makes what it
-// reported durable. Changes go to distinct blocks, so "reads back" is exact.
+// reported durable. Changes go to distinct blocks, so "reads back" is exact. And the
+// activity record tells the marks a previous run left from those made since.
 
 import { strict as assert } from 'node:assert';
 import { after, before, test } from 'node:test';
@@ -123,4 +124,19 @@ test('after a crash the log never claims a change the disk lost', async () => {
       assert.ok(compareVersions(log.entries[i - 1]!.version, log.entries[i]!.version) < 0);
     await reopened.close();
   }
+});
+
+test('the activity record tells the marks an earlier run left (what catch-up compares)', async () => {
+  const { store, memory, indexPath } = await fresh();
+  const a = { pool: 1, volume: 1, object: 1 };
+  const b = { pool: 1, volume: 1, object: 2 };
+  await store.write(a, 0, pattern(a, 1, 0, 4096));
+  await store.flush();
+  assert.deepEqual(await store.activeObjects(1, true), [], 'nothing from an earlier run');
+  await store.close();
+  const reopened = await ObjectStore.open({ device: memory, indexPath });
+  await reopened.write(b, 0, pattern(b, 1, 0, 4096));
+  assert.deepEqual(await reopened.activeObjects(1, true), [a], 'left by the last run');
+  assert.deepEqual(await reopened.activeObjects(1), [a, b], 'all of them');
+  await reopened.close();
 });

@@ -70,6 +70,11 @@ export interface ObjectEndpoint {
  */
 export interface LocalDisk extends ObjectEndpoint {
   listObjects(filter?: ObjectKeyFilter): AsyncIterable<ObjectKey>;
+  /**
+   * Stray removal: the PG's copies here are about to be deleted without versions, so its
+   * log no longer describes them (pg-log.ts `forget`); in effect before the next commit.
+   */
+  forgetPgLog?(pool: number, pg: number, start: PgVersion): void;
 }
 
 export interface ObjectIo {

@@ -117,6 +117,7 @@ export class StrayCollector extends BackgroundPasses {
       }
       // Again, on the map of this moment, in the same turn as the delete is issued.
       if (!this.stray(key, disk)) continue;
+      this.forgetLog(store, key);
       if (await store.deleteObject(key)) removed += 1;
     }
     if (removed > 0) {
@@ -125,6 +126,19 @@ export class StrayCollector extends BackgroundPasses {
       this.context.log('strays.removed', { disk, objects: removed });
     }
     return removed;
+  }
+
+  /**
+   * The disk's PG log no longer describes its copies of the PG (pg-log.ts `forget`), in
+   * the same commit as the delete or an earlier one: were the disk to rejoin the PG, a
+   * catch-up from its old version would skip the objects deleted here.
+   */
+  private forgetLog(store: LocalDisk, key: ObjectKey): void {
+    if (!store.forgetPgLog) return;
+    const table = this.context.table(key.pool);
+    const pg = objectToPg(table.pool, key.volume, key.object);
+    const epoch = this.context.cluster.current().map.epoch;
+    store.forgetPgLog(key.pool, pg, { epoch, seq: Number.MAX_SAFE_INTEGER });
   }
 
   private stray(key: ObjectKey, disk: number): boolean {

@@ -329,6 +329,12 @@ export class ObjectStore {
     return state;
   }
 
+  /** Stray removal is about to delete the PG's objects here (pg-log.ts `forget`). */
+  forgetPgLog(pool: number, pg: number, start: PgVersion): void {
+    this.checkOpen();
+    this.pgLogs.forget(pool, pg, start);
+  }
+
   /**
    * Recovery made this disk whole for the PG (pg-log.ts `mark`). Durable with the next
    * commit: recovery flushes the disk right after, before it clears the stale mark.

@@ -205,6 +205,24 @@ export class PgLogBook {
     this.journalMeta(pool, pg, log);
   }
 
+  /**
+   * The disk's copies of the PG's objects are being removed without versions (stray
+   * removal, once the PG moved away): it no longer holds what its log says. Entries and
+   * `complete` go; `start` is raised to `start` (were the disk to rejoin the PG, it is
+   * recovered as one that holds nothing of it).
+   */
+  forget(pool: number, pg: number, start: PgVersion): void {
+    const log = this.log(pool, pg);
+    if (this.journaling) {
+      for (const entry of log.entries)
+        this.journal.push({ type: 'del', key: entryIndexKey(pool, pg, entry.version) });
+    }
+    log.entries = [];
+    log.complete = undefined;
+    log.start = maxVersion(log.start, start);
+    this.journalMeta(pool, pg, log);
+  }
+
   /** The PG's log: its versions and the entries newer than `after`, at most `limit`. */
   state(pool: number, pg: number, after?: PgVersion, limit = PG_LOG_ENTRIES_MAX): PgLogState {
     const log = this.logs.get(`${pool}:${pg}`);

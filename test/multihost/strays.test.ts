@@ -3,8 +3,10 @@
 // longer a member of its (clean) PG is removed by the daemon that owns the disk — every
 // disk then holds exactly the objects placement puts on it, each object is on all its
 // members, the drained host holds nothing, and reads through every host still return
-// the written data. Disks are inspected with the peer protocol's ListObjects, as another
-// daemon would.
+// the written data; then the added host is drained as well, so PGs return to disks
+// whose copies were removed, which must be filled again in full (their PG logs forgot
+// the removed copies). Disks are inspected with the peer protocol's ListObjects, as
+// another daemon would.
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -86,6 +88,11 @@ test('copies left by adding a host and by a drain are removed once their PGs are
   const cluster = await inProcessCluster(4);
   try {
     const { writer, poolId } = await replicatedVolume(cluster);
+    // Written twice, the second time once the PGs are peered: members then hold a PG
+    // log version (the watermark the second writes carry).
+    await writer.write(0, pattern(64 * MiB, 40));
+    await writer.flush();
+    for (const host of cluster.hosts.values()) await host.recovery?.idle();
     const data = pattern(64 * MiB, 41);
     await writer.write(0, data);
     await writer.flush();
@@ -115,6 +122,16 @@ test('copies left by adding a host and by a drain are removed once their PGs are
       cluster.events.some((e) => e.event === 'strays.removed'),
       'removals are logged',
     );
+
+    // h5 drained too: its PGs go back to disks whose copies were removed above. Their PG
+    // logs still had versions from before; catching up from those would skip every
+    // object written before — the removal made them forget (pg-log.ts `forget`).
+    await cluster.store.update((s) => {
+      for (const disk of s.map.disks) if (disk.host === 'h5') disk.weight = 0;
+    });
+    await settle(cluster);
+    await assertNoStrays(cluster, poolId, objects);
+    await readEverywhere(cluster, data);
     await writer.close();
   } finally {
     await cluster.close();

@@ -42,7 +42,8 @@ export type Change =
       pool: number;
       pg: number;
       mark: { start: PgVersion; complete?: PgVersion };
-    };
+    }
+  | { kind: 'log-forget'; pool: number; pg: number; start: PgVersion };
 
 export function keyName(key: ObjectKey): string {
   return `${key.pool}/${key.volume}/${key.object}`;
@@ -126,7 +127,8 @@ export class DiskMedium {
   crash(survives: () => boolean): number {
     let lost = 0;
     for (const change of this.unflushed) {
-      if (change.kind === 'log' || change.kind === 'log-mark') continue;
+      if (change.kind === 'log' || change.kind === 'log-mark' || change.kind === 'log-forget')
+        continue;
       if (survives()) applyTo(this.durable, change, this.durableLog);
       else lost += 1;
     }
@@ -153,6 +155,10 @@ function applyTo(objects: Objects, change: Change, log: PgLogBook): void {
   }
   if (change.kind === 'log-mark') {
     log.mark(change.pool, change.pg, change.mark);
+    return;
+  }
+  if (change.kind === 'log-forget') {
+    log.forget(change.pool, change.pg, change.start);
     return;
   }
   const name = keyName(change.key);
@@ -301,6 +307,11 @@ export class SimDisk implements LocalDisk {
     const state = this.medium.currentLog.state(pool, pg, after ?? own.complete);
     await this.flush();
     return state;
+  }
+
+  /** Stray removal (LocalDisk.forgetPgLog): durable with the next flush, as in the store. */
+  forgetPgLog(pool: number, pg: number, start: PgVersion): void {
+    this.medium.apply({ kind: 'log-forget', pool, pg, start });
   }
 
   async markPgLog(

@@ -255,7 +255,8 @@ class Simulation {
       for (const disks of media.values()) {
         for (const medium of disks.values()) {
           medium.onChange = (change) => {
-            if (change.kind === 'log-mark' || change.key.object !== Number(traced)) return;
+            if (change.kind === 'log-mark' || change.kind === 'log-forget') return;
+            if (change.key.object !== Number(traced)) return;
             const what =
               change.kind === 'write'
                 ? `block ${change.block} = w${new DataView(change.data.buffer, change.data.byteOffset).getUint32(0)}`

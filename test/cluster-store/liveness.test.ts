@@ -87,6 +87,8 @@ test('a lapsed lease takes the host down, then out; registering again brings it 
     state.addDisk(s, 'h2', { path: '/dev/h2d1', uuid: 'h2-1', sizeBytes: 2 ** 30 });
   });
   assert.ok(epochAfterRegistering >= 3, 'registration added each host in an update');
+  // The watcher learns of updates through its etcd watch, a moment later under load.
+  await watcher.waitForEpoch(daemon2.current().map.epoch, 10_000);
   assert.deepEqual(watcher.current().hostAddresses['h1'], {
     address: '10.0.0.1:7000',
     nbd: '10.0.0.1:10809',

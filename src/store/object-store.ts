@@ -1056,7 +1056,9 @@ export class ObjectStore {
         );
         // In the last batch, after every record: a version a crash keeps never claims a
         // change whose record it lost (the batches land in order, each atomically).
-        if (index === chunks - 1) ops.push(...logOps);
+        // (A loop, not push(...logOps): between flushes the journal can outgrow the
+        // arguments a call may take — a client that never flushes, say.)
+        if (index === chunks - 1) for (const op of logOps) ops.push(op);
         if (ops.length > 0) await this.db.batch(ops, { sync: true });
       }
       // After the records: a mark goes only once what it covers is durable. Not synced:

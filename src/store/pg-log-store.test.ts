@@ -140,3 +140,21 @@ test('the activity record tells the marks an earlier run left (what catch-up com
   assert.deepEqual(await reopened.activeObjects(1), [a, b], 'all of them');
   await reopened.close();
 });
+
+test('a commit takes a journal larger than a call may have arguments (a client that never flushed)', async () => {
+  const { store, memory, indexPath } = await fresh();
+  // Each change journals its entry and the PG's meta, and past the bound the entry it
+  // trims: over 200 000 operations, more than a spread call's arguments can hold.
+  const changes = 80_000;
+  const key: ObjectKey = { pool: 1, volume: 1, object: 0 };
+  const data = pattern(key, 0, 0, 4096);
+  for (let i = 0; i < changes; i += 1) {
+    await store.write(key, 0, data, { log: { pg: 5, version: version(i) } });
+  }
+  await store.flush(); // was: EIO "commit failed: Maximum call stack size exceeded"
+  await store.close();
+  const reopened = await ObjectStore.open({ device: memory, indexPath });
+  const log = await reopened.pgLog(1, 5, { epoch: 0, seq: 0 });
+  assert.deepEqual(log.entries[log.entries.length - 1]?.version, version(changes - 1));
+  await reopened.close();
+});

@@ -8,7 +8,7 @@
 // connection samples the daemon's error count when it opens and its next FLUSH fails
 // with EIO once if the count moved meanwhile.
 
-import { CisternError } from '../util/errors';
+import { CisternError, isCisternError } from '../util/errors';
 
 /** One connection's sample of a daemon's flush errors. */
 export interface FlushWatch {
@@ -21,6 +21,20 @@ export class FlushErrors {
   /** Flushes failed with EIO so far. */
   get failures(): number {
     return this.count;
+  }
+
+  /**
+   * Runs one flush for `watch`'s connection: an EIO is counted (and told to `watch`);
+   * a success still fails once if another connection's flush failed since it looked.
+   */
+  async run(watch: FlushWatch | undefined, flush: () => Promise<void>): Promise<void> {
+    try {
+      await flush();
+    } catch (error) {
+      if (isCisternError(error, 'EIO')) this.failed(watch);
+      throw error;
+    }
+    this.check(watch);
   }
 
   /** A new connection's sample: errors before it opened are not its business. */

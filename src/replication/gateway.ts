@@ -361,14 +361,8 @@ export class Gateway implements ObjectIo {
     return this.flushErrors.watch();
   }
 
-  async flush(watch?: FlushWatch): Promise<void> {
-    try {
-      await this.flushOnce();
-    } catch (error) {
-      if (isCisternError(error, 'EIO')) this.flushErrors.failed(watch);
-      throw error;
-    }
-    this.flushErrors.check(watch);
+  flush(watch?: FlushWatch): Promise<void> {
+    return this.flushErrors.run(watch, () => this.flushOnce());
   }
 
   private async flushOnce(): Promise<void> {

@@ -490,7 +490,29 @@ export class LocalReplication implements ObjectIo {
    * copied, holes zeroed; an object the source does not hold is deleted on the target.
    * Returns the bytes copied. The target is flushed by the caller, once per PG.
    */
-  recoverObject(key: ObjectKey, target: number, objectSizeBytes: number): Promise<number> {
+  async recoverObject(key: ObjectKey, target: number, objectSizeBytes: number): Promise<number> {
+    return (await this.copyToMember(key, target, objectSizeBytes, false)).bytes;
+  }
+
+  /**
+   * Backfill: like recoverObject, but compares first — the content checksums of the
+   * source and the target — and copies only if they differ. Returns whether it copied,
+   * and the bytes copied.
+   */
+  backfillObject(
+    key: ObjectKey,
+    target: number,
+    objectSizeBytes: number,
+  ): Promise<{ copied: boolean; bytes: number }> {
+    return this.copyToMember(key, target, objectSizeBytes, true);
+  }
+
+  private copyToMember(
+    key: ObjectKey,
+    target: number,
+    objectSizeBytes: number,
+    compareFirst: boolean,
+  ): Promise<{ copied: boolean; bytes: number }> {
     const name = `${key.pool}/${key.volume}/${key.object}`;
     return this.ordering.run(name, 0, objectSizeBytes, async () => {
       const { up } = this.members(key);
@@ -504,40 +526,13 @@ export class LocalReplication implements ObjectIo {
       // otherwise a failed target stays up and stale, and every pass retries it forever.
       const epoch = this.replicas.table(key.pool).topology.map.epoch;
       const from = this.reportingFailures(source[0], source[1], key.pool, epoch);
-      const to = this.asPrimary(
-        key,
-        this.reportingFailures(target, destination[1], key.pool, epoch),
-      );
-      return this.copyObject(from, to, key, objectSizeBytes);
-    });
-  }
-
-  /**
-   * Backfill: like recoverObject, but compares first — the content checksums of the
-   * source and the target — and copies only if they differ. Returns whether it copied,
-   * and the bytes copied.
-   */
-  backfillObject(
-    key: ObjectKey,
-    target: number,
-    objectSizeBytes: number,
-  ): Promise<{ copied: boolean; bytes: number }> {
-    const name = `${key.pool}/${key.volume}/${key.object}`;
-    return this.ordering.run(name, 0, objectSizeBytes, async () => {
-      const { up } = this.members(key);
-      const source = up.find(([disk, , readable]) => readable && disk !== target);
-      const destination = up.find(([disk]) => disk === target);
-      if (!source) throw this.unavailable(key, 0, 1);
-      if (!destination) {
-        throw new CisternError('UNAVAILABLE', `disk ${target} is not an up member of ${name}'s PG`);
-      }
-      const epoch = this.replicas.table(key.pool).topology.map.epoch;
-      const from = this.reportingFailures(source[0], source[1], key.pool, epoch);
       const toStore = this.reportingFailures(target, destination[1], key.pool, epoch);
-      const [a, b] = await Promise.all(
-        [from, toStore].map((store) => digestOf(store, key, objectSizeBytes)),
-      );
-      if (a === b) return { copied: false, bytes: 0 };
+      if (compareFirst) {
+        const [a, b] = await Promise.all(
+          [from, toStore].map((store) => digestOf(store, key, objectSizeBytes)),
+        );
+        if (a === b) return { copied: false, bytes: 0 };
+      }
       const bytes = await this.copyObject(from, this.asPrimary(key, toStore), key, objectSizeBytes);
       return { copied: true, bytes };
     });
@@ -784,14 +779,8 @@ export class LocalReplication implements ObjectIo {
     return this.flushErrors.failures;
   }
 
-  async flush(watch?: FlushWatch): Promise<void> {
-    try {
-      await this.flushOnce();
-    } catch (error) {
-      if (isCisternError(error, 'EIO')) this.flushErrors.failed(watch);
-      throw error;
-    }
-    this.flushErrors.check(watch);
+  flush(watch?: FlushWatch): Promise<void> {
+    return this.flushErrors.run(watch, () => this.flushOnce());
   }
 
   private async flushOnce(): Promise<void> {

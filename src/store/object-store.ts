@@ -54,6 +54,17 @@ export const MAX_IN_FLIGHT_OPS = 256;
 export const MAX_QUEUED_OPS = 4096;
 /** Objects changed since the last commit; reaching it forces a commit (bounds memory and batch). */
 export const MAX_DIRTY_OBJECTS = 8192;
+/**
+ * PG-log index operations (pg-log.ts: an entry put per change, the trimmed entry's delete
+ * and the PG's versions) waiting for a commit; reaching it forces one, as the dirty-object
+ * bound does. *Why:* a client that never flushes (fio over NBD does not) may rewrite a
+ * few objects forever — the dirty set stays small while the journal grew without end,
+ * in memory and into one commit batch (a journal of ~125 000 spread into a call
+ * overflowed the stack and took every disk out). 32 768 operations are 2 to 3 MB and one
+ * commit per 11 000 to 33 000 changes: rare beside a client's own flushes, a quarter of
+ * that overflow, and a batch LevelDB writes in milliseconds.
+ */
+export const MAX_LOG_JOURNAL_OPS = 32_768;
 /** Records per LevelDB batch; a bigger commit is split (each record stands alone). */
 export const MAX_COMMIT_BATCH_RECORDS = 8192;
 /** Clean object records kept in memory (about 200 bytes each at 4 MiB objects). */
@@ -105,6 +116,8 @@ export interface StoreStats {
   bytesWritten: number;
   objectsDirty: number;
   objectsCached: number;
+  /** PG-log index operations waiting for the next commit (bounded by MAX_LOG_JOURNAL_OPS). */
+  logJournalOps: number;
   commits: number;
 }
 
@@ -257,9 +270,7 @@ export class ObjectStore {
     const partial =
       offset % BLOCK_SIZE_BYTES !== 0 || (offset + data.length) % BLOCK_SIZE_BYTES !== 0;
     await this.operate(key, partial, async (entry) => {
-      // Commits run inside the operation so that close() (which waits for operations)
-      // never closes the index under one.
-      if (this.dirty.size >= MAX_DIRTY_OBJECTS) await this.requestCommit();
+      if (this.uncommittedOverBound()) await this.requestCommit();
       await this.changing(entry, async () => {
         if (data.length > 0) await this.writeBlocks(entry, offset, data);
       });
@@ -274,6 +285,7 @@ export class ObjectStore {
     this.checkRange(key, offset, length);
     if (length === 0) return;
     await this.operate(key, true, async (entry) => {
+      if (this.uncommittedOverBound()) await this.requestCommit();
       await this.changing(entry, () => this.discard(entry, offset, length, false));
       if (log) this.pgLogs.record(key, log);
     });
@@ -284,6 +296,7 @@ export class ObjectStore {
     this.checkRange(key, offset, length);
     if (length === 0) return;
     await this.operate(key, true, async (entry) => {
+      if (this.uncommittedOverBound()) await this.requestCommit();
       await this.changing(entry, () => this.discard(entry, offset, length, true));
       if (log) this.pgLogs.record(key, log);
     });
@@ -300,6 +313,7 @@ export class ObjectStore {
   async deleteObject(key: ObjectKey, log?: LogTag): Promise<boolean> {
     checkObjectKey(key);
     return this.operate(key, true, async (entry) => {
+      if (this.uncommittedOverBound()) await this.requestCommit();
       if (entry.slot === null) {
         if (log) this.pgLogs.record(key, log);
         return false;
@@ -416,6 +430,7 @@ export class ObjectStore {
       bytesWritten: this.blocksWritten * BLOCK_SIZE_BYTES,
       objectsDirty: this.dirty.size,
       objectsCached: this.entries.size,
+      logJournalOps: this.pgLogs.journalLength,
       commits: this.commits,
     };
   }
@@ -987,6 +1002,15 @@ export class ObjectStore {
   }
 
   // ---- group commit -----------------------------------------------------------------
+
+  /**
+   * Whether what waits for a commit reached a bound (dirty objects, the PG-log journal):
+   * a change then commits first. Checked inside the change's operation, so close()
+   * (which waits for operations) never closes the index under the commit.
+   */
+  private uncommittedOverBound(): boolean {
+    return this.dirty.size >= MAX_DIRTY_OBJECTS || this.pgLogs.journalLength >= MAX_LOG_JOURNAL_OPS;
+  }
 
   private requestCommit(): Promise<void> {
     if (this.queuedCommit) return this.queuedCommit;

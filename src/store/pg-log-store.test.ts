@@ -4,7 +4,9 @@
 // the reopened log never claims a change the disk lost — every entry it lists and every
 // change up to its `complete` reads back — and reading a PG's log makes what it
 // reported durable. Changes go to distinct blocks, so "reads back" is exact. And the
-// activity record tells the marks a previous run left from those made since.
+// activity record tells the marks a previous run left from those made since. And the
+// journal of changes waiting for a commit stays within its bound however long nobody
+// flushes (writes, zeroes, trims), committed as it fills.
 
 import { strict as assert } from 'node:assert';
 import { after, before, test } from 'node:test';
@@ -12,8 +14,8 @@ import { Random } from '../util/random';
 import type { ObjectKey } from './key';
 import { HEADER_AREA_BYTES } from './layout';
 import { MemoryDevice } from './memory-device';
-import { ObjectStore } from './object-store';
-import { PgVersion, compareVersions } from './pg-log';
+import { MAX_LOG_JOURNAL_OPS, ObjectStore } from './object-store';
+import { LogTag, PG_LOG_ENTRIES_MAX, PgVersion, compareVersions } from './pg-log';
 import { pattern, removeDir, tempDir } from './testing';
 
 const OBJECT_BYTES = 64 * 1024;
@@ -141,20 +143,50 @@ test('the activity record tells the marks an earlier run left (what catch-up com
   await reopened.close();
 });
 
-test('a commit takes a journal larger than a call may have arguments (a client that never flushed)', async () => {
-  const { store, memory, indexPath } = await fresh();
-  // Each change journals its entry and the PG's meta, and past the bound the entry it
-  // trims: over 200 000 operations, more than a spread call's arguments can hold.
-  const changes = 80_000;
+/**
+ * Runs `changes` changes of one object through `change` with no flush, as a client that
+ * never flushes does, and returns the largest PG-log journal seen between them.
+ */
+async function unflushed(
+  store: ObjectStore,
+  changes: number,
+  change: (key: ObjectKey, tag: LogTag) => Promise<unknown>,
+): Promise<number> {
   const key: ObjectKey = { pool: 1, volume: 1, object: 0 };
-  const data = pattern(key, 0, 0, 4096);
+  let largest = 0;
   for (let i = 0; i < changes; i += 1) {
-    await store.write(key, 0, data, { log: { pg: 5, version: version(i) } });
+    await change(key, { pg: 5, version: version(i) });
+    largest = Math.max(largest, store.stats().logJournalOps);
   }
-  await store.flush(); // was: EIO "commit failed: Maximum call stack size exceeded"
+  return largest;
+}
+
+test('a client that never flushes: the journal stays bounded, committed as it reaches the bound', async () => {
+  const { store, memory, indexPath } = await fresh();
+  // Each change journals its entry, and past the log's bound the entry it trims and the
+  // PG's versions: over 200 000 operations without the bound, more than a spread call's
+  // arguments could hold (the commit failed: "Maximum call stack size exceeded").
+  const changes = 80_000;
+  const data = pattern({ pool: 1, volume: 1, object: 0 }, 0, 0, 4096);
+  const largest = await unflushed(store, changes, (key, log) => store.write(key, 0, data, { log }));
+  // One change in flush at a time here: the bound is overshot by one change's operations.
+  assert.ok(largest <= MAX_LOG_JOURNAL_OPS + 3, `journal reached ${largest}`);
+  assert.ok(store.stats().commits >= 6, `${store.stats().commits} commits`);
+  await store.flush();
   await store.close();
   const reopened = await ObjectStore.open({ device: memory, indexPath });
   const log = await reopened.pgLog(1, 5, { epoch: 0, seq: 0 });
   assert.deepEqual(log.entries[log.entries.length - 1]?.version, version(changes - 1));
+  assert.equal(log.entries.length, PG_LOG_ENTRIES_MAX);
   await reopened.close();
+});
+
+test('zeroes and trims are bounded too (no data written: no dirty-object bound to help)', async () => {
+  const { store } = await fresh();
+  const changes = 3 * MAX_LOG_JOURNAL_OPS;
+  const largest = await unflushed(store, changes, (key, log) =>
+    log.version.seq % 2 === 0 ? store.zero(key, 0, 4096, log) : store.trim(key, 0, 4096, log),
+  );
+  assert.ok(largest <= MAX_LOG_JOURNAL_OPS + 3, `journal reached ${largest}`);
+  await store.close();
 });

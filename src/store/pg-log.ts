@@ -243,6 +243,11 @@ export class PgLogBook {
     return this.journal.length > 0;
   }
 
+  /** Index operations waiting for a commit (the store bounds them: MAX_LOG_JOURNAL_OPS). */
+  get journalLength(): number {
+    return this.journal.length;
+  }
+
   /** The index operations since the last call (the commit's snapshot takes them). */
   takeJournal(): JournalOp[] {
     const taken = this.journal;

@@ -20,7 +20,7 @@ import { Random } from '../../src/util/random';
 import { scratchDir } from '../datastore/helpers';
 import { daemonDiskArgs } from '../nbd/backends';
 import { randomBytes, run } from '../nbd/helpers';
-import { cisternOk, killDaemons, nbdTarget, spawnDaemon, type DaemonProcess } from './helpers';
+import { killDaemons, RestartableDaemon } from './helpers';
 
 const MiB = 2 ** 20;
 const KiB = 2 ** 10;
@@ -39,54 +39,10 @@ after(async () => {
 });
 
 /** A daemon on a scratch dir with three file disks; restartable on the same dir. */
-class Host {
-  readonly dir = scratchDir('cistern-durability-');
-  readonly dataDir = path.join(this.dir, 'data');
-  daemon: DaemonProcess | undefined;
-
-  constructor() {
-    dirs.push(this.dir);
-  }
-
-  async start(): Promise<DaemonProcess> {
-    assert.equal(this.daemon, undefined, 'a daemon is already running');
-    this.daemon = await spawnDaemon(this.dataDir, [
-      ...daemonDiskArgs(this.dir),
-      ...['--nbd', '127.0.0.1:0', '--admin', '127.0.0.1:0'],
-    ]);
-    return this.daemon;
-  }
-
-  async stop(signal: 'SIGKILL' | 'SIGTERM'): Promise<void> {
-    const daemon = this.daemon;
-    assert.ok(daemon !== undefined, 'no daemon running');
-    this.daemon = undefined;
-    const exit = await daemon.stop(signal);
-    if (signal === 'SIGKILL') assert.equal(exit.signal, 'SIGKILL');
-    else assert.deepEqual(exit, { code: 0, signal: null }, daemon.stderr());
-    assert.doesNotMatch(daemon.stderr(), /nbd\.unexpected_error|disk\.failed/);
-  }
-
-  get target(): { host: string; port: number } {
-    assert.ok(this.daemon !== undefined, 'no daemon running');
-    return nbdTarget(this.daemon.admin.nbd);
-  }
-
-  uri(): string {
-    const { host, port } = this.target;
-    return `nbd://${host}:${port}/${VOLUME_NAME}`;
-  }
-
-  connect(): Promise<NbdClient> {
-    return NbdClient.connect(this.target, { exportName: VOLUME_NAME });
-  }
-
-  createVolume(): Promise<string> {
-    return cisternOk([
-      ...['volume', 'create', VOLUME_NAME, '--size', String(VOLUME_BYTES)],
-      ...['--data-dir', this.dataDir],
-    ]);
-  }
+function newHost(): RestartableDaemon {
+  const dir = scratchDir('cistern-durability-');
+  dirs.push(dir);
+  return new RestartableDaemon(dir, VOLUME_NAME, daemonDiskArgs(dir));
 }
 
 interface Range {
@@ -168,7 +124,11 @@ async function randomLoad(
 }
 
 /** The whole volume equals the model: by our client (first bad offset) and by qemu-img. */
-async function assertVolumeEquals(host: Host, model: Buffer, scratch: string): Promise<void> {
+async function assertVolumeEquals(
+  host: RestartableDaemon,
+  model: Buffer,
+  scratch: string,
+): Promise<void> {
   const client = await host.connect();
   try {
     assert.equal(client.size, model.length);
@@ -195,9 +155,9 @@ async function dropClients(clients: readonly NbdClient[]): Promise<void> {
 }
 
 test('everything acknowledged before a FLUSH survives kill -9: our client, nbdcopy, qemu-io', async () => {
-  const host = new Host();
+  const host = newHost();
   await host.start();
-  await host.createVolume();
+  await host.createVolume(VOLUME_BYTES);
   const model = Buffer.alloc(VOLUME_BYTES);
   const random = new Random(1);
 
@@ -238,9 +198,9 @@ test('everything acknowledged before a FLUSH survives kill -9: our client, nbdco
 });
 
 test('after kill -9, each block written since the last flush holds its old or a new content', async () => {
-  const host = new Host();
+  const host = newHost();
   await host.start();
-  await host.createVolume();
+  await host.createVolume(VOLUME_BYTES);
   const limitBytes = 32 * MiB;
   const flushed = randomBytes(16 * MiB, 21); // objects 0-3 exist; 4-7 are new below
   const client = await host.connect();
@@ -296,9 +256,9 @@ test('after kill -9, each block written since the last flush holds its old or a 
 });
 
 test('a SIGTERM stop keeps every acknowledged write, flushed or not', async () => {
-  const host = new Host();
+  const host = newHost();
   await host.start();
-  await host.createVolume();
+  await host.createVolume(VOLUME_BYTES);
   const model = Buffer.alloc(VOLUME_BYTES);
   const copied = randomBytes(12 * MiB, 31);
   const source = path.join(host.dir, 'source.raw');
@@ -318,9 +278,9 @@ test('a SIGTERM stop keeps every acknowledged write, flushed or not', async () =
 });
 
 test('FUA writes, zero writes and discards survive kill -9 without any flush', async () => {
-  const host = new Host();
+  const host = newHost();
   await host.start();
-  await host.createVolume();
+  await host.createVolume(VOLUME_BYTES);
   const model = Buffer.alloc(VOLUME_BYTES);
   const client = await host.connect();
   const base = randomBytes(16 * MiB, 41); // objects 0-3, flushed

@@ -9,6 +9,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { AdminFile, isProcessAlive, readAdminFile } from '../../src/daemon/data-dir';
+import { NbdClient } from '../../src/frontend/nbd/client';
 
 export const bin = path.join(__dirname, '..', '..', '..', 'bin', 'cistern');
 /** A daemon on a fresh dir is up in well under a second; this bounds a hung start. */
@@ -184,4 +185,62 @@ export function nbdTarget(address: string | undefined): { host: string; port: nu
   assert.ok(address, 'admin.json has no NBD address');
   const colon = address.lastIndexOf(':');
   return { host: address.slice(0, colon), port: Number(address.slice(colon + 1)) };
+}
+
+/**
+ * A daemon on `dir` (data in `dir`/data) serving one volume over NBD, stopped — SIGKILL
+ * for a crash, SIGTERM for a clean stop — and started again on the same dir.
+ */
+export class RestartableDaemon {
+  readonly dataDir: string;
+  daemon: DaemonProcess | undefined;
+
+  constructor(
+    readonly dir: string,
+    readonly volume: string,
+    private readonly diskArgs: readonly string[],
+  ) {
+    this.dataDir = path.join(dir, 'data');
+  }
+
+  async start(): Promise<DaemonProcess> {
+    assert.equal(this.daemon, undefined, 'a daemon is already running');
+    this.daemon = await spawnDaemon(this.dataDir, [
+      ...this.diskArgs,
+      ...['--nbd', '127.0.0.1:0', '--admin', '127.0.0.1:0'],
+    ]);
+    return this.daemon;
+  }
+
+  /** Stops the daemon, which must not have taken a disk out or met an unexpected error. */
+  async stop(signal: 'SIGKILL' | 'SIGTERM'): Promise<void> {
+    const daemon = this.daemon;
+    assert.ok(daemon !== undefined, 'no daemon running');
+    this.daemon = undefined;
+    const exit = await daemon.stop(signal);
+    if (signal === 'SIGKILL') assert.equal(exit.signal, 'SIGKILL');
+    else assert.deepEqual(exit, { code: 0, signal: null }, daemon.stderr());
+    assert.doesNotMatch(daemon.stderr(), /nbd\.unexpected_error|disk\.failed/);
+  }
+
+  get target(): { host: string; port: number } {
+    assert.ok(this.daemon !== undefined, 'no daemon running');
+    return nbdTarget(this.daemon.admin.nbd);
+  }
+
+  uri(): string {
+    const { host, port } = this.target;
+    return `nbd://${host}:${port}/${this.volume}`;
+  }
+
+  connect(): Promise<NbdClient> {
+    return NbdClient.connect(this.target, { exportName: this.volume });
+  }
+
+  createVolume(sizeBytes: number): Promise<string> {
+    return cisternOk([
+      ...['volume', 'create', this.volume, '--size', String(sizeBytes)],
+      ...['--data-dir', this.dataDir],
+    ]);
+  }
 }

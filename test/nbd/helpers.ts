@@ -215,20 +215,34 @@ export function randomBytes(length: number, seed: number): Buffer {
 export interface FioVerifyResult {
   error: number;
   writtenBytes: number;
+  /** Write requests fio sent (in `verifyOnly`, the ones it replayed without sending). */
+  writes: number;
   readBytes: number;
 }
 
+export interface FioVerifyOptions {
+  cwd: string;
+  verifyOnly?: boolean;
+  /**
+   * Overwrites: `writeBytes` in all (more than `sizeBytes`) of `blockBytes` each, at
+   * random with repeats, from `seed`; fio checks each block against its latest write.
+   * Without it, writes of 4–128 KiB cover the range once.
+   */
+  overwrite?: { writeBytes: number; blockBytes: number; seed: number };
+}
+
 /**
- * fio's NBD engine: random writes of 4–128 KiB over the first `sizeBytes` of the export,
- * then a read of every block checked by crc32c (fatal on the first mismatch). With
- * `verifyOnly`, no writes: the same blocks (same seed) are read and checked, as left by
- * an earlier run. Rejects if fio fails; returns what its JSON report says.
+ * fio's NBD engine: random writes over the first `sizeBytes` of the export, never a
+ * flush, then a read of every block checked by crc32c (fatal on the first mismatch).
+ * With `verifyOnly`, no writes: the same blocks (same seed) are read and checked, as
+ * left by an earlier run. Rejects if fio fails; returns what its JSON report says.
  */
 export async function fioVerify(
   uri: string,
   sizeBytes: number,
-  options: { cwd: string; verifyOnly?: boolean },
+  options: FioVerifyOptions,
 ): Promise<FioVerifyResult> {
+  const overwrite = options.overwrite;
   const { stdout } = await run(
     'fio',
     [
@@ -236,7 +250,14 @@ export async function fioVerify(
       '--ioengine=nbd',
       `--uri=${uri}`,
       '--rw=randwrite',
-      '--bsrange=4k-128k',
+      ...(overwrite
+        ? [
+            `--bs=${overwrite.blockBytes}`,
+            `--io_size=${overwrite.writeBytes}`,
+            '--norandommap=1',
+            `--randseed=${overwrite.seed}`,
+          ]
+        : ['--bsrange=4k-128k']),
       `--size=${sizeBytes}`,
       '--iodepth=32',
       '--verify=crc32c',
@@ -249,9 +270,18 @@ export async function fioVerify(
     { cwd: options.cwd, timeoutMs: 120_000 },
   );
   const report = JSON.parse(stdout.slice(stdout.indexOf('{'))) as {
-    jobs: Array<{ error: number; write: { io_bytes: number }; read: { io_bytes: number } }>;
+    jobs: Array<{
+      error: number;
+      write: { io_bytes: number; total_ios: number };
+      read: { io_bytes: number };
+    }>;
   };
   const job = report.jobs[0];
   if (job === undefined) throw new Error(`fio reported no job:\n${stdout}`);
-  return { error: job.error, writtenBytes: job.write.io_bytes, readBytes: job.read.io_bytes };
+  return {
+    error: job.error,
+    writtenBytes: job.write.io_bytes,
+    writes: job.write.total_ios,
+    readBytes: job.read.io_bytes,
+  };
 }

@@ -20,6 +20,13 @@
 //   - When a primary is lost, the flush of every other host's disks that replaces its
 //     flush is asked again at the new epoch if the map moved under it (was: it failed
 //     with "request from epoch N is older than ours").
+//   - While a flush waits for the map to take out a replica that restarted, later flushes
+//     do not flush that replica again (its new run would vouch for the writes the old one
+//     lost: was a success), and after one of them failed with EIO for those writes the
+//     next starts afresh (was: EIO again until the map update landed — the simulator's
+//     final flushes, soak seeds 1382 and 1393); a gateway whose writes the local engine
+//     acknowledged fails its next FLUSH once when a flush there failed since for another
+//     caller (the local engine tells it once).
 
 import { strict as assert } from 'node:assert';
 import { test } from 'node:test';
@@ -475,4 +482,103 @@ test('Gateway: flushing every host after a lost primary asks again when the map 
     toH2.some((f) => f.epoch > epoch),
     `a HostFlush refused as stale is sent again at the new epoch: ${JSON.stringify(toH2)}`,
   );
+});
+
+test('LocalReplication: while a restarted replica is being taken out, later flushes neither vouch for its lost writes nor fail twice for them', async () => {
+  const h = harness();
+  const replica = h.row[2] as number;
+  let incarnation = 'first';
+  const transport: PeerTransport = {
+    request: async () => ({ metadata: { incarnation } }),
+  };
+  const remote = new RemoteDisk(transport, 'h2', replica, () => h.cluster.current().map.epoch);
+  const mapUpdate = gate(); // taking the replica out waits for this (a slow etcd)
+  const replication = new LocalReplication({
+    table: () => computeTable(h.cluster.current().map, h.key.pool),
+    store: (disk) =>
+      h.cluster.current().map.disks.find((d) => d.id === disk)?.up !== true
+        ? undefined
+        : disk === replica
+          ? remote
+          : h.disks[disk],
+    acting: (t, pg) => state.actingMembers(h.cluster.current(), t, pg),
+    onDiskFailure: async (disk, error) => {
+      if (disk === replica) await mapUpdate.promise;
+      await h.cluster.update((s) => state.markDiskDown(s, disk, `${error.code}: ${error.message}`));
+    },
+    hostId: 'h1',
+    mapChanges: (listener) => h.cluster.subscribe(() => listener()),
+  });
+  await replication.write(h.key, 0, block(11), false);
+  // The other holders fail for good; the replica lost power with the write in its cache.
+  for (const disk of h.row.slice(0, 2))
+    await h.cluster.update((s) => state.markDiskDown(s, disk, 'EIO: failed'));
+  incarnation = 'second';
+  const first = replication.flush().then(
+    () => 'ok',
+    (error: unknown) => (error instanceof CisternError ? error.code : String(error)),
+  );
+  await settle(); // the first flush found the restart and waits for the map update
+  // A flush now covers write 11 too. Flushing the replica again answers from its new run,
+  // which has not got the write: it must not count (was: it vouched for the lost write).
+  await assert.rejects(replication.flush(), (error: unknown) => {
+    assert.ok(error instanceof CisternError && error.code === 'EIO', String(error));
+    return true;
+  });
+  // That EIO told every connection; the next flush starts afresh, although the first
+  // flush is still under way (was: EIO again, for as long as the map update took).
+  await replication.flush();
+  mapUpdate.open();
+  assert.equal(await first, 'EIO', 'the first flush answers its own caller');
+});
+
+test('Gateway: a local flush that failed for another caller since a local write was acknowledged fails the next FLUSH once', async () => {
+  const initial = state.emptyState();
+  state.addHost(initial, 'h0', 'r0');
+  state.addDisk(initial, 'h0', { path: 'd0', uuid: 'u0', sizeBytes: 1 << 30 });
+  const pool = state.createPool(initial, {
+    name: 'p',
+    size: 1,
+    minSize: 1,
+    failureDomain: 'disk',
+    pgCount: 1,
+  });
+  const volume = state.createVolume(initial, 'v', 1 << 30, 'p');
+  const cluster = new MemoryClusterStore(initial);
+  // The local engine: its EIOs are counted (flush-errors.ts); one met by a remote
+  // gateway's PrimaryFlush is told to that caller only, and not again (local.ts).
+  let localErrors = 0;
+  const local: ObjectIo = {
+    read: async () => new Uint8Array(0),
+    readLeased: async () => ({ data: new Uint8Array(0), release: () => undefined }),
+    write: async () => undefined,
+    trim: async () => undefined,
+    zero: async () => undefined,
+    blockStatus: async () => [],
+    deleteObject: async () => undefined,
+    flush: async () => undefined,
+    flushErrorCount: () => localErrors,
+  };
+  const gateway = new Gateway({
+    hostId: 'h0',
+    transport: { request: async () => ({ metadata: {} }) },
+    state: () => cluster.current(),
+    table: () => computeTable(cluster.current().map, pool.id),
+    local,
+    waitForEpoch: (epoch) => cluster.waitForEpoch(epoch, 0),
+    onPrimaryUnreachable: async () => undefined,
+    flushLocalDisks: async () => undefined,
+  });
+  const key = { pool: pool.id, volume: volume.id, object: 1 };
+  await gateway.flush(); // nothing written: nothing to answer for
+  localErrors += 1; // before any write here: not this gateway's business
+  await gateway.write(key, 0, block(1), false);
+  await gateway.flush();
+  await gateway.write(key, 0, block(2), false);
+  localErrors += 1; // another caller's flush failed after write 2 was acknowledged
+  await assert.rejects(gateway.flush(), (error: unknown) => {
+    assert.ok(error instanceof CisternError && error.code === 'EIO', String(error));
+    return true;
+  });
+  await gateway.flush(); // told once
 });

@@ -87,6 +87,15 @@ export class Gateway implements ObjectIo {
    * the writes it covers there: a later flush asks them again itself (flush()).
    */
   private readonly flushesUnderWay = new Set<Map<string, Acknowledger[]>>();
+  /**
+   * The local engine's count of failed flushes when a change was first acknowledged here
+   * since the last flush (undefined: none), and that of each flush under way: an EIO
+   * there since may have dropped those writes — also one met by another caller's flush
+   * (a remote gateway's PrimaryFlush), which the local engine tells only that caller and
+   * later flushes no more (local.ts: told once). As flushErrors of a remote primary.
+   */
+  private localErrorsSeen: number | undefined;
+  private readonly localErrorsUnderWay = new Set<{ count: number }>();
   /** EIOs after which the next flush started afresh, told to every connection once. */
   private readonly flushErrors = new FlushErrors();
 
@@ -143,7 +152,11 @@ export class Gateway implements ObjectIo {
       }
       const host = primary.host;
       try {
-        if (host === this.options.hostId) return await local();
+        if (host === this.options.hostId) {
+          const result = await local();
+          if (mutates) this.localErrorsSeen ??= this.options.local.flushErrorCount?.();
+          return result;
+        }
         if (mutates && !this.written.has(host)) this.written.set(host, { restarted: false });
         return await remote(host, epoch);
       } catch (error) {
@@ -368,6 +381,15 @@ export class Gateway implements ObjectIo {
   private async flushOnce(): Promise<void> {
     const taken = [...this.written];
     this.written.clear();
+    const localSeen = [
+      this.localErrorsSeen,
+      ...[...this.localErrorsUnderWay].map((u) => u.count),
+    ].filter((count): count is number => count !== undefined);
+    const localTaken = this.localErrorsSeen;
+    this.localErrorsSeen = undefined;
+    const localSample = localSeen.length > 0 ? Math.min(...localSeen) : undefined;
+    const localUnderWay = localSample === undefined ? undefined : { count: localSample };
+    if (localUnderWay) this.localErrorsUnderWay.add(localUnderWay);
     const own = new Map<string, Acknowledger[]>(taken.map(([host, seen]) => [host, [seen]]));
     for (const earlier of this.flushesUnderWay)
       for (const [host, seen] of earlier) own.set(host, [...(own.get(host) ?? []), ...seen]);
@@ -377,7 +399,12 @@ export class Gateway implements ObjectIo {
     const failedFlushes: string[] = [];
     try {
       await settleAll([
-        this.untilEpochSettles(() => this.options.local.flush()),
+        this.untilEpochSettles(async () => {
+          await this.options.local.flush();
+          const count = this.options.local.flushErrorCount?.();
+          if (localSample !== undefined && count !== undefined && count > localSample)
+            failedFlushes.push(this.options.hostId);
+        }),
         ...[...own].map(async ([host, seen]) => {
           try {
             await this.flushPrimary(host, seen, restarted, failedFlushes);
@@ -401,11 +428,15 @@ export class Gateway implements ObjectIo {
     } catch (error) {
       // Not known durable: again next time — unless EIO already told the client they
       // may be lost, after which the next FLUSH starts afresh.
-      if (!isCisternError(error, 'EIO'))
+      if (!isCisternError(error, 'EIO')) {
         for (const [host, seen] of taken) this.written.set(host, seen);
+        if (localTaken !== undefined)
+          this.localErrorsSeen = Math.min(this.localErrorsSeen ?? localTaken, localTaken);
+      }
       throw error;
     } finally {
       this.flushesUnderWay.delete(own);
+      if (localUnderWay) this.localErrorsUnderWay.delete(localUnderWay);
     }
     if (failedFlushes.length > 0) {
       throw new CisternError(

@@ -107,6 +107,12 @@ interface FlushUnderWay {
   pending: Set<number>;
   flushed: Set<number>;
   holders: Map<string, Set<number>>;
+  /**
+   * PGs of `holders` a later flush has already failed with EIO for: that EIO told every
+   * connection (flush-errors.ts), so flushes after it no longer answer for them. This
+   * flush still does when it ends (its own caller is told directly).
+   */
+  reported: Set<string>;
 }
 
 export class LocalReplication implements ObjectIo {
@@ -789,6 +795,7 @@ export class LocalReplication implements ObjectIo {
       pending: new Set(this.dirty),
       flushed: new Set(),
       holders: this.holders,
+      reported: new Set(),
     };
     for (const flush of earlier) for (const disk of flush.pending) own.pending.add(disk);
     this.dirty.clear();
@@ -808,6 +815,7 @@ export class LocalReplication implements ObjectIo {
     // the PG's source: it holds the writes in its cache only, or lost them with it.
     const unsoundIn = (flush: FlushUnderWay): Array<[string, Set<number>]> =>
       [...flush.holders].filter(([pg, set]) => {
+        if (flush !== own && flush.reported.has(pg)) return false;
         const flushed = (d: number): boolean => own.flushed.has(d) || flush.flushed.has(d);
         const record = this.replicas.authoritative?.(pg) ?? [];
         return ![...set].some(flushed) || [...set].some((d) => !flushed(d) && record.includes(d));
@@ -828,6 +836,9 @@ export class LocalReplication implements ObjectIo {
     }
     const unsound = [own, ...earlier].flatMap((flush) => unsoundIn(flush).map(([pg]) => pg));
     if (unsound.length > 0) {
+      // Told once: a later flush does not fail again for an earlier one's lost writes
+      // while that one is still under way (it may wait on a map update for long).
+      for (const flush of earlier) for (const [pg] of unsoundIn(flush)) flush.reported.add(pg);
       throw new CisternError(
         'EIO',
         `writes acknowledged in pg ${[...new Set(unsound)].join(', ')} since the last ` +
@@ -869,6 +880,10 @@ export class LocalReplication implements ObjectIo {
         throw error;
       }
       if (error instanceof MemberRestarted) restarted.push(disk);
+      // Settled now, unflushed: a later flush must not re-cover it while the map update
+      // is awaited — flushing a restarted daemon's disk again succeeds on the new run and
+      // would vouch for the writes the old one lost.
+      flush.pending.delete(disk);
       await this.replicas.onDiskFailure(disk, error as CisternError);
     } finally {
       flush.pending.delete(disk);

@@ -38,9 +38,26 @@ export interface ServerBase {
   stop(): Promise<void>;
 }
 
-/** `--name value` options, and positive numbers among them. */
-export function commandLine(argv: readonly string[] = process.argv) {
+/**
+ * The command line of a benchmark: `--name value` options, positive numbers among them,
+ * and sizes given in GiB. `usage` is the script's synopsis and its options: `--help`
+ * prints it and exits, and an option it does not name is refused — a misspelt one
+ * (or `--help` taken for nothing) must not start a run of many minutes on defaults.
+ */
+export function commandLine(usage: string, argv: readonly string[] = process.argv.slice(2)) {
+  const known = new Set(usage.match(/--[a-z][a-z0-9-]*/g) ?? []);
+  if (argv.includes('--help') || argv.includes('-h')) {
+    console.log(usage);
+    process.exit(0);
+  }
+  for (let index = 0; index < argv.length; index += 1) {
+    const word = argv[index] as string;
+    if (known.has(word))
+      index += 1; // its value may start with '-' (iscsi.ts --node-flags)
+    else if (word.startsWith('-')) throw new Error(`unknown option ${word}\n\n${usage}`);
+  }
   const value = (name: string): string | undefined => {
+    if (!known.has(name)) throw new Error(`${name} is not in the usage`);
     const index = argv.indexOf(name);
     return index < 0 ? undefined : argv[index + 1];
   };
@@ -51,7 +68,10 @@ export function commandLine(argv: readonly string[] = process.argv) {
     if (!Number.isFinite(number) || number <= 0) throw new Error(`${name} needs a positive number`);
     return number;
   };
-  return { value, positive };
+  /** A size given in GiB (fractions allowed), in bytes, whole MiB. */
+  const gibBytes = (name: string, fallback: number): number =>
+    Math.round(positive(name, fallback) * 1024) * MiB;
+  return { value, positive, gibBytes };
 }
 
 /** Runs a command to its end; rejects unless it exits 0. Killed after `timeoutMs`, if given. */

@@ -22,23 +22,32 @@
 
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { cistern, createNetwork, type Daemon, sleep, startEtcd } from '../test/cluster/harness';
-import { commandLine, loadAverage } from './bench';
-import { machine, perfDirectory, runFio, startCluster } from './cluster';
+import { cistern, createNetwork, sleep } from '../test/cluster/harness';
+import { commandLine, loadAverage, MiB } from './bench';
+import { machine, perfDirectory, runFio } from './cluster';
+import {
+  allClean,
+  check,
+  CLUSTER_HOSTS,
+  field,
+  GiB,
+  logTime,
+  pgDoneLines,
+  RECOVERY_TIMEOUT_MS,
+  startFilledCluster,
+  type Status,
+} from './host-loss';
 
-const MiB = 2 ** 20;
-const GiB = 2 ** 30;
-const CLUSTER_HOSTS = 4;
-const CLIENT_INDEX = CLUSTER_HOSTS;
-/** The host cut off and then drained: not h0, which serves the client's NBD export. */
-const VICTIM_INDEX = 3;
-/** Room for the store's header and slot rounding: after the drain each survivor holds all. */
-const DISK_SLACK_BYTES = 256 * MiB;
 /** A cut host's lease lapses (10 s) and the monitor (1 s ticks) marks it down. */
 const DOWN_TIMEOUT_MS = 60_000;
-/** Recovery of a few GiB on a shared 2-core machine: minutes; beyond this it is stuck. */
-const RECOVERY_TIMEOUT_MS = 30 * 60_000;
 const POLL_MS = 500;
+
+const USAGE = `usage: npm run perf:catch-up -- [options]
+A host back after a brief cut (log catch-up) vs copying its share in full (drain), in
+one run (perf/RESULTS.md).
+  --size-gib N        the volume, written whole first (default 1)
+  --hot-mib N         the part of it written while the host is away (default 64)
+  --away-seconds S    how long fio writes while the host is away (default 5)`;
 
 interface Figure {
   ms: number;
@@ -46,38 +55,6 @@ interface Figure {
   objects: number;
   pgMembers: number;
   logPgs: number;
-}
-
-interface Status {
-  hostsDown: string[];
-  disks: Array<{ id: number; host: string; up: boolean; in: boolean }>;
-  pgStates: Record<'active+clean' | 'active+degraded' | 'inactive', number>;
-}
-
-function logTime(line: string): number {
-  return Date.parse(line.slice(0, line.indexOf(' ')));
-}
-
-function field(line: string, name: string): number {
-  const match = new RegExp(`\\b${name}=(\\d+)`).exec(line);
-  if (!match) throw new Error(`no ${name}= in ${line}`);
-  return Number(match[1]);
-}
-
-function check(condition: boolean, message: string): asserts condition {
-  if (!condition) throw new Error(message);
-}
-
-/** Every daemon's `recovery.pg-done` lines at or after `from` (of `disk` only, if given). */
-function pgDone(daemons: readonly Daemon[], from: number, disk?: number): string[] {
-  return daemons
-    .flatMap((daemon) => daemon.log())
-    .filter(
-      (line) =>
-        /\brecovery\.pg-done\b/.test(line) &&
-        logTime(line) >= from &&
-        (disk === undefined || field(line, 'disk') === disk),
-    );
 }
 
 function figure(lines: readonly string[], from: number): Figure {
@@ -92,8 +69,8 @@ function figure(lines: readonly string[], from: number): Figure {
 }
 
 async function main(): Promise<void> {
-  const { positive } = commandLine();
-  const sizeBytes = Math.round(positive('--size-gib', 1) * 1024) * MiB;
+  const { positive, gibBytes } = commandLine(USAGE);
+  const sizeBytes = gibBytes('--size-gib', 1);
   const hotBytes = Math.round(positive('--hot-mib', 64)) * MiB;
   const awaySeconds = positive('--away-seconds', 5);
   const directory = perfDirectory('catch-up');
@@ -107,19 +84,8 @@ async function main(): Promise<void> {
   network.onDestroy(() => fs.rmSync(directory, { recursive: true, force: true }));
   const runDir = fs.mkdtempSync(path.join(directory, 'run-'));
   try {
-    const client = network.host(CLIENT_INDEX);
-    const victim = network.host(VICTIM_INDEX);
-    const etcd = await startEtcd(network);
-    const { target, daemons } = await startCluster(network, etcd.url, {
-      hosts: CLUSTER_HOSTS,
-      directory: runDir,
-      diskBytes: sizeBytes + DISK_SLACK_BYTES,
-      volumeBytes: sizeBytes,
-    });
-    const status = async (): Promise<Status> =>
-      JSON.parse(
-        (await cistern(network, client, ['--etcd', etcd.url, 'status', '--json'])).stdout,
-      ) as Status;
+    const cluster = await startFilledCluster(network, runDir, sizeBytes);
+    const { client, victim, target, daemons, status } = cluster;
     const waitFor = async (what: string, done: (s: Status) => boolean, ms: number) => {
       const deadline = Date.now() + ms;
       for (;;) {
@@ -129,14 +95,7 @@ async function main(): Promise<void> {
         await sleep(POLL_MS);
       }
     };
-    const clean = (s: Status) =>
-      s.hostsDown.length === 0 && s.pgStates['active+degraded'] === 0 && s.pgStates.inactive === 0;
-    await runFio(network, client, target.uri, {
-      rw: 'write',
-      blockBytes: MiB,
-      iodepth: 8,
-      sizeBytes,
-    });
+    const clean = (s: Status) => s.hostsDown.length === 0 && allClean(s);
     const victimDisk = (await status()).disks.find((d) => d.host === victim.name)!.id;
 
     // 1. A brief absence, caught up from the PG log.
@@ -161,15 +120,15 @@ async function main(): Promise<void> {
       .pop();
     check(upLine !== undefined, 'no monitor.host-up line for h3');
     const upAt = logTime(upLine);
-    const catchUp = figure(pgDone(daemons, upAt, victimDisk), upAt);
+    const catchUp = figure(pgDoneLines(daemons, upAt, victimDisk), upAt);
 
     // 2. The peer: h3's whole share copied again, to new members.
     const drainAt = Date.now();
     await cistern(network, client, [
-      ...['--etcd', etcd.url, 'host', 'drain', victim.name, '--timeout', '1800'],
+      ...['--etcd', cluster.etcdUrl, 'host', 'drain', victim.name, '--timeout', '1800'],
     ]);
     await waitFor('clean after the drain', clean, RECOVERY_TIMEOUT_MS);
-    const full = figure(pgDone(daemons, drainAt), drainAt);
+    const full = figure(pgDoneLines(daemons, drainAt), drainAt);
 
     const row = (name: string, f: Figure) =>
       `| ${name} | ${(f.ms / 1000).toFixed(1)} | ${(f.bytes / MiB).toFixed(1)} | ${f.objects} | ` +

@@ -122,12 +122,18 @@ interface Settings {
   sizeBytes: number;
 }
 
+const USAGE = `usage: npm run perf:cluster -- [options]
+A four-host cluster vs one host, fio over NBD, in one run (perf/RESULTS.md).
+  --seconds S    each pattern's run (default 10)
+  --rounds N     rounds of both set-ups, alternating; figures are means (default 2)
+  --size-gib N   the volume (default 1)`;
+
 function settings(): Settings {
-  const { positive } = commandLine();
+  const { positive, gibBytes } = commandLine(USAGE);
   return {
     seconds: positive('--seconds', 10),
     rounds: Math.round(positive('--rounds', 2)),
-    sizeBytes: Math.round(positive('--size-gib', 1) * 1024) * MiB,
+    sizeBytes: gibBytes('--size-gib', 1),
   };
 }
 

@@ -113,15 +113,21 @@ function runOurs(device: AioDevice, pattern: Pattern, seconds: number): Promise<
   });
 }
 
+const USAGE = `usage: node dist/perf/engine.js [options]
+The native AIO engine vs fio on the same file, in one run (perf/RESULTS.md).
+  --seconds S    each pattern's run (default 10)
+  --size-gib N   the file (default 2)
+  --rounds N     rounds; figures are medians (default 1)`;
+
 function median(values: number[]): number {
   const sorted = [...values].sort((a, b) => a - b);
   return sorted[Math.floor(sorted.length / 2)] as number;
 }
 
 async function main(): Promise<void> {
-  const { positive } = commandLine();
+  const { positive, gibBytes } = commandLine(USAGE);
   const seconds = positive('--seconds', 10);
-  const sizeBytes = positive('--size-gib', 2) * 2 ** 30;
+  const sizeBytes = gibBytes('--size-gib', 2);
   const rounds = positive('--rounds', 1);
   const { parent, directory } = scratchDirectory('cistern-perf-');
   const file = path.join(directory, 'disk');

@@ -86,10 +86,21 @@ interface Settings {
   nodeFlags: string[];
 }
 
+const USAGE = `usage: npm run perf:iscsi -- [options]
+iSCSI front end vs tgt, in one run (perf/RESULTS.md).
+  --seconds S          each read pattern's run (default 10)
+  --size-gib N         the volume and tgt's file (default 2)
+  --rounds N           rounds of every server and pattern (default 1)
+  --pool-sizes LIST    Cistern's pool sizes, comma-separated (default 1,2)
+  --write-count N      4 KiB writes of qemu-img bench (default 100000)
+  --only NAME          run only the servers whose label contains NAME
+  --profile DIR        run Cistern under node --cpu-prof, profiles in DIR
+  --node-flags FLAGS   more node flags for Cistern's daemon, space-separated`;
+
 function settings(): Settings {
-  const { value, positive } = commandLine();
+  const { value, positive, gibBytes } = commandLine(USAGE);
   const profile = value('--profile');
-  const sizeBytes = Math.round(positive('--size-gib', 2) * 1024) * MiB;
+  const sizeBytes = gibBytes('--size-gib', 2);
   return {
     seconds: positive('--seconds', 10),
     sizeBytes,

@@ -89,12 +89,21 @@ interface Settings {
   profileDir: string | undefined;
 }
 
+const USAGE = `usage: npm run perf:nbd -- [options]
+NBD front end vs nbdkit, qemu-nbd and raw fio, in one run (perf/RESULTS.md).
+  --seconds S        each pattern's fio run (default 10)
+  --size-gib N       the volume and the peers' file (default 2)
+  --rounds N         rounds of every server and pattern; figures are medians (default 1)
+  --pool-sizes LIST  Cistern's pool sizes, comma-separated (default 1,2)
+  --only NAME        run only the servers whose label contains NAME
+  --profile DIR      run Cistern under node --cpu-prof, profiles in DIR`;
+
 function settings(): Settings {
-  const { value, positive } = commandLine();
+  const { value, positive, gibBytes } = commandLine(USAGE);
   const profile = value('--profile');
   return {
     seconds: positive('--seconds', 10),
-    sizeBytes: Math.round(positive('--size-gib', 2) * 1024) * MiB,
+    sizeBytes: gibBytes('--size-gib', 2),
     rounds: positive('--rounds', 1),
     poolSizes: (value('--pool-sizes') ?? '1,2').split(',').map(Number),
     only: value('--only'),

@@ -27,44 +27,43 @@
 // network hop).
 //
 //   npm run perf:recovery -- [--size-gib 2] [--baseline-seconds 20] [--bandwidths default,32]
-//
-// `--bandwidths` lists the `--recovery-bandwidth` settings (MiB/s) to run, `default`
-// meaning the flag left out.
 
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { RECOVERY_BYTES_PER_SECOND_DEFAULT } from '../src/replication/recovery';
+import { createNetwork, type Daemon, sleep, type TestNetwork } from '../test/cluster/harness';
+import { commandLine, loadAverage, MiB } from './bench';
+import { machine, perfDirectory } from './cluster';
 import {
-  cistern,
-  createNetwork,
-  type Daemon,
-  type Host,
-  sleep,
-  startEtcd,
-  type TestNetwork,
-} from '../test/cluster/harness';
-import { commandLine, loadAverage } from './bench';
-import { machine, perfDirectory, runFio, startCluster } from './cluster';
+  allClean,
+  check,
+  CLUSTER_HOSTS,
+  field,
+  type FilledCluster,
+  GiB,
+  logTime,
+  pgDoneLines,
+  RECOVERY_TIMEOUT_MS,
+  startFilledCluster,
+} from './host-loss';
 
-const MiB = 2 ** 20;
-const GiB = 2 ** 30;
-const CLUSTER_HOSTS = 4;
-const CLIENT_INDEX = CLUSTER_HOSTS;
-/** The killed host: not h0, which serves the client's NBD connection. */
-const VICTIM_INDEX = 3;
-/** Room for the store's header and slot rounding: after the loss each survivor holds all. */
-const DISK_SLACK_BYTES = 256 * MiB;
 const DOWN_OUT_INTERVAL_S = 1;
 /** fio's first samples (connection, queue filling) are left out of the baseline. */
 const RAMP_MS = 3000;
 const IOPS_LOG_AVERAGE_MS = 500;
 /** fio runs until stopped; this only bounds a run whose stop went missing. */
 const FIO_RUNTIME_MAX_S = 3600;
-/** Recovery of a few GiB on a shared 2-core machine: minutes; beyond this it is stuck. */
-const RECOVERY_TIMEOUT_MS = 30 * 60_000;
 const STATUS_POLL_MS = 1000;
 const RATIO_TARGET = 0.5;
+
+const USAGE = `usage: npm run perf:recovery -- [options]
+Recovery after kill -9 of one of four hosts vs a plain copy, and the client's IOPS kept
+meanwhile, in one run (perf/RESULTS.md).
+  --size-gib N          the volume, written whole before the kill (default 2)
+  --baseline-seconds S  the client alone before the kill (default 20)
+  --bandwidths LIST     --recovery-bandwidth settings in MiB/s, comma-separated, one fresh
+                        cluster each; 'default' leaves the flag out (default default,32)`;
 
 interface Settings {
   sizeBytes: number;
@@ -74,7 +73,7 @@ interface Settings {
 }
 
 function settings(): Settings {
-  const { value, positive } = commandLine();
+  const { value, positive, gibBytes } = commandLine(USAGE);
   const bandwidths = (value('--bandwidths') ?? 'default,32').split(',').map((text) => {
     if (text === 'default') return undefined;
     const number = Number(text);
@@ -82,7 +81,7 @@ function settings(): Settings {
     return number;
   });
   return {
-    sizeBytes: Math.round(positive('--size-gib', 2) * 1024) * MiB,
+    sizeBytes: gibBytes('--size-gib', 2),
     baselineSeconds: positive('--baseline-seconds', 20),
     bandwidths,
   };
@@ -122,17 +121,6 @@ function fioErrors(stdout: string): number {
   return errors;
 }
 
-/** One log line of a daemon: `ISO-time event key=value…`. */
-function logTime(line: string): number {
-  return Date.parse(line.slice(0, line.indexOf(' ')));
-}
-
-function field(line: string, name: string): number {
-  const match = new RegExp(`\\b${name}=(\\d+)`).exec(line);
-  if (!match) throw new Error(`no ${name}= in ${line}`);
-  return Number(match[1]);
-}
-
 /** fio's iops log (`time_ms, iops, direction, …`), mean per direction inside (from, to]. */
 function iopsBetween(logFile: string, from: number, to: number): Iops {
   const sums = [0, 0];
@@ -148,11 +136,6 @@ function iopsBetween(logFile: string, from: number, to: number): Iops {
   return { read: mean(0), write: mean(1), samples: Math.min(counts[0] ?? 0, counts[1] ?? 0) };
 }
 
-interface Status {
-  disks: Array<{ host: string; in: boolean }>;
-  pgStates: Record<'active+clean' | 'active+degraded' | 'inactive', number>;
-}
-
 async function measureOne(
   directory: string,
   sizeBytes: number,
@@ -163,30 +146,13 @@ async function measureOne(
   const setting = bandwidthMiBs ?? RECOVERY_BYTES_PER_SECOND_DEFAULT / MiB;
   const runDir = fs.mkdtempSync(path.join(directory, `bw${setting}-`));
   try {
-    const client = network.host(CLIENT_INDEX);
-    const victim = network.host(VICTIM_INDEX);
-    const etcd = await startEtcd(network);
-    const { target, daemons } = await startCluster(network, etcd.url, {
-      hosts: CLUSTER_HOSTS,
-      directory: runDir,
-      diskBytes: sizeBytes + DISK_SLACK_BYTES,
-      volumeBytes: sizeBytes,
-      daemonArgs: [
-        ...['--down-out-interval', `${DOWN_OUT_INTERVAL_S}`],
-        ...(bandwidthMiBs === undefined ? [] : ['--recovery-bandwidth', `${bandwidthMiBs}`]),
-      ],
-    });
-    const survivors = daemons.filter((daemon) => daemon.host !== victim);
-    const filled = Date.now();
-    await runFio(network, client, target.uri, {
-      rw: 'write',
-      blockBytes: MiB,
-      iodepth: 8,
-      sizeBytes,
-    });
-    console.log(
-      `  filled ${sizeBytes / GiB} GiB in ${((Date.now() - filled) / 1000).toFixed(1)} s`,
-    );
+    const cluster = await startFilledCluster(network, runDir, sizeBytes, [
+      ...['--down-out-interval', `${DOWN_OUT_INTERVAL_S}`],
+      ...(bandwidthMiBs === undefined ? [] : ['--recovery-bandwidth', `${bandwidthMiBs}`]),
+    ]);
+    const { client, victim, target } = cluster;
+    const survivors = cluster.daemons.filter((daemon) => daemon.host !== victim);
+    console.log(`  filled ${sizeBytes / GiB} GiB in ${(cluster.fillMs / 1000).toFixed(1)} s`);
 
     const logPrefix = path.join(runDir, 'client');
     const fio = network.spawn(client, [
@@ -202,15 +168,15 @@ async function measureOne(
     ]);
     const fioStarted = Date.now();
     await sleep(baselineSeconds * 1000);
-    assert(fio.exit() === undefined, `fio stopped early: ${fio.stderr()}`);
+    check(fio.exit() === undefined, `fio stopped early: ${fio.stderr()}`);
 
     const killedAt = Date.now();
     const killed = await network.killHost(victim);
-    assert(killed.length === 1, `${victim.name} ran no daemon`);
+    check(killed.length === 1, `${victim.name} ran no daemon`);
     console.log(
       `  killed ${victim.name} (kill -9) ${((killedAt - fioStarted) / 1000).toFixed(1)} s into the client run`,
     );
-    const cleanAt = await waitForRecovery(network, client, etcd.url, victim, fio);
+    const cleanAt = await waitForRecovery(cluster, fio);
     await fio.stop('SIGINT', 60_000);
     const clientErrors = fioErrors(fio.stdout());
 
@@ -219,10 +185,8 @@ async function measureOne(
       new RegExp(`monitor\\.host-out\\b.*\\bhost=${victim.name}\\b`),
     );
     const outAt = logTime(outLine);
-    const done = survivors
-      .flatMap((daemon) => daemon.log())
-      .filter((line) => /\brecovery\.pg-done\b/.test(line) && logTime(line) >= outAt);
-    assert(done.length > 0, 'no PG was recovered');
+    const done = pgDoneLines(survivors, outAt);
+    check(done.length > 0, 'no PG was recovered');
     const lastDoneAt = Math.max(...done.map(logTime));
     const outcome: Omit<Outcome, 'copyMiBs'> = {
       bandwidthMiBs: setting,
@@ -259,26 +223,25 @@ function keepLogs(network: TestNetwork, setting: number): void {
 
 /** Polls status until the victim's disks are out and every PG is clean; returns when. */
 async function waitForRecovery(
-  network: TestNetwork,
-  client: Host,
-  etcdUrl: string,
-  victim: Host,
+  cluster: FilledCluster,
   fio: { exit(): unknown; stderr(): string },
 ): Promise<number> {
+  const { victim } = cluster;
   const deadline = Date.now() + RECOVERY_TIMEOUT_MS;
   let out = false;
   for (;;) {
-    const result = await cistern(network, client, ['--etcd', etcdUrl, 'status', '--json']);
-    const status = JSON.parse(result.stdout) as Status;
+    const status = await cluster.status();
     const victimDisks = status.disks.filter((disk) => disk.host === victim.name);
     if (!out && victimDisks.length > 0 && victimDisks.every((disk) => !disk.in)) {
       out = true;
       console.log(`  ${victim.name} out; recovering`);
     }
-    const clean = status.pgStates['active+degraded'] === 0 && status.pgStates.inactive === 0;
-    if (out && clean) return Date.now();
-    assert(Date.now() < deadline, `not clean within ${RECOVERY_TIMEOUT_MS} ms: ${result.stdout}`);
-    assert(fio.exit() === undefined, `the client's fio stopped: ${fio.stderr().slice(0, 2000)}`);
+    if (out && allClean(status)) return Date.now();
+    check(
+      Date.now() < deadline,
+      `not clean within ${RECOVERY_TIMEOUT_MS} ms: ${JSON.stringify(status)}`,
+    );
+    check(fio.exit() === undefined, `the client's fio stopped: ${fio.stderr().slice(0, 2000)}`);
     await sleep(STATUS_POLL_MS);
   }
 }
@@ -330,10 +293,6 @@ function rawCopy(directory: string, bytes: number): number {
     fs.rmSync(source, { force: true });
     fs.rmSync(target, { force: true });
   }
-}
-
-function assert(condition: boolean, message: string): asserts condition {
-  if (!condition) throw new Error(message);
 }
 
 function printTable(outcomes: readonly Outcome[]): void {

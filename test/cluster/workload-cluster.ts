@@ -1,5 +1,5 @@
 // The shared part of the cluster tests that run under a verified write workload
-// (failures.test.ts, peering.test.ts): a real etcd and `cistern daemon --etcd` processes
+// (failures.test.ts, peering.test.ts, catch-up.test.ts): a real etcd and `cistern daemon --etcd` processes
 // in their own network namespaces (harness.ts), a pool `rep` of size 3, min-size 2,
 // failure domain host, and the workload process (workload.ts) driven from a client
 // namespace. Not a test file: the tests keep their own faults and their own judgement of
@@ -57,6 +57,8 @@ export interface Status {
 
 export interface Workload {
   volume: string;
+  /** The volume's id in the cluster map (placement: objectToPg). */
+  id: number;
   process: NetnsProcess;
   /** Resolves once the workload has made `count` more writes than it had at the call. */
   writes(count: number): Promise<void>;
@@ -84,6 +86,8 @@ export interface WorkloadClusterOptions {
   retryMsMax: number;
   /** A bound on a workload's run even if it is never stopped. */
   workloadDurationMsMax: number;
+  /** PGs of the pool `rep` (default: the CLI's). */
+  pgCount?: number;
 }
 
 export class WorkloadCluster {
@@ -96,6 +100,8 @@ export class WorkloadCluster {
   readonly daemons = new Map<string, Daemon>();
   /** Volumes whose workload has stopped, each with its model file. */
   readonly models = new Map<string, string>();
+  /** Every volume a workload was started on, with its size. */
+  readonly sizes = new Map<string, number>();
 
   constructor(readonly options: WorkloadClusterOptions) {
     assert.ok(options.otherHosts >= 1, 'no host left for the client');
@@ -119,6 +125,7 @@ export class WorkloadCluster {
     await this.admin([
       ...['pool', 'create', 'rep', '--size', '3', '--min-size', '2'],
       ...['--failure-domain', 'host'],
+      ...(this.options.pgCount === undefined ? [] : ['--pgs', `${this.options.pgCount}`]),
     ]);
   }
 
@@ -198,9 +205,15 @@ export class WorkloadCluster {
   }
 
   /** Creates `volume` in pool `rep` and starts a workload on it through `gateways`. */
-  async startWorkload(volume: string, gateways: Host[], seed: number): Promise<Workload> {
+  async startWorkload(
+    volume: string,
+    gateways: Host[],
+    seed: number,
+    sizeBytes = VOLUME_BYTES,
+  ): Promise<Workload> {
     const { network, models, options } = this;
-    await this.admin(['volume', 'create', volume, '--size', `${VOLUME_BYTES}`, '--pool', 'rep']);
+    await this.admin(['volume', 'create', volume, '--size', `${sizeBytes}`, '--pool', 'rep']);
+    this.sizes.set(volume, sizeBytes);
     const state = await this.readState();
     const spec = state.volumes.find((v) => v.name === volume);
     assert.ok(spec, `no volume ${volume}`);
@@ -212,7 +225,7 @@ export class WorkloadCluster {
       targets: gateways.map(target),
       exportName: volume,
       volumeTag: spec.id,
-      sizeBytes: VOLUME_BYTES,
+      sizeBytes,
       modelFile,
       stopFile,
       pauseFile,
@@ -241,6 +254,7 @@ export class WorkloadCluster {
     const timeoutMs = options.progressTimeoutMs;
     return {
       volume,
+      id: spec.id,
       process: child,
       async writes(count: number): Promise<void> {
         const goal = writesNow() + count;
@@ -307,7 +321,7 @@ export class WorkloadCluster {
     const verified = (
       JSON.parse(result.stdout.trim().split('\n').pop() as string) as { verify: VerifySummary }
     ).verify;
-    assert.equal(verified.blocks, VOLUME_BYTES / 4096);
+    assert.equal(verified.blocks, (this.sizes.get(volume) ?? VOLUME_BYTES) / 4096);
     assert.ok(verified.blocksWritten > 0);
     if (modelOf !== volume) return verified;
     assert.equal(

@@ -223,10 +223,20 @@ export class SimHost {
       fence,
     };
     this.running = incarnation;
-    recovery.start();
-    strays.start();
-    scrubber.start();
-    void this.startUpPeering(view, disks, fence, this.scheduler.clock(alive, `${label}.startup`));
+    // As Datastore.open: the background workers start only once the restarted disks are
+    // marked. Before that, this host may still be the primary of PGs whose copies its
+    // crash took writes from, and peering would copy those over the members holding them.
+    void this.startUpPeering(
+      view,
+      disks,
+      fence,
+      this.scheduler.clock(alive, `${label}.startup`),
+    ).then(() => {
+      if (!self.alive) return;
+      recovery.start();
+      strays.start();
+      scrubber.start();
+    });
     // A disk whose medium failed while the daemon was down cannot be opened: down, as
     // Datastore.openKnownDisk marks it (a no-op when the map has it down already).
     for (const [id, medium] of this.media) {
@@ -263,8 +273,11 @@ export class SimHost {
     }
   }
 
-  /** Power loss: the incarnation stops where it is; unflushed writes are dropped or torn. */
-  crash(): number {
+  /**
+   * Power loss: the incarnation stops where it is; unflushed writes are dropped or torn
+   * (each by `survives`, if given — tests — else by a seeded choice per disk).
+   */
+  crash(survives?: () => boolean): number {
     const incarnation = this.running;
     if (!incarnation) return 0;
     incarnation.alive = false;
@@ -277,7 +290,9 @@ export class SimHost {
       // Per crash, how likely an unflushed 4 KiB change is to have reached the medium:
       // all of them, none, or each on a coin (a torn write sequence).
       const mode = random.int(3);
-      lost += medium.crash(() => (mode === 0 ? true : mode === 1 ? false : random.bool()));
+      lost += medium.crash(
+        survives ?? (() => (mode === 0 ? true : mode === 1 ? false : random.bool())),
+      );
     }
     return lost;
   }

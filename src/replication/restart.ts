@@ -9,28 +9,45 @@
 // lease lapsed (the disks come back stale anyway), the record is short or the marks are
 // already there; nothing else changes.
 
+//
+// The same crash may also have kept, by luck, unflushed changes whose PG-log entries it
+// lost (an entry is durable only with a commit; data can reach the medium before one): the
+// disk then holds changes its log does not list. So each listed PG's log on the disk gets
+// its `start` raised above every version given so far (pg-log.ts): a member catching up
+// from this disk as its primary is backfilled — compared object by object — rather than
+// given only the logged objects, which would leave those changes on this disk alone
+// (soak seed 1463: a member recovered after accept-loss lacked an object for good). Down
+// disks too: peering may serve one of them without recovering it (an authoritative member).
+
 import { ObjectKey } from '../store/key';
 import { ClusterStore } from '../cluster/store';
 import { markRestartedStale } from '../cluster/state';
 import { objectToPg } from '../placement/straw2';
+import { PgVersion } from '../store/pg-log';
 
 export interface ActivityRecord {
   activeObjects(pool: number): Promise<ObjectKey[]>;
+  /** The disk's PG log (pg-log.ts), where it keeps one: `start` raised. */
+  markPgLog?(pool: number, pg: number, mark: { start: PgVersion }): Promise<void>;
 }
 
 /**
- * Marks each of `disks` (this host's, opened) stale in the PGs its activity record
- * lists, where another good member remains; returns how many (disk, PG) marks it made.
- * Disks the map has down are left alone (the monitor brings them back stale).
+ * Raises the PG-log `start` of each of `disks` (this host's, opened) in the PGs its
+ * activity record lists, and marks each disk the map has up stale in those PGs where
+ * another good member remains; returns how many (disk, PG) stale marks it made. Disks
+ * the map has down are not marked (the monitor brings them back stale).
  */
 export async function markRestartedDisks(
   cluster: ClusterStore,
   disks: Iterable<[number, ActivityRecord]>,
 ): Promise<number> {
   const state = cluster.current();
+  // Above every version any change this disk took can carry: a change was sent at the
+  // sender's map epoch, which the disk's daemon had reached to accept it (fencing), and
+  // this map, read at start, is at least that one.
+  const start: PgVersion = { epoch: state.map.epoch + 1, seq: 0 };
   const perDisk = new Map<number, Array<{ pool: number; pg: number }>>();
   for (const [disk, record] of disks) {
-    if (state.map.disks.find((d) => d.id === disk)?.up !== true) continue;
     const pgs = new Map<string, { pool: number; pg: number }>();
     for (const pool of state.map.pools) {
       for (const key of await record.activeObjects(pool.id)) {
@@ -38,6 +55,9 @@ export async function markRestartedDisks(
         pgs.set(`${pool.id}:${pg}`, { pool: pool.id, pg });
       }
     }
+    if (record.markPgLog)
+      for (const { pool, pg } of pgs.values()) await record.markPgLog(pool, pg, { start });
+    if (state.map.disks.find((d) => d.id === disk)?.up !== true) continue;
     if (pgs.size > 0) perDisk.set(disk, [...pgs.values()]);
   }
   if (perDisk.size === 0) return 0;

@@ -65,6 +65,9 @@ export class DiskMedium {
   dropEvery = 0;
   private writes = 0;
 
+  /** The changes the last power loss dropped (the model learns which writes: simulation.ts). */
+  lostInLastCrash: Change[] = [];
+
   /** Debugging: sees every change as it completes (simulation.ts wires TRACE_OBJECT). */
   onChange: ((change: Change) => void) | undefined;
   onPersist: ((persisted: number, left: number) => void) | undefined;
@@ -126,11 +129,15 @@ export class DiskMedium {
    */
   crash(survives: () => boolean): number {
     let lost = 0;
+    this.lostInLastCrash = [];
     for (const change of this.unflushed) {
       if (change.kind === 'log' || change.kind === 'log-mark' || change.kind === 'log-forget')
         continue;
       if (survives()) applyTo(this.durable, change, this.durableLog);
-      else lost += 1;
+      else {
+        lost += 1;
+        this.lostInLastCrash.push(change);
+      }
     }
     this.unflushed = [];
     this.currentLog = this.durableLog.clone();

@@ -10,7 +10,8 @@
 // was covered by a completed FLUSH or FUA (durable: invariant 1), or was acknowledged
 // with no host crash since (invariant 3: read your writes; a crash may take back an
 // unflushed acknowledged write, invariant 2 allows its block to read as the flushed
-// content or later). A write whose outcome is unknown (it failed, or its gateway died)
+// content or later) — nor one before that dropped it from a replica's cache while it
+// was still unacknowledged (the primary cannot tell that crash from a later one). A write whose outcome is unknown (it failed, or its gateway died)
 // may still land while the system settles it, so its block is left alone for
 // QUIESCE_MS before it is written again.
 
@@ -30,6 +31,12 @@ export interface Version {
   ackedWithNoUpHolder?: boolean;
   /** Disks whose cache still held it, unflushed, when a FLUSH covering it returned. */
   leftInCacheOf?: number[];
+  /**
+   * A power loss dropped it from a disk's cache before it was acknowledged: a replica had
+   * taken it and answered, and lost it before the primary's acknowledgement went out.
+   * The acknowledgement then promises no more than one followed by that crash would.
+   */
+  droppedBeforeAck?: boolean;
   /**
    * When the operator accepted the loss of its PG (an incomplete PG: every disk known
    * to hold it failed for good, and no surviving disk held every acknowledged write), and
@@ -128,6 +135,17 @@ export class Model {
     block.quietUntil = now + QUIESCE_MS;
   }
 
+  /**
+   * A power loss dropped write `id` of the block from some disk's cache: if it was not
+   * acknowledged yet, its acknowledgement will not hold it against crashes (the primary
+   * counted a replica whose cache was already gone). A dropped recovery copy of an older
+   * write changes nothing: that one's acknowledgement preceded the crash anyway.
+   */
+  dropped(block: BlockModel, id: number): void {
+    const version = block.versions.find((v) => v.id === id);
+    if (version && version.ackedAt === undefined) version.droppedBeforeAck = true;
+  }
+
   /** Which ids a read issued at `issuedAt` and completed `now` may return. */
   allowed(block: BlockModel, issuedAt: number): { floor: number; ids: Set<number> } {
     const lastCrash = this.crashes.length > 0 ? this.crashes[this.crashes.length - 1]! : -1;
@@ -135,7 +153,11 @@ export class Model {
     block.versions.forEach((v, i) => {
       if (v.lostAt !== undefined) return;
       const durable = v.durableAt !== undefined && v.durableAt <= issuedAt;
-      const acked = v.ackedAt !== undefined && v.ackedAt <= issuedAt && v.ackedAt > lastCrash;
+      const acked =
+        v.ackedAt !== undefined &&
+        v.ackedAt <= issuedAt &&
+        v.ackedAt > lastCrash &&
+        v.droppedBeforeAck !== true;
       if (durable || acked) floorIndex = i;
     });
     const ids = new Set<number>();

@@ -766,6 +766,14 @@ class Simulation {
     const host = this.hosts.get(victim)!;
     const lost = host.crash();
     this.model.crashes.push(this.scheduler.now);
+    for (const medium of host.media.values()) {
+      for (const change of medium.lostInLastCrash) {
+        if (change.kind !== 'write' || change.key.volume !== this.volumeId) continue;
+        const decoded = decodeBlock(change.data, change.key.object, change.block);
+        if (!('id' in decoded) || decoded.id === 0) continue;
+        this.model.dropped(this.model.block(change.key.object, change.block), decoded.id);
+      }
+    }
     this.stats.crashes! += 1;
     this.log(victim, 'crash', { unflushedChangesLost: lost });
     for (const client of this.clients) {

@@ -174,8 +174,16 @@ test('status names an incomplete PG, the disks it waits for and both ways out', 
     /^PG p\/0 is incomplete: only disk\(s\) \d+ on h\d \(EIO: failed\), \d+ on/,
   );
   assert.match(message!, /Bring one of those disks back/);
-  assert.match(message!, new RegExp(`cistern pg accept-loss p/0\` serves disk ${c}'s copy`));
+  assert.match(
+    message!,
+    new RegExp(
+      `cistern pg accept-loss p/0\` serves the most complete copy left of disk\\(s\\) ${c}`,
+    ),
+  );
   state.acceptPgLoss(s, 1, 0);
+  assert.equal(pgStates(s, 1).incomplete, 1, 'until the daemon peering it serves a copy');
+  assert.match(incompleteMessages(s)[0]!, /Its loss was accepted: the daemon peering it serves/);
+  assert.ok(state.serveAcceptedLoss(s, 1, 0, c));
   assert.equal(pgStates(s, 1).incomplete, 0);
   assert.deepEqual(incompleteMessages(s), []);
 });

@@ -362,15 +362,21 @@ export function incompleteMessages(current: state.ClusterState): string[] {
       const error = current.disks[String(disk)]?.error;
       return `${disk}${spec ? ` on ${spec.host}` : ''}${error ? ` (${error})` : ''}`;
     });
+    const members = pg.members.join(', ');
     return (
       `PG ${id} is incomplete: ` +
       (lost.length > 0
         ? `only disk(s) ${lost.join(', ')} held every acknowledged write, and none is up`
         : 'no member is known to hold every acknowledged write') +
-      `; its I/O waits. Bring one of those disks back with its data and the PG recovers ` +
-      `from it by itself; if none can come back, \`cistern pg accept-loss ${id}\` serves ` +
-      `disk ${pg.best}'s copy (the most complete one left) and loses the writes only the ` +
-      'lost disks held.'
+      `; its I/O waits. ` +
+      (pg.accepted
+        ? `Its loss was accepted: the daemon peering it serves the most complete copy of ` +
+          `disk(s) ${members} (by their PG logs) once each has answered; writes only the ` +
+          'lost disks held are gone.'
+        : `Bring one of those disks back with its data and the PG recovers from it by ` +
+          `itself; if none can come back, \`cistern pg accept-loss ${id}\` serves the most ` +
+          `complete copy left of disk(s) ${members} (their PG logs decide) and loses the ` +
+          'writes only the lost disks held.')
     );
   });
 }

@@ -6,7 +6,8 @@
 // min-size records the members good just before, and the first of those back (placement
 // order on ties) serves again while members that were stale — however recently up —
 // wait; a PG whose record all failed for good is incomplete, and accepting its loss
-// serves the copy stale longest, refused where there is nothing to accept; a disk back
+// records it until the daemon peering the PG serves the copy it chose (any up member;
+// dropped if a lost disk returns), refused where there is nothing to accept; a disk back
 // from a crash within its lease is marked stale where listed (last in the record if the
 // PG falls below min-size), never as the last good copy.
 
@@ -242,11 +243,21 @@ test('a PG whose record failed for good is incomplete; the copy stale longest is
   assert.ok(!state.incompletePgs(back).some((i) => i.pg === pg));
 });
 
-test('accepting the loss serves the best copy; recovery then completes the PG', () => {
+test('accepting the loss records it; the copy the peering daemon chooses serves; recovery completes the PG', () => {
   const { now, pg, key, c } = incompleteAfterTwoFailures();
   const accepted = structuredClone(now);
   const result = state.acceptPgLoss(accepted, 1, pg);
   assert.equal(result.best, c);
+  assert.ok(result.accepted);
+  assert.equal(accepted.acceptedLosses?.[key], now.map.epoch, 'recorded, nothing served yet');
+  assert.deepEqual(good(accepted, pg), []);
+  assert.ok(state.incompletePgs(accepted).some((i) => i.pg === pg && i.accepted));
+  assert.equal(state.acceptPgLoss(accepted, 1, pg).best, c, 'accepting again changes nothing');
+  // Only an up member of the PG can be served; a disk outside it is refused.
+  const outside = accepted.map.disks.find((d) => !result.members.includes(d.id))!.id;
+  assert.equal(state.serveAcceptedLoss(accepted, 1, pg, outside), false);
+  assert.ok(state.serveAcceptedLoss(accepted, 1, pg, c));
+  assert.equal(accepted.acceptedLosses?.[key], undefined);
   assert.deepEqual(good(accepted, pg), [c]);
   assert.deepEqual(accepted.authoritativeMembers[key], [c], 'the new record: c alone');
   assert.equal(accepted.staleSince[state.staleKey(1, pg, c)], undefined);
@@ -257,6 +268,32 @@ test('accepting the loss serves the best copy; recovery then completes the PG', 
   }
   assert.equal(good(accepted, pg).length, 3);
   assert.equal(accepted.staleMembers[key], undefined);
+});
+
+test('the daemon may serve any member, not only the one stale longest', () => {
+  const { now, pg, key, c } = incompleteAfterTwoFailures();
+  const accepted = structuredClone(now);
+  state.acceptPgLoss(accepted, 1, pg);
+  const other = state
+    .incompletePgs(accepted)
+    .find((i) => i.pg === pg)!
+    .members.find((d) => d !== c)!;
+  assert.ok(state.serveAcceptedLoss(accepted, 1, pg, other));
+  assert.deepEqual(good(accepted, pg), [other]);
+  assert.deepEqual(accepted.authoritativeMembers[key], [other]);
+});
+
+test('an acceptance is dropped, serving nothing, once a lost disk is back', () => {
+  const { now, pg, key, a, c } = incompleteAfterTwoFailures();
+  const accepted = structuredClone(now);
+  state.acceptPgLoss(accepted, 1, pg);
+  const back = change(accepted, (n) => {
+    for (const d of n.map.disks) if (d.id === a) d.in = true;
+  });
+  const returned = up(back, a);
+  assert.ok(!state.incompletePgs(returned).some((i) => i.pg === pg), 'a serves: not incomplete');
+  assert.equal(state.serveAcceptedLoss(returned, 1, pg, c), false);
+  assert.equal(returned.acceptedLosses?.[key], undefined);
 });
 
 test('accept-loss is refused where there is nothing to accept', () => {

@@ -72,6 +72,13 @@ export interface ClusterState {
    * in markNewMembersStale) and recovery brings the others in line from it.
    */
   authoritativeMembers: Record<string, number[]>;
+  /**
+   * Per incomplete PG whose loss the operator accepted (`cistern pg accept-loss`), the
+   * epoch of the acceptance: the daemon that peers the PG asks its members' PG logs which
+   * copy is complete furthest and serves it (serveAcceptedLoss). Absent in states
+   * written before it.
+   */
+  acceptedLosses?: Record<string, number>;
   /** Recent scrub requests and the hosts' reports (scrub-state.ts). */
   scrubRequests: ScrubRequest[];
   nextVolumeId: number;
@@ -485,11 +492,17 @@ export interface IncompletePg {
   /** The authoritative members, none of them up (empty: no record). */
   lost: number[];
   /**
-   * The up member acceptPgLoss would serve from: the one stale for longest (the earliest
-   * mark), which has taken every write since its mark and had recovery the longest —
-   * the most complete copy the map can point to. Ties: placement order.
+   * The most complete copy the map alone can point to: the up member stale for longest
+   * (the earliest mark), which has taken every write since its mark and had recovery
+   * the longest. Ties: placement order. The map cannot tell what a stale copy holds, so
+   * an accepted loss is served from the member whose PG log is complete furthest
+   * (RecoveryWorker, chooseAcceptedCopy); this is only the tie-break among equals.
    */
   best: number;
+  /** Up members (all stale), in acting order: the candidates accept-loss chooses from. */
+  members: number[];
+  /** The operator has accepted the loss; the daemon that peers the PG chooses the copy. */
+  accepted: boolean;
 }
 
 /** Every incomplete PG of the pools that can be placed (see IncompletePg). */
@@ -525,15 +538,24 @@ export function incompletePg(
     state.staleSince[staleKey(table.pool.id, pg, disk)] ?? Number.MAX_SAFE_INTEGER;
   let best = members[0]!.disk;
   for (const member of members) if (since(member.disk) < since(best)) best = member.disk;
-  return { pool: table.pool.id, pg, lost: [...lost], best };
+  return {
+    pool: table.pool.id,
+    pg,
+    lost: [...lost],
+    best,
+    members: members.map((m) => m.disk),
+    accepted: state.acceptedLosses?.[key] !== undefined,
+  };
 }
 
 /**
- * The operator accepts that an incomplete PG's authoritative members are lost for good:
- * its best remaining copy (IncompletePg.best) becomes the PG's good member and its
- * record, and recovery copies it to the others. Writes only the lost members held are
- * gone; nothing else is. Refused (EPERM) for a PG that is not incomplete — one with a
- * good member, or whose authoritative member is up — where nothing needs accepting.
+ * The operator accepts that an incomplete PG's authoritative members are lost for good.
+ * Recorded in the map (`acceptedLosses`); the daemon that peers the PG then asks every
+ * up member's PG log how far it is complete and serves the best copy (serveAcceptedLoss)
+ * — the map alone cannot tell how complete a stale copy is. Writes only the lost
+ * members held are gone; nothing else is. Refused (EPERM) for a PG that is not
+ * incomplete — one with a good member, or whose authoritative member is up — where
+ * nothing needs accepting. Accepting again is harmless (the first acceptance stands).
  */
 export function acceptPgLoss(state: ClusterState, poolId: number, pg: number): IncompletePg {
   const pool = state.map.pools.find((p) => p.id === poolId);
@@ -558,15 +580,48 @@ export function acceptPgLoss(state: ClusterState, poolId: number, pg: number): I
     );
   }
   const key = pgKey(poolId, pg);
-  const rest = (state.staleMembers[key] ?? []).filter((d) => d !== incomplete.best);
+  state.acceptedLosses ??= {};
+  state.acceptedLosses[key] ??= state.map.epoch;
+  return { ...incomplete, accepted: true };
+}
+
+/**
+ * The daemon that peers an incomplete PG whose loss was accepted serves it from `best`,
+ * the member whose PG log it found complete furthest: `best` becomes the PG's good
+ * member and its record, and recovery copies it to the others. Returns whether it did:
+ * not if the acceptance is gone, or `best` is no longer an up member; and if the PG is
+ * no longer incomplete (an authoritative member came back: nothing is lost after all),
+ * the acceptance is dropped and nothing else changes.
+ */
+export function serveAcceptedLoss(
+  state: ClusterState,
+  poolId: number,
+  pg: number,
+  best: number,
+): boolean {
+  const key = pgKey(poolId, pg);
+  if (state.acceptedLosses?.[key] === undefined) return false;
+  let incomplete: IncompletePg | undefined;
+  try {
+    incomplete = incompletePg(state, computeTable(state.map, poolId), pg);
+  } catch {
+    return false; // unplaceable now: the acceptance waits
+  }
+  if (!incomplete) {
+    delete state.acceptedLosses[key];
+    return false;
+  }
+  if (!incomplete.members.includes(best)) return false;
+  const rest = (state.staleMembers[key] ?? []).filter((d) => d !== best);
   if (rest.length > 0) state.staleMembers[key] = rest;
   else {
     delete state.staleMembers[key];
     delete state.retainedMembers[key];
   }
-  delete state.staleSince[staleKey(poolId, pg, incomplete.best)];
-  state.authoritativeMembers[key] = [incomplete.best];
-  return incomplete;
+  delete state.staleSince[staleKey(poolId, pg, best)];
+  state.authoritativeMembers[key] = [best];
+  delete state.acceptedLosses[key];
+  return true;
 }
 
 /**

@@ -22,7 +22,15 @@
 
 import { CisternError, isCisternError } from '../util/errors';
 import { ObjectKey } from '../store/key';
-import { ClusterState, actingMembers, clearStale, pgKey, staleKey } from '../cluster/state';
+import {
+  ClusterState,
+  actingMembers,
+  clearStale,
+  incompletePg,
+  pgKey,
+  serveAcceptedLoss,
+  staleKey,
+} from '../cluster/state';
 import { ClusterStore } from '../cluster/store';
 import { PlacementTable, objectToPg } from '../placement/straw2';
 import { LocalDisk, PeerTransport } from './endpoint';
@@ -48,6 +56,34 @@ export const RECOVERY_CLEAR_BATCH_MS = 1000;
 const FIRST_VERSION: PgVersion = { epoch: 0, seq: 0 };
 /** Pages of a remote listing (each at most LIST_OBJECTS_MAX keys) before giving up. */
 const LIST_PAGES_MAX = 100_000;
+/** Above every version (a PG log question after it returns the versions, no entries). */
+const LAST_VERSION: PgVersion = { epoch: 0xffffffff, seq: Number.MAX_SAFE_INTEGER };
+
+/** One candidate copy of an incomplete PG whose loss was accepted. */
+export interface CopyCandidate {
+  disk: number;
+  /** Its PG log's `complete`: it holds every change of the PG up to it (none: no version). */
+  complete?: PgVersion;
+}
+
+/**
+ * The copy an accepted loss is served from: the candidate whose PG log is complete
+ * furthest — it holds every change of the PG up to its `complete`, so every write
+ * acknowledged before that — and among equals the first (the caller lists them best
+ * first by what the map knows: stale longest, then placement order). *Why `complete`
+ * and not the mark's epoch:* a mark says when a member was found behind, not what it
+ * holds; a disk that joined the set late and a former member re-marked later differ by
+ * everything the former member took in between (simulator soak seed 1774).
+ */
+export function chooseAcceptedCopy(candidates: readonly CopyCandidate[]): number {
+  let best = candidates[0];
+  if (best === undefined) throw new CisternError('UNAVAILABLE', 'no candidate copy');
+  for (const candidate of candidates) {
+    if (!candidate.complete) continue;
+    if (!best.complete || compareVersions(candidate.complete, best.complete) > 0) best = candidate;
+  }
+  return best.disk;
+}
 
 export interface RecoveryContext {
   hostId: string;
@@ -146,6 +182,9 @@ export class RecoveryWorker extends BackgroundPasses {
   }
 
   protected async pass(): Promise<void> {
+    // Rare (an operator's decision): skipped without a wait when there is none.
+    if (Object.keys(this.context.cluster.current().acceptedLosses ?? {}).length > 0)
+      await this.serveAcceptedLosses();
     await this.peerPass();
     await this.settleFailed();
     const recovered: Recovered[] = [];
@@ -166,6 +205,62 @@ export class RecoveryWorker extends BackgroundPasses {
       }
     } finally {
       if (recovered.length > 0 && !this.closed) await this.clearMarks(recovered);
+    }
+  }
+
+  /**
+   * Incomplete PGs whose loss the operator accepted (state.acceptPgLoss), for which this
+   * host is the one that peers them (the host of their first up member, as the gateway
+   * would choose a primary): asks every up member's PG log how far it is complete and
+   * serves the PG from the best copy (chooseAcceptedCopy, state.serveAcceptedLoss). A
+   * member that cannot be asked leaves the choice to the next pass: choosing without it
+   * could pass over the complete copy. An acceptance of a PG that is no longer
+   * incomplete (a lost disk came back) is dropped.
+   */
+  private async serveAcceptedLosses(): Promise<void> {
+    const state = this.context.cluster.current();
+    for (const key of Object.keys(state.acceptedLosses ?? {})) {
+      if (this.closed) return;
+      const [pool, pg] = key.split(':').map(Number) as [number, number];
+      let primary: { id: number; host: string };
+      let incomplete;
+      try {
+        primary = this.context.primaryOfPg(pool, pg);
+        incomplete = incompletePg(state, this.context.table(pool), pg);
+      } catch {
+        continue; // no member up, or unplaceable: nothing to serve from yet
+      }
+      if (primary.host !== this.context.hostId) continue;
+      const candidates: CopyCandidate[] = [];
+      try {
+        if (incomplete) {
+          const since = (disk: number): number =>
+            state.staleSince[staleKey(pool, pg, disk)] ?? Number.MAX_SAFE_INTEGER;
+          // Best first by what the map knows (incompletePg's rule): the tie-break.
+          const ordered = [...incomplete.members].sort((a, b) => since(a) - since(b));
+          for (const disk of ordered) {
+            const log = await this.guarded(disk, () =>
+              this.context.primary.pgLogOf(disk, pool, pg, LAST_VERSION),
+            );
+            candidates.push({ disk, ...(log?.complete ? { complete: log.complete } : {}) });
+          }
+        }
+        const best = incomplete ? chooseAcceptedCopy(candidates) : -1;
+        const served = await this.context.cluster.update((s) =>
+          serveAcceptedLoss(s, pool, pg, best),
+        );
+        if (served) {
+          this.context.log('recovery.loss-accepted', {
+            pool,
+            pg,
+            disk: best,
+            candidates: candidates.map((c) => `${c.disk}@${formatVersion(c.complete)}`).join(' '),
+          });
+        }
+      } catch (error) {
+        if (!isCisternError(error)) throw error;
+        this.context.log('recovery.loss-accept-failed', { pool, pg, error: error.message });
+      }
     }
   }
 

@@ -4,7 +4,8 @@
 // command words, or $CISTERN_ETCD) pool create/ls, volume create/ls/info/resize/rm,
 // host ls and status --json work on hosts registered through registerHost; status
 // reports hosts up/down and PG states, incomplete PGs with what to do, and pg
-// accept-loss serves one from its best copy (refused where nothing is incomplete); a
+// accept-loss records the acceptance (waiting for a daemon to serve it gives up when
+// none does; the served PG is no longer incomplete; refused where nothing is); a
 // real `cistern` process exits by itself when done; an unreachable etcd and a missing
 // cluster give one clear line and exit 1; and
 // without --etcd, host ls lists the one host of a local daemon from its status.
@@ -250,7 +251,7 @@ test('status --json: hosts up and down, PG states, capacity', async () => {
   assert.match(text, /^pgs: 0 active\+clean, 32 active\+degraded, 0 inactive, 0 incomplete$/m);
 });
 
-test('status names incomplete PGs; pg accept-loss serves the best copy, refused elsewhere', async () => {
+test('status names incomplete PGs; pg accept-loss records the acceptance, refused elsewhere', async () => {
   // h3 comes back (its disks stale everywhere), then h1 and h2 go: in every PG the only
   // members known to hold every acknowledged write are down, and h3's copy is stale.
   const hostDisks = (host: string) =>
@@ -277,12 +278,27 @@ test('status names incomplete PGs; pg accept-loss serves the best copy, refused 
     /PG rbd\/7 is incomplete: only disk\(s\) .*EIO: failed.*cistern pg accept-loss rbd\/7/,
   );
 
-  const accepted = await cli('--etcd', etcd.url, 'pg', 'accept-loss', 'rbd/7');
+  // No daemon runs here: waiting for one to serve the PG gives up, the acceptance stays.
+  const waited = await cli('--etcd', etcd.url, 'pg', 'accept-loss', 'rbd/8', '--timeout', '1');
+  assert.equal(waited.code, 1);
+  assert.match(waited.err, /PG rbd\/8: loss accepted, but no daemon has served it yet/);
+  const accepted = await cli('--etcd', etcd.url, 'pg', 'accept-loss', 'rbd/7', '--no-wait');
   assert.equal(accepted.code, 0, accepted.err);
+  assert.match(accepted.out, /^PG rbd\/7: loss accepted; the daemon peering it serves/);
+  const pending = JSON.parse(
+    await ok('--etcd', etcd.url, 'status', '--json'),
+  ) as ClusterStatusReport;
+  assert.equal(pending.pgStates.incomplete, 32, 'incomplete until a daemon serves a copy');
   assert.match(
-    accepted.out,
-    /^PG rbd\/7 is served from disk \d+; writes only disk\(s\) .* held are lost/,
+    await ok('--etcd', etcd.url, 'status'),
+    /PG rbd\/7 is incomplete: .*Its loss was accepted: the daemon peering it serves/,
   );
+  // As the daemon peering it does once it has asked every member's PG log.
+  await daemonStore.update((s) => {
+    const pool = s.map.pools.find((p) => p.name === 'rbd')!;
+    const pg = state.incompletePgs(s).find((i) => i.pool === pool.id && i.pg === 7)!;
+    assert.ok(state.serveAcceptedLoss(s, pool.id, 7, pg.members[0]!));
+  });
   const after = JSON.parse(await ok('--etcd', etcd.url, 'status', '--json')) as ClusterStatusReport;
   assert.equal(after.pgStates.incomplete, 31);
   assert.equal(
@@ -306,6 +322,7 @@ test('status names incomplete PGs; pg accept-loss serves the best copy, refused 
     s.staleMembers = {};
     s.staleSince = {};
     s.authoritativeMembers = {};
+    s.acceptedLosses = {};
   });
 });
 

@@ -11,8 +11,9 @@
 //   - at the end, after every fault is healed: liveness (every PG clean within
 //     LIVENESS_BOUND_MS of simulated time; a PG left incomplete — every disk known to
 //     hold its acknowledged writes failed for good — is taken through the operator's
-//     accept-loss, and the loss is accepted by the model only if no surviving disk held
-//     them all: acceptLosses), every block readable as allowed through
+//     accept-loss, the daemon peering it choosing the copy by the PG logs, and the loss
+//     is accepted by the model only if no surviving disk held them all: acceptLosses),
+//     every block readable as allowed through
 //     every gateway, every object's replicas byte-identical (invariant 4), and after a
 //     power loss of every host at once, every acknowledged write that a flush covered is
 //     still there (invariant 1).
@@ -917,7 +918,7 @@ class Simulation {
     if (clean && !this.clean()) {
       // PGs whose every complete copy was on the failed disks: the operator follows
       // `cistern status` and accepts the loss; what that loses is checked here.
-      if (!this.acceptLosses(this.incompleteOnly())) return;
+      if (!(await this.acceptLosses(this.incompleteOnly()))) return;
       const acceptedAt = this.scheduler.elapsedMs;
       clean = await this.runUntil(() => this.clean(), acceptedAt + LIVENESS_BOUND_MS);
     }
@@ -1031,15 +1032,17 @@ class Simulation {
 
   /**
    * The operator accepts the loss of each incomplete PG, as `cistern status` tells it
-   * to (which it must say). Before that, the checker decides whether the loss is
-   * inherent: if the copy accept-loss will serve holds every acknowledged write of the
-   * PG's objects, nothing is lost; if it does not but another surviving disk does, the
-   * choice loses data needlessly (a failure); if no surviving disk does, the writes are
-   * truly gone — min-size members acknowledged them and those disks failed for good —
-   * and the model is told the blocks now read as the served copy. Returns false on a
-   * failure.
+   * to (which it must say); the daemon that peers the PG then chooses the copy to serve
+   * from its members' PG logs. The checker judges that choice against the copies as they
+   * were when the loss was accepted (nothing writes to an incomplete PG, and recovery
+   * overwrites the others once a copy is chosen): if the served copy holds every
+   * acknowledged write of the PG's objects, nothing is lost; if it does not but another
+   * surviving disk did, the choice loses data needlessly (a failure); if no surviving
+   * disk did, the writes are truly gone — min-size members acknowledged them and those
+   * disks failed for good — and the model is told the blocks now read as the served
+   * copy. Returns false on a failure.
    */
-  private acceptLosses(incomplete: state.IncompletePg[]): boolean {
+  private async acceptLosses(incomplete: state.IncompletePg[]): Promise<boolean> {
     const s = this.authority.state;
     const messages = incompleteMessages(s);
     const reported = pgStates(s, this.poolId).incomplete;
@@ -1057,37 +1060,78 @@ class Simulation {
     }
     const media = new Map<number, DiskMedium>();
     for (const host of this.hosts.values()) for (const [id, m] of host.media) media.set(id, m);
+    const now = this.scheduler.now;
+    // Per PG, per surviving disk: what each of the PG's blocks holds there now.
+    const judged: Array<{
+      pg: state.IncompletePg;
+      blocks: BlockModel[];
+      held: Map<number, Array<ReturnType<typeof decodeBlock>>>;
+    }> = [];
     for (const pg of incomplete) {
       const table = computeTable(s.map, this.poolId);
       const blocks = this.model.blocks.filter(
         (b) => objectToPg(table.pool, this.volumeId, b.object) === pg.pg,
       );
-      const now = this.scheduler.now;
-      const holdsEveryAck = (medium: DiskMedium): boolean =>
-        blocks.every((b) => {
-          const decoded = decodeBlock(medium.block(this.key(b.object), b.block), b.object, b.block);
-          return 'id' in decoded && this.model.allowed(b, now).ids.has(decoded.id);
+      const held = new Map<number, Array<ReturnType<typeof decodeBlock>>>();
+      for (const medium of media.values()) {
+        if (medium.failed) continue;
+        held.set(
+          medium.id,
+          blocks.map((b) =>
+            decodeBlock(medium.block(this.key(b.object), b.block), b.object, b.block),
+          ),
+        );
+      }
+      judged.push({ pg, blocks, held });
+      this.log('operator', 'accept-loss', { pg: pg.pg, lost: pg.lost, members: pg.members });
+      this.authority.apply((next) => state.acceptPgLoss(next, pg.pool, pg.pg));
+    }
+    const served = (pg: state.IncompletePg): number | undefined => {
+      const key = state.pgKey(pg.pool, pg.pg);
+      const after = this.authority.state;
+      return after.acceptedLosses?.[key] === undefined
+        ? after.authoritativeMembers[key]?.[0]
+        : undefined;
+    };
+    const chosen = await this.runUntil(
+      () => judged.every(({ pg }) => served(pg) !== undefined),
+      this.scheduler.elapsedMs + LIVENESS_BOUND_MS,
+    );
+    if (!chosen) {
+      if (this.failures.length === 0)
+        this.fail('liveness', `no daemon served the PGs whose loss was accepted`);
+      return false;
+    }
+    for (const { pg, blocks, held } of judged) {
+      const best = served(pg)!;
+      const holdsEveryAck = (disk: number): boolean =>
+        blocks.every((b, i) => {
+          const decoded = held.get(disk)?.[i];
+          return (
+            decoded !== undefined &&
+            'id' in decoded &&
+            this.model.allowed(b, now).ids.has(decoded.id)
+          );
         });
-      const best = media.get(pg.best)!;
-      const complete = [...media.values()].filter((m) => !m.failed && holdsEveryAck(m));
+      const complete = [...held.keys()].filter(holdsEveryAck);
       if (!holdsEveryAck(best)) {
         if (complete.length > 0) {
           this.fail(
             'inv1-durability',
-            `${WRONG_COPY_TEXT}: PG ${pg.pg} served from disk ${pg.best} while disk(s) ` +
-              `${complete.map((m) => m.id).join(', ')} held every acknowledged write ` +
+            `${WRONG_COPY_TEXT}: PG ${pg.pg} served from disk ${best} while disk(s) ` +
+              `${complete.join(', ')} held every acknowledged write ` +
               `(stale ${JSON.stringify(s.staleMembers[state.pgKey(pg.pool, pg.pg)])} since ` +
               `${JSON.stringify(Object.entries(s.staleSince).filter(([k]) => k.startsWith(`${state.pgKey(pg.pool, pg.pg)}:`)))}, ` +
               `lost ${pg.lost.join(',')})`,
           );
           return false;
         }
-        for (const b of blocks) {
-          const decoded = decodeBlock(best.block(this.key(b.object), b.block), b.object, b.block);
+        for (const [i, b] of blocks.entries()) {
+          const decoded = held.get(best)![i]!;
           if ('error' in decoded) {
             this.fail(
               'inv2-foreign-data',
-              `object ${b.object} block ${b.block} on disk ${pg.best}: ${decoded.error}`,
+              `object ${b.object} block ${b.block} on disk ${best}: ${decoded.error}`,
             );
             return false;
           }
@@ -1096,8 +1140,7 @@ class Simulation {
         this.stats.pgsLost! += 1;
       }
       this.stats.pgsAccepted! += 1;
-      this.log('operator', 'accept-loss', { pg: pg.pg, best: pg.best, lost: pg.lost });
-      this.authority.apply((next) => state.acceptPgLoss(next, pg.pool, pg.pg));
+      this.log('operator', 'accept-loss.served', { pg: pg.pg, best, lost: pg.lost });
     }
     return true;
   }

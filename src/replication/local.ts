@@ -879,11 +879,20 @@ export class LocalReplication implements ObjectIo {
         this.dirty.add(disk);
         throw error;
       }
-      if (error instanceof MemberRestarted) restarted.push(disk);
       // Settled now, unflushed: a later flush must not re-cover it while the map update
-      // is awaited — flushing a restarted daemon's disk again succeeds on the new run and
-      // would vouch for the writes the old one lost.
+      // below is awaited — flushing a disk again after it failed (EIO: its cache may have
+      // been dropped) would vouch for the writes the failed flush may have lost.
       flush.pending.delete(disk);
+      if (error instanceof MemberRestarted) {
+        // The writes may be lost: this flush fails (EIO). The disk is not taken out: its
+        // daemon's start-up marked it stale wherever its crash may have cost writes (a
+        // restart within the lease: restart.ts), or the monitor brings it back stale (after
+        // it), and recovery restores them either way. Taking it out again only restarted a
+        // recovery — also long after, when a primary's first flush since finds the new run
+        // (quick-restart soak seeds 183, 418: members taken out of a clean cluster).
+        restarted.push(disk);
+        return;
+      }
       await this.replicas.onDiskFailure(disk, error as CisternError);
     } finally {
       flush.pending.delete(disk);

@@ -18,9 +18,10 @@ import { LogTag, PgLogEntry, PgLogState, PgVersion, isVersion } from '../store/p
 const PG_LOG_PAGES_MAX = 64;
 
 /**
- * A replica disk's daemon restarted after taking changes not yet flushed (UNREACHABLE, a
- * device failure to the primary: the disk is taken out). The flush that meets it fails
- * with EIO (LocalReplication.flush): the changes may be gone with the daemon's caches.
+ * A replica disk's daemon restarted after taking changes not yet flushed (UNREACHABLE: to
+ * recovery a device failure, which takes the target out). A client flush that meets it
+ * fails with EIO (LocalReplication.flush): the changes may be gone with the daemon's
+ * caches; the disk stays in (its restart marked it stale where they may be: restart.ts).
  */
 export class MemberRestarted extends CisternError {
   constructor(message: string) {

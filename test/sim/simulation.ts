@@ -928,8 +928,8 @@ class Simulation {
       return;
     }
     if (!(await this.flushEveryClient())) return;
-    // A final flush may take out a member whose daemon restarted after taking writes it
-    // had not flushed (it comes back stale and is recovered): clean again first.
+    // A final flush may take out a member whose flush failed (it comes back stale and is
+    // recovered): clean again first.
     const flushedAt = this.scheduler.elapsedMs;
     if (!(await this.runUntil(() => this.clean(), flushedAt + LIVENESS_BOUND_MS))) {
       if (this.failures.length === 0)

@@ -52,6 +52,7 @@ export class EmbeddedClusterStore implements ClusterStore {
     state.scrubRequests ??= [];
     state.retainedMembers ??= {};
     state.authoritativeMembers ??= {};
+    state.crashedMembers ??= {};
     assert(
       state && state.map && Array.isArray(state.volumes),
       `cluster state at ${path} is malformed`,

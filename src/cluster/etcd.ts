@@ -168,6 +168,7 @@ function decodeState(raw: Buffer, where: string): ClusterState {
   state.scrubRequests ??= [];
   state.retainedMembers ??= {};
   state.authoritativeMembers ??= {};
+  state.crashedMembers ??= {};
   return state;
 }
 

@@ -9,7 +9,9 @@
 // records it until the daemon peering the PG serves the copy it chose (any up member;
 // dropped if a lost disk returns), refused where there is nothing to accept; a disk back
 // from a crash within its lease is marked stale where listed (last in the record if the
-// PG falls below min-size), never as the last good copy.
+// PG falls below min-size), never as the last good copy; a disk back from a crash while
+// another recorded disk is down leaves the record (crashedMembers), and is the copy
+// accept-loss serves should the other fail for good.
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -349,4 +351,59 @@ test('below min-size the record holds the others, then the restarted disk; the l
   assert.ok(!state.incompletePgs(now).some((i) => i.pg === pg));
   // A disk the map has down is not touched (it comes back stale anyway).
   assert.deepEqual(state.markRestartedStale(now, b, [{ pool: 1, pg }]), []);
+});
+
+// Seed 96 of the simulator: a PG fell below min-size as a went (record [b, a]: b, still
+// good, first), then lost b too; a's host had lost power with writes b holds flushed.
+// Back after its lease lapsed, a must not be made good again ahead of b. (Seed 1268:
+// had b restarted first, it would have stayed — nothing before it in the record.)
+
+test('a disk back from a crash leaves the record while another recorded disk is down', () => {
+  const { s, pg, row, key } = onePg();
+  const [a, b, c] = row as [number, number, number];
+  let now = down(up(down(s, c), c), a); // c stale, then a down: b alone good
+  assert.deepEqual(now.authoritativeMembers[key], [b, a], 'b, still good, before a');
+  now = down(now, b);
+  // a restarts while the map has it down: it leaves the record, nothing is marked.
+  assert.deepEqual(state.markRestartedStale(now, a, [{ pool: 1, pg }]), []);
+  assert.deepEqual(now.authoritativeMembers[key], [b]);
+  now = up(now, a);
+  assert.deepEqual(good(now, pg), [], 'a comes back stale, not as the record');
+  const incomplete = state.incompletePgs(now).find((i) => i.pg === pg);
+  assert.deepEqual(incomplete?.lost, [b], 'incomplete, waiting for b');
+  assert.equal(incomplete?.best, a, 'should b fail for good, a lacks at most what its crash took');
+  now = up(now, b);
+  assert.deepEqual(good(now, pg), [b], 'b, which holds every write, serves');
+});
+
+test('a disk made good as the record before its start-up peering is marked stale then', () => {
+  const { s, pg, row, key } = onePg();
+  const [a, b, c] = row as [number, number, number];
+  let now = down(down(up(down(s, c), c), a), b);
+  now = up(now, a); // the monitor saw the lease first: a is the record's first up disk
+  assert.deepEqual(good(now, pg), [a]);
+  assert.deepEqual(state.markRestartedStale(now, a, [{ pool: 1, pg }]), [{ pool: 1, pg }]);
+  assert.deepEqual(good(now, pg), []);
+  assert.deepEqual(now.authoritativeMembers[key], [b]);
+  // Alone in the record (b restarted the same way), a disk stays: nothing better is known.
+  now = up(now, b);
+  assert.deepEqual(state.markRestartedStale(now, b, [{ pool: 1, pg }]), []);
+  assert.deepEqual(good(now, pg), [b]);
+});
+
+test('the first disk of the record stays in it after a crash; the one that went first waits', () => {
+  // Seed 1268: a lost power and was taken down first (record [b, a]); b, flushed
+  // meanwhile, went down later. b restarts first: nothing before it in the record.
+  const { s, pg, row, key } = onePg();
+  const [a, b, c] = row as [number, number, number];
+  let now = down(down(up(down(s, c), c), a), b);
+  assert.deepEqual(now.authoritativeMembers[key], [b, a]);
+  assert.deepEqual(state.markRestartedStale(now, b, [{ pool: 1, pg }]), []);
+  assert.deepEqual(now.authoritativeMembers[key], [b, a], 'b stays first');
+  now = up(now, a); // back first: the record's first up disk, good until its start-up peering
+  assert.deepEqual(state.markRestartedStale(now, a, [{ pool: 1, pg }]), [{ pool: 1, pg }]);
+  assert.deepEqual(good(now, pg), [], 'a waits (stale) for b');
+  assert.deepEqual(now.authoritativeMembers[key], [b], 'a, behind a down b, leaves');
+  now = up(now, b);
+  assert.deepEqual(good(now, pg), [b], 'b serves, a is recovered from it');
 });

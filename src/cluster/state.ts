@@ -79,6 +79,13 @@ export interface ClusterState {
    * written before it.
    */
   acceptedLosses?: Record<string, number>;
+  /**
+   * Per PG with a record (authoritativeMembers), the disks that left it after a crash
+   * while a disk before them in it was down (markRestartedStale): each holds every
+   * acknowledged write but those its crash took — the map's best copy should the others
+   * fail for good (IncompletePg.best). Dropped with the record.
+   */
+  crashedMembers: Record<string, number[]>;
   /** Recent scrub requests and the hosts' reports (scrub-state.ts). */
   scrubRequests: ScrubRequest[];
   nextVolumeId: number;
@@ -102,6 +109,7 @@ export function emptyState(): ClusterState {
     staleSince: {},
     retainedMembers: {},
     authoritativeMembers: {},
+    crashedMembers: {},
     scrubRequests: [],
     nextVolumeId: 1,
     nextPoolId: 1,
@@ -342,6 +350,7 @@ export function markNewMembersStale(before: ClusterState, after: ClusterState): 
   after.staleSince ??= {};
   after.retainedMembers ??= {};
   after.authoritativeMembers ??= {};
+  after.crashedMembers ??= {};
   const epoch = before.map.epoch + 1; // the epoch this update will carry
   if (placementInputs(before) === placementInputs(after)) return;
   const wasUp = new Map(before.map.disks.map((d) => [d.id, d.up]));
@@ -406,7 +415,11 @@ export function markNewMembersStale(before: ClusterState, after: ClusterState): 
  * takes the PG below `minSize` good members, the good members just before it are a
  * complete record — each holds every write the PG ever acknowledged, and no later one
  * is acknowledged until it has `minSize` good members again — and are kept as its
- * `authoritativeMembers` until then (ordered as placement lists them). When the PG
+ * `authoritativeMembers` until then: first those still good after the change, then
+ * those it took away, each group as placement lists them. (One taken away may have
+ * been taken for a power loss, its unflushed writes gone with it, while those still
+ * good went on being flushed: a FLUSH may have made those writes durable on them
+ * alone — simulator seed 1268.) When the PG
  * has no good member left (the last went down while the others were stale: a network
  * cut with requests in flight, a whole-cluster restart), the first of those that is up
  * (ties: placement order) has its stale mark cleared in the same update — or is kept
@@ -432,14 +445,21 @@ function peerPg(
   const good = goodNow();
   if (good >= minSize) {
     delete after.authoritativeMembers[key];
+    delete after.crashedMembers[key];
     return;
   }
   // Fell below min-size in this change (or had no record yet): the good members before it.
   if (
     goodBefore.length >= minSize ||
     (after.authoritativeMembers[key] === undefined && goodBefore.length > 0)
-  )
-    after.authoritativeMembers[key] = [...goodBefore];
+  ) {
+    const stays = (d: number): boolean => upAfter.get(d) === true && !stale.has(d);
+    after.authoritativeMembers[key] = [
+      ...goodBefore.filter(stays),
+      ...goodBefore.filter((d) => !stays(d)),
+    ];
+    delete after.crashedMembers[key];
+  }
   if (good > 0) return;
   const authoritative = after.authoritativeMembers[key] ?? [];
   const back = authoritative.find((d) => upAfter.get(d) === true);
@@ -492,11 +512,13 @@ export interface IncompletePg {
   /** The authoritative members, none of them up (empty: no record). */
   lost: number[];
   /**
-   * The most complete copy the map alone can point to: the up member stale for longest
-   * (the earliest mark), which has taken every write since its mark and had recovery
-   * the longest. Ties: placement order. The map cannot tell what a stale copy holds, so
-   * an accepted loss is served from the member whose PG log is complete furthest
-   * (RecoveryWorker, chooseAcceptedCopy); this is only the tie-break among equals.
+   * The most complete copy the map alone can point to: the first up disk that left
+   * the record after a crash (crashedMembers: it lacks at most what that crash took);
+   * failing that, the up member stale for longest (the earliest mark), which has taken
+   * every write since its mark and had recovery the longest. Ties: placement order. The
+   * map cannot tell what a stale copy holds, so an accepted loss is served from the
+   * member whose PG log is complete furthest (RecoveryWorker, chooseAcceptedCopy); this
+   * is only the tie-break among equals.
    */
   best: number;
   /** Up members (all stale), in acting order: the candidates accept-loss chooses from. */
@@ -536,8 +558,12 @@ export function incompletePg(
   if (lost.some((d) => table.topology.disksById.get(d)?.up === true)) return undefined;
   const since = (disk: number): number =>
     state.staleSince[staleKey(table.pool.id, pg, disk)] ?? Number.MAX_SAFE_INTEGER;
-  let best = members[0]!.disk;
-  for (const member of members) if (since(member.disk) < since(best)) best = member.disk;
+  const crashed = (state.crashedMembers?.[key] ?? []).find((d) =>
+    members.some((m) => m.disk === d),
+  );
+  let best = crashed ?? members[0]!.disk;
+  if (crashed === undefined)
+    for (const member of members) if (since(member.disk) < since(best)) best = member.disk;
   return {
     pool: table.pool.id,
     pg,
@@ -621,7 +647,12 @@ export function serveAcceptedLoss(
   delete state.staleSince[staleKey(poolId, pg, best)];
   state.authoritativeMembers[key] = [best];
   delete state.acceptedLosses[key];
+  delete state.crashedMembers[key];
   return true;
+}
+
+function isUp(table: PlacementTable, disk: number): boolean {
+  return table.topology.disksById.get(disk)?.up === true;
 }
 
 /**
@@ -638,6 +669,13 @@ export function serveAcceptedLoss(
  * so should the others fail for good it serves again, rather than the PG being left
  * incomplete with a nearly complete copy looking no better than members that missed far
  * more (the simulator found exactly that when the record named only the others).
+ *
+ * A disk in that record while another disk of it is down (the PG fell below min-size
+ * with both good, then lost the other) is no longer vouched for: it leaves the record
+ * — down itself (back after its lease lapsed) or up, brought back good as the record's
+ * first up disk, which it then stops being (marked stale, the PG incomplete) — since
+ * the other may hold, flushed, the writes its crash took, and a FLUSH may have said so.
+ * The PG waits for that disk, or for the operator to accept the loss (acceptPgLoss).
  * Returns the PGs marked. Called by every store as an update (the epoch bumps).
  */
 export function markRestartedStale(
@@ -659,15 +697,36 @@ export function markRestartedStale(
       }
     }
     const table = tables.get(poolId);
-    if (!table || !pgRow(table, pg).includes(disk)) continue;
+    if (!table) continue;
+    const key = pgKey(poolId, pg);
+    const record = state.authoritativeMembers[key] ?? [];
+    // A disk before it in peering's record that is down may come back holding every
+    // write, among them those this disk's crash took: it must not vouch for them
+    // meanwhile. (One after it is no better: it lacks what this one's crash took, or
+    // went away first.)
+    const rivals = record.slice(0, record.indexOf(disk)).filter((d) => !isUp(table, d));
+    const vouches = record.includes(disk) && rivals.length > 0;
+    if (vouches) {
+      state.authoritativeMembers[key] = record.filter((d) => d !== disk);
+      state.crashedMembers[key] = [
+        ...(state.crashedMembers[key] ?? []).filter((d) => d !== disk),
+        disk,
+      ];
+    }
+    if (!pgRow(table, pg).includes(disk)) continue;
     const members = actingMembers(state, table, pg);
     const self = members.find((m) => m.disk === disk);
     if (!self || self.stale) continue;
     const others = members.filter((m) => !m.stale && m.disk !== disk).map((m) => m.disk);
-    if (others.length === 0) continue;
-    const key = pgKey(poolId, pg);
+    if (others.length === 0 && !vouches) continue;
     state.staleMembers[key] = [...(state.staleMembers[key] ?? []), disk].sort((a, b) => a - b);
     state.staleSince[staleKey(poolId, pg, disk)] = epoch;
+    if (others.length === 0) {
+      // Brought back as the record's first up disk while the others are down: it waits
+      // for them stale (the PG incomplete), rather than serve without its lost writes.
+      marked.push({ pool: poolId, pg });
+      continue;
+    }
     // Below min-size now: the record peering keeps (peerPg), with this disk last.
     const fell = others.length < pool.minSize && others.length + 1 >= pool.minSize;
     if (fell || (others.length < pool.minSize && state.authoritativeMembers[key] === undefined))

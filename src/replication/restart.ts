@@ -5,10 +5,11 @@
 // last flush, marks durable before the change) names the objects that can be affected;
 // their PGs are marked stale on that disk in one map update (state.markRestartedStale)
 // before the daemon serves reads (ReadFence.started), so reads come from the other
-// members and recovery copies those PGs back. After a clean stop, or a restart after the
-// lease lapsed (the disks come back stale anyway), the record is short or the marks are
-// already there; nothing else changes.
-
+// members and recovery copies those PGs back. A restart after the lease lapsed finds
+// its disks down (they come back stale anyway), but a PG left below min-size may name
+// them in peering's record of who holds every write: they leave it where it names
+// another disk, which holds what the crash cost. After a clean stop the record is
+// short; nothing changes.
 //
 // The same crash may also have kept, by luck, unflushed changes whose PG-log entries it
 // lost (an entry is durable only with a commit; data can reach the medium before one): the
@@ -34,8 +35,10 @@ export interface ActivityRecord {
 /**
  * Raises the PG-log `start` of each of `disks` (this host's, opened) in the PGs its
  * activity record lists, and marks each disk the map has up stale in those PGs where
- * another good member remains; returns how many (disk, PG) stale marks it made. Disks
- * the map has down are not marked (the monitor brings them back stale).
+ * another good member remains or peering's record names, before it, a disk that is down
+ * and may hold what its crash lost (markRestartedStale); returns how many (disk, PG)
+ * stale marks it made. A disk the map has down only leaves those records: the monitor
+ * brings it back stale, and peering must not make it good again ahead of them.
  */
 export async function markRestartedDisks(
   cluster: ClusterStore,
@@ -48,6 +51,7 @@ export async function markRestartedDisks(
   const start: PgVersion = { epoch: state.map.epoch + 1, seq: 0 };
   const perDisk = new Map<number, Array<{ pool: number; pg: number }>>();
   for (const [disk, record] of disks) {
+    if (!state.map.disks.some((d) => d.id === disk)) continue;
     const pgs = new Map<string, { pool: number; pg: number }>();
     for (const pool of state.map.pools) {
       for (const key of await record.activeObjects(pool.id)) {
@@ -57,7 +61,6 @@ export async function markRestartedDisks(
     }
     if (record.markPgLog)
       for (const { pool, pg } of pgs.values()) await record.markPgLog(pool, pg, { start });
-    if (state.map.disks.find((d) => d.id === disk)?.up !== true) continue;
     if (pgs.size > 0) perDisk.set(disk, [...pgs.values()]);
   }
   if (perDisk.size === 0) return 0;

@@ -162,8 +162,14 @@ export class SimHost {
       localStore: upStore,
       localStores: () => [...disks.keys()].flatMap((id) => upStore(id) ?? []),
     });
+    // As the real daemon (cluster.ts): peers are refused until the datastore is open —
+    // its start-up peering done — so no recovery or write runs on its disks before.
+    let started = false;
     this.network.register(this.id, {
-      handler,
+      handler: async (request) => {
+        if (!started) throw new CisternError('UNAVAILABLE', `host ${this.id} is still starting`);
+        return handler(request);
+      },
       epoch: () => view.current().map.epoch,
       waitForEpoch: (epoch, timeoutMs) => view.waitForEpoch(epoch, timeoutMs),
       alive,
@@ -231,8 +237,9 @@ export class SimHost {
       disks,
       fence,
       this.scheduler.clock(alive, `${label}.startup`),
-    ).then(() => {
-      if (!self.alive) return;
+    ).then((done) => {
+      if (!done || !self.alive) return;
+      started = true;
       recovery.start();
       strays.start();
       scrubber.start();
@@ -259,18 +266,22 @@ export class SimHost {
     disks: Map<number, SimDisk>,
     fence: ReadFence,
     clock: Clock,
-  ): Promise<void> {
+  ): Promise<boolean> {
     for (let attempt = 0; attempt < STARTUP_ATTEMPTS_MAX; attempt += 1) {
       try {
-        const marked = await markRestartedDisks(view, disks);
+        // A disk whose medium failed is never opened by the real daemon (it is marked
+        // down instead, below): its record cannot be read.
+        const opened = [...disks].filter(([id]) => this.media.get(id)?.failed !== true);
+        const marked = await markRestartedDisks(view, opened);
         if (marked > 0) this.log(this.id, 'startup.marked-stale', { marks: marked });
         fence.started();
-        return;
+        return true;
       } catch (error) {
         if (!isCisternError(error)) throw error;
         await clock.sleep(STARTUP_RETRY_MS);
       }
     }
+    return false;
   }
 
   /**

@@ -18,6 +18,13 @@
 //     taking unflushed writes fails the flush with EIO (and stays in: its start-up marked
 //     it stale where needed), and that EIO reaches every connection open then, once (not
 //     only the one whose FLUSH met it).
+//   - A holder the map took down after it took a write, back by the flush, does not
+//     vouch for it (its cache may have gone with whatever took it down): with the
+//     primary's disk failing at the flush, EIO (was: success, simulator seed 47); nor,
+//     if peering's record names it, may it be counted as flushed (seed 179).
+//   - When a primary is lost and no disk that stayed up holds its writes (its one copy,
+//     or every holder lost too), the FLUSH fails with EIO though every other host
+//     flushed (was: success, simulator seed 311).
 //   - When a primary is lost, the flush of every other host's disks that replaces its
 //     flush is asked again at the new epoch if the map moved under it (was: it failed
 //     with "request from epoch N is older than ours").
@@ -119,8 +126,12 @@ interface Harness {
 /**
  * One host, three disks, pool size 3 / min-size 2, one PG; the engine is its primary.
  * `whileTakingOut` runs as a failed disk is being taken out, before the map says so.
+ * `withRecord` false: the engine is not told peering's record (the holder rule alone).
  */
-function harness(whileTakingOut?: (replication: LocalReplication) => Promise<void>): Harness {
+function harness(
+  whileTakingOut?: (replication: LocalReplication) => Promise<void>,
+  withRecord = true,
+): Harness {
   const initial = state.emptyState();
   state.addHost(initial, 'h1', 'r1');
   for (let d = 0; d < 3; d += 1)
@@ -149,6 +160,9 @@ function harness(whileTakingOut?: (replication: LocalReplication) => Promise<voi
     },
     hostId: 'h1',
     mapChanges: (listener) => cluster.subscribe(() => listener()),
+    ...(withRecord
+      ? { authoritative: (pg: string) => cluster.current().authoritativeMembers[pg] ?? [] }
+      : {}),
   });
   return {
     cluster,
@@ -302,6 +316,52 @@ test('LocalReplication: a replica daemon that restarted after taking unflushed w
   await replication.flush(); // the client was told; the next flush starts afresh
 });
 
+test('LocalReplication: holders taken down and back before the flush do not vouch for its writes', async () => {
+  // Without the record: its check would catch this shape too (the primary, unflushed,
+  // is in it); the holder rule must hold on its own (seed 47: the record had changed).
+  const h = harness(undefined, false);
+  const [primary, a, b] = h.row as [number, number, number];
+  await h.replication.write(h.key, 0, block(7), false);
+  // Both replicas lose power with the write in their caches, are taken down, and come
+  // back (stale); then the primary's disk fails at the flush. Nothing holds write 7.
+  for (const replica of [a, b]) {
+    h.disks[replica]!.cached.clear();
+    await h.cluster.update((s) => state.markDiskDown(s, replica, 'lost power'));
+  }
+  await h.cluster.update((s) => {
+    for (const d of s.map.disks) if (d.id === a || d.id === b) d.up = true;
+  });
+  h.disks[primary]!.flushError = new CisternError('EIO', 'the primary disk failed');
+  await assert.rejects(h.replication.flush(), (error: unknown) => {
+    assert.ok(error instanceof CisternError && error.code === 'EIO', String(error));
+    assert.match(error.message, /no disk that could be flushed/);
+    return true;
+  });
+});
+
+test('LocalReplication: a holder the record names, taken down and back before the flush, fails it', async () => {
+  const h = harness();
+  const [, a, b] = h.row as [number, number, number];
+  await h.cluster.update((s) => state.markDiskDown(s, b, 'away'));
+  await h.cluster.update((s) => {
+    s.map.disks.find((d) => d.id === b)!.up = true; // back stale: the primary and a are good
+  });
+  await h.replication.write(h.key, 0, block(8), false);
+  // a loses power with the write in its cache: the PG falls below min-size with the
+  // primary and a good, so peering's record names a — which may serve it one day.
+  h.disks[a]!.cached.clear();
+  await h.cluster.update((s) => state.markDiskDown(s, a, 'lost power'));
+  assert.ok(h.cluster.current().authoritativeMembers[state.pgKey(h.key.pool, 0)]?.includes(a));
+  await h.cluster.update((s) => {
+    s.map.disks.find((d) => d.id === a)!.up = true;
+  });
+  await assert.rejects(h.replication.flush(), (error: unknown) => {
+    assert.ok(error instanceof CisternError && error.code === 'EIO', String(error));
+    assert.match(error.message, /authoritative record/);
+    return true;
+  });
+});
+
 /**
  * A gateway on h0 (no disks) in front of primaries h1 and h2, one disk each; the peer
  * transport answers PrimaryFlush from `primaries` (a host's flush may be held) and
@@ -318,6 +378,8 @@ function gatewayHarness(): {
   hostFlushes: { host: string; epoch: number }[];
   /** Runs as each HostFlush arrives, before the epoch check. */
   hooks: { beforeHostFlush: () => Promise<void> };
+  /** Hosts that do not answer (lost power): their requests fail UNAVAILABLE. */
+  unreachable: Set<string>;
   keyOn(host: string): ObjectKey;
 } {
   const initial = state.emptyState();
@@ -344,8 +406,10 @@ function gatewayHarness(): {
   const incarnation = new Map<string, string>();
   const hostFlushes: { host: string; epoch: number }[] = [];
   const hooks = { beforeHostFlush: async (): Promise<void> => undefined };
+  const unreachable = new Set<string>();
   const transport: PeerTransport = {
     request: async (host, type, epoch) => {
+      if (unreachable.has(host)) throw new CisternError('UNAVAILABLE', `${host} did not answer`);
       if (type === MessageType.HostFlush) {
         await hooks.beforeHostFlush();
         hostFlushes.push({ host, epoch });
@@ -394,7 +458,18 @@ function gatewayHarness(): {
     throw new Error(`no object on ${host}`);
   };
   assert.ok(pgRow(table(), 0).length === 1);
-  return { gateway, cluster, durable, hold, holdWrite, incarnation, hostFlushes, hooks, keyOn };
+  return {
+    gateway,
+    cluster,
+    durable,
+    hold,
+    holdWrite,
+    incarnation,
+    hostFlushes,
+    hooks,
+    unreachable,
+    keyOn,
+  };
 }
 
 test('Gateway: a second flush does not return while a primary it covers is still being flushed', async () => {
@@ -435,14 +510,16 @@ test('Gateway: a flush waiting on a primary ends once the map has its host down'
   await g.gateway.write(g.keyOn('h1'), 0, block(1), false);
   g.hold.set('h1', new Promise(() => undefined)); // the host was cut off: no answer
   let done = false;
-  const flush = g.gateway.flush().then(() => {
+  const flush = g.gateway.flush().finally(() => {
     done = true;
   });
   await settle();
   assert.equal(done, false, 'waits while h1 is up in the map');
   const disk = g.cluster.current().map.disks.find((d) => d.host === 'h1')!.id;
   await g.cluster.update((s) => state.markDiskDown(s, disk, 'lease lapsed'));
-  await flush; // every other host flushed instead (none here but h2, which answers)
+  // It ends: every other host flushed instead (h2 here) — with EIO, since in this pool
+  // of size 1 the write was on h1's disk alone.
+  await assert.rejects(flush, /no disk that stayed up/);
 });
 
 test('Gateway: an EIO told to one connection is told once to every other connection open then', async () => {
@@ -567,4 +644,22 @@ test('Gateway: a local flush that failed for another caller since a local write 
     return true;
   });
   await gateway.flush(); // told once
+});
+
+test('Gateway: a lost primary whose writes no disk that stayed up holds fails the flush with EIO', async () => {
+  const g = gatewayHarness(); // pool size 1: each write is on its primary's disk only
+  await g.gateway.write(g.keyOn('h1'), 0, block(1), false);
+  await g.gateway.write(g.keyOn('h2'), 0, block(2), false);
+  g.unreachable.add('h1'); // lost power with the write in its cache
+  await assert.rejects(g.gateway.flush(), (error: unknown) => {
+    assert.ok(error instanceof CisternError && error.code === 'EIO', String(error));
+    assert.match(error.message, /no disk that stayed up/);
+    return true;
+  });
+  assert.ok(
+    g.hostFlushes.some((f) => f.host === 'h2'),
+    'the others were flushed all the same',
+  );
+  assert.equal(g.durable.get('h2'), 1, "h2's own write was flushed by its primary flush");
+  await g.gateway.flush(); // the client was told: the next flush starts afresh
 });

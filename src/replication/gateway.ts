@@ -7,7 +7,7 @@
 import { CisternError, isCisternError } from '../util/errors';
 import { ObjectKey } from '../store/key';
 import { Extent } from '../volume/backend';
-import { ClusterState, actingMembers } from '../cluster/state';
+import { ClusterState, actingMembers, pgKey, staleKey } from '../cluster/state';
 import { PlacementTable, objectToPg } from '../placement/straw2';
 import { ObjectIo, PeerTransport, ownedLease } from './endpoint';
 import { BufferLease } from '../store/buffer-cache';
@@ -23,6 +23,18 @@ interface Acknowledger {
   restarted: boolean;
   /** The primary's count of failed flushes at the first acknowledgement (handler.ts). */
   flushErrors?: number;
+  /**
+   * Per PG written through this primary (`pool:pg`), the disks holding those writes: its
+   * acting members as this gateway's map had them at each acknowledgement, each with its
+   * stale mark's epoch then. One the map takes down or marks stale again since leaves
+   * (pruneHolders): it may have lost them with its cache. Should the primary be lost,
+   * every other host's flush vouches for them only through a holder that stayed.
+   */
+  holders: Map<string, Map<number, number | undefined>>;
+}
+
+function acknowledger(): Acknowledger {
+  return { restarted: false, holders: new Map() };
 }
 
 /** Attempts of one operation across map changes before giving up. */
@@ -99,7 +111,32 @@ export class Gateway implements ObjectIo {
   /** EIOs after which the next flush started afresh, told to every connection once. */
   private readonly flushErrors = new FlushErrors();
 
-  constructor(private readonly options: GatewayOptions) {}
+  constructor(private readonly options: GatewayOptions) {
+    options.mapChanges?.(() => this.pruneHolders());
+  }
+
+  /**
+   * After every map change: each written primary's holders (pending, and those of
+   * flushes under way) that the map now has down, or stale by a newer mark than at the
+   * acknowledgement (a restart: markRestartedStale), leave (Acknowledger.holders).
+   */
+  private pruneHolders(): void {
+    const state = this.options.state();
+    const up = new Set(state.map.disks.filter((d) => d.up).map((d) => d.id));
+    const prune = (seen: Acknowledger): void => {
+      for (const [name, disks] of seen.holders) {
+        const [pool, pg] = name.split(':').map(Number) as [number, number];
+        for (const [disk, since] of disks) {
+          // A mark recovery cleared keeps the disk; a new one is a restart's.
+          const mark = state.staleSince[staleKey(pool, pg, disk)];
+          if (!up.has(disk) || (mark !== undefined && mark !== since)) disks.delete(disk);
+        }
+      }
+    };
+    for (const seen of this.written.values()) prune(seen);
+    for (const flush of this.flushesUnderWay)
+      for (const list of flush.values()) for (const seen of list) prune(seen);
+  }
 
   /** The host of the first up member of the object's PG, at the current epoch. */
   primaryOf(key: ObjectKey): string {
@@ -157,7 +194,7 @@ export class Gateway implements ObjectIo {
           if (mutates) this.localErrorsSeen ??= this.options.local.flushErrorCount?.();
           return result;
         }
-        if (mutates && !this.written.has(host)) this.written.set(host, { restarted: false });
+        if (mutates && !this.written.has(host)) this.written.set(host, acknowledger());
         return await remote(host, epoch);
       } catch (error) {
         // Only a primary we could not reach leaves the acting set. A refusal it sent
@@ -233,11 +270,11 @@ export class Gateway implements ObjectIo {
     host: string,
     epoch: number,
     type: MessageType,
-    metadata: unknown,
+    metadata: { key: ObjectKey; [field: string]: unknown },
     payload?: Uint8Array,
   ): Promise<void> {
     const reply = await this.request(host, epoch, type, metadata, payload);
-    this.noteAcknowledged(host, reply.metadata);
+    this.noteAcknowledged(host, reply.metadata, metadata.key);
   }
 
   /**
@@ -245,8 +282,8 @@ export class Gateway implements ObjectIo {
    * was sent: a FLUSH that took the marks while the change was in flight has not covered
    * it, so the next one must ask that primary.
    */
-  private noteAcknowledged(host: string, metadata: unknown): void {
-    const seen = this.written.get(host) ?? { restarted: false };
+  private noteAcknowledged(host: string, metadata: unknown, key: ObjectKey): void {
+    const seen = this.written.get(host) ?? acknowledger();
     const incarnation = (metadata as { incarnation?: unknown } | undefined)?.incarnation;
     if (typeof incarnation === 'string') {
       if (seen.incarnation !== undefined && seen.incarnation !== incarnation) seen.restarted = true;
@@ -254,6 +291,14 @@ export class Gateway implements ObjectIo {
     }
     const flushErrors = (metadata as { flushErrors?: unknown } | undefined)?.flushErrors;
     if (typeof flushErrors === 'number') seen.flushErrors ??= flushErrors;
+    const state = this.options.state();
+    const table = this.options.table(key.pool);
+    const pg = objectToPg(table.pool, key.volume, key.object);
+    const name = pgKey(key.pool, pg);
+    const holders = seen.holders.get(name) ?? new Map<number, number | undefined>();
+    for (const member of actingMembers(state, table, pg))
+      holders.set(member.disk, state.staleSince[staleKey(key.pool, pg, member.disk)]);
+    seen.holders.set(name, holders);
     this.written.set(host, seen);
   }
 
@@ -394,9 +439,11 @@ export class Gateway implements ObjectIo {
     for (const earlier of this.flushesUnderWay)
       for (const [host, seen] of earlier) own.set(host, [...(own.get(host) ?? []), ...seen]);
     this.flushesUnderWay.add(own);
+    const covered = new Map(own);
     const lost: string[] = [];
     const restarted: string[] = [];
     const failedFlushes: string[] = [];
+    let unheld: string[] = [];
     try {
       await settleAll([
         this.untilEpochSettles(async () => {
@@ -425,6 +472,7 @@ export class Gateway implements ObjectIo {
         }),
       ]);
       if (lost.length > 0 || restarted.length > 0) await this.flushEveryHost(lost);
+      unheld = this.heldByNone(lost, covered);
     } catch (error) {
       // Not known durable: again next time — unless EIO already told the client they
       // may be lost, after which the next FLUSH starts afresh.
@@ -437,6 +485,14 @@ export class Gateway implements ObjectIo {
     } finally {
       this.flushesUnderWay.delete(own);
       if (localUnderWay) this.localErrorsUnderWay.delete(localUnderWay);
+    }
+    if (unheld.length > 0) {
+      throw new CisternError(
+        'EIO',
+        `writes this flush covers, acknowledged by lost primaries, in pg ${unheld.join(', ')} ` +
+          'are on no disk that stayed up to be flushed (their holders went down or ' +
+          'restarted too): they may be lost',
+      );
     }
     if (failedFlushes.length > 0) {
       throw new CisternError(
@@ -517,6 +573,27 @@ export class Gateway implements ObjectIo {
         await this.options.waitForEpoch(target, EPOCH_WAIT_MS);
       }
     }
+  }
+
+  /**
+   * After every other host flushed all its disks in place of the `lost` primaries: the
+   * PGs whose writes through them have no holder left that stayed up (and is not on a
+   * lost host) — nothing this flush made durable holds them (simulator seed 311: the
+   * primary and its one replica both lost power with the writes in their caches).
+   */
+  private heldByNone(lost: string[], covered: Map<string, Acknowledger[]>): string[] {
+    const state = this.options.state();
+    const hostOf = new Map(state.map.disks.map((d) => [d.id, d.host]));
+    const unheld = new Set<string>();
+    for (const host of lost) {
+      for (const seen of covered.get(host) ?? []) {
+        for (const [name, disks] of seen.holders) {
+          const flushed = [...disks.keys()].some((d) => !lost.includes(hostOf.get(d) ?? host));
+          if (!flushed) unheld.add(name);
+        }
+      }
+    }
+    return [...unheld];
   }
 
   private async flushEveryHost(except: string[]): Promise<void> {

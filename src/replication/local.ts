@@ -113,6 +113,8 @@ interface FlushUnderWay {
    * flush still does when it ends (its own caller is told directly).
    */
   reported: Set<string>;
+  /** Holders the map took down since they took the writes (noteTakenDown). */
+  wentDown: Set<number>;
 }
 
 export class LocalReplication implements ObjectIo {
@@ -131,6 +133,12 @@ export class LocalReplication implements ObjectIo {
    * on flushed disks; the rare write whose every holder left is not caught.)
    */
   private holders = new Map<string, Set<number>>();
+  /**
+   * Holders the map took down since the last flush (noteTakenDown): a flush of one after
+   * it is back vouches for nothing it held before (whatever took it down may have cost
+   * its cache), and one in a PG's authoritative record counts as left unflushed.
+   */
+  private wentDown = new Set<number>();
   /** PG versions (pg-log.ts): the last sequence number given, and per PG what is settling. */
   private seq: number;
   private readonly versions = new Map<string, PgVersions>();
@@ -138,6 +146,25 @@ export class LocalReplication implements ObjectIo {
   constructor(private readonly replicas: ReplicaSet) {
     this.seq = Math.floor((replicas.now ?? Date.now)()) * VERSION_SEQ_PER_MS;
     assert(Number.isSafeInteger(this.seq) && this.seq >= 0, 'version sequence base');
+    replicas.mapChanges?.(() => this.noteTakenDown());
+  }
+
+  /**
+   * After every map change: the holders (pending, and of flushes under way) the map has
+   * down are noted as gone down. A holder taken down may have lost the writes with its
+   * cache (a power loss: simulator seed 47, where the taken-out replica came back, was
+   * flushed, and the FLUSH vouched for a write its crash took while the primary's disk
+   * failed with the only other copy), and a flush of it once it is back says nothing of
+   * them: its daemon's restart is forgotten with the request that found it unreachable
+   * (remote-disk.ts). Flushes then count only the holders that stayed up.
+   */
+  private noteTakenDown(): void {
+    const down = (disk: number): boolean => !this.replicas.store(disk);
+    const note = (holders: Map<string, Set<number>>, into: Set<number>): void => {
+      for (const set of holders.values()) for (const disk of set) if (down(disk)) into.add(disk);
+    };
+    note(this.holders, this.wentDown);
+    for (const flush of this.flushesUnderWay) note(flush.holders, flush.wentDown);
   }
 
   /**
@@ -796,10 +823,12 @@ export class LocalReplication implements ObjectIo {
       flushed: new Set(),
       holders: this.holders,
       reported: new Set(),
+      wentDown: this.wentDown,
     };
     for (const flush of earlier) for (const disk of flush.pending) own.pending.add(disk);
     this.dirty.clear();
     this.holders = new Map();
+    this.wentDown = new Set();
     this.flushesUnderWay.add(own);
     const restarted: number[] = [];
     // Every member settles before the flush does, failed or not: which PGs this flush
@@ -816,7 +845,10 @@ export class LocalReplication implements ObjectIo {
     const unsoundIn = (flush: FlushUnderWay): Array<[string, Set<number>]> =>
       [...flush.holders].filter(([pg, set]) => {
         if (flush !== own && flush.reported.has(pg)) return false;
-        const flushed = (d: number): boolean => own.flushed.has(d) || flush.flushed.has(d);
+        const flushed = (d: number): boolean =>
+          (own.flushed.has(d) || flush.flushed.has(d)) &&
+          !own.wentDown.has(d) &&
+          !flush.wentDown.has(d);
         const record = this.replicas.authoritative?.(pg) ?? [];
         return ![...set].some(flushed) || [...set].some((d) => !flushed(d) && record.includes(d));
       });
@@ -831,6 +863,7 @@ export class LocalReplication implements ObjectIo {
         const known = this.holders.get(pg);
         if (!known) this.holders.set(pg, set);
         else for (const disk of set) known.add(disk);
+        for (const disk of set) if (own.wentDown.has(disk)) this.wentDown.add(disk);
       }
       throw failed.reason;
     }

@@ -59,7 +59,24 @@ async function setUp(cluster: MemoryClusterStore, disks: number[], up: boolean):
   });
 }
 
-test('an accepted loss is served from the member whose PG log is complete furthest', async () => {
+/**
+ * The PG made incomplete as the first test describes, each disk's log answering what
+ * `completes` sets (given c, stale longest, and the two members that joined late),
+ * `adjust` applied to the map before the acceptance; one recovery pass serves it.
+ */
+async function serveAccepted(
+  completes: (disks: LoggedDisk[], c: number, joined: number[]) => void,
+  adjust: (s: state.ClusterState, key: string, joined: number[]) => void = () => undefined,
+): Promise<{
+  served: number | undefined;
+  c: number;
+  joined: number[];
+  after: state.ClusterState;
+  key: string;
+  disks: LoggedDisk[];
+  members: number[];
+  events: Array<[string, Record<string, unknown> | undefined]>;
+}> {
   const initial = state.emptyState();
   state.addHost(initial, 'h1', 'r1');
   for (let d = 0; d < 5; d += 1)
@@ -89,11 +106,9 @@ test('an accepted loss is served from the member whose PG log is complete furthe
   assert.equal(incomplete[0]!.best, c, 'the map alone points to c, stale longest');
   const joined = incomplete[0]!.members.filter((d) => d !== c);
   assert.equal(joined.length, 2);
-  // What the logs say: one of the late members holds more than c (say c's mark came
-  // before a long run of writes it missed, while that member took them).
   const disks = [0, 1, 2, 3, 4].map((id) => new LoggedDisk(id));
-  disks[c]!.complete = { epoch: 5, seq: 40 };
-  disks[joined[0]!]!.complete = { epoch: 9, seq: 7 };
+  completes(disks, c, joined);
+  await cluster.update((s) => adjust(s, key, joined));
   const up = (disk: number): boolean =>
     cluster.current().map.disks.find((d) => d.id === disk)?.up === true;
   const primaryOfPg = (): { id: number; host: string } => {
@@ -129,14 +144,48 @@ test('an accepted loss is served from the member whose PG log is complete furthe
   await recovery.idle();
   await recovery.close();
   const after = cluster.current();
+  const served = events.find(([event]) => event === 'recovery.loss-accepted')?.[1]?.['disk'];
+  return {
+    served: typeof served === 'number' ? served : undefined,
+    c,
+    joined,
+    after,
+    key,
+    disks,
+    members: incomplete[0]!.members,
+    events,
+  };
+}
+
+test('an accepted loss is served from the member whose PG log is complete furthest', async () => {
+  // What the logs say: one of the late members holds more than c (say c's mark came
+  // before a long run of writes it missed, while that member took them).
+  const { served, joined, after, key, disks, members, events } = await serveAccepted(
+    (disks, c, joined) => {
+      disks[c]!.complete = { epoch: 5, seq: 40 };
+      disks[joined[0]!]!.complete = { epoch: 9, seq: 7 };
+    },
+  );
   assert.deepEqual(after.authoritativeMembers[key], [joined[0]], 'served from the fuller copy');
   assert.equal(after.acceptedLosses?.[key], undefined, 'the acceptance is done');
-  for (const disk of incomplete[0]!.members)
-    assert.ok(disks[disk]!.asked > 0, `disk ${disk} asked`);
-  const served = events.find(([event]) => event === 'recovery.loss-accepted');
-  assert.equal(served?.[1]?.['disk'], joined[0]);
+  for (const disk of members) assert.ok(disks[disk]!.asked > 0, `disk ${disk} asked`);
+  assert.equal(served, joined[0]);
   // Recovery then brings the others in line: the PG ends clean.
   assert.equal(after.staleMembers[key], undefined, `clean (events: ${events.map((e) => e[0])})`);
+});
+
+test('among copies complete equally far, one that left the record after a crash is served', async () => {
+  // Simulator seed 114: the logs tied, and the copy stale longest lacked writes that a
+  // disk which had left peering's record after its crash (crashedMembers) still held.
+  const { served, joined } = await serveAccepted(
+    (disks) => {
+      for (const disk of disks) disk.complete = { epoch: 5, seq: 40 };
+    },
+    (s, key, joined) => {
+      s.crashedMembers[key] = [joined[1]!];
+    },
+  );
+  assert.equal(served, joined[1]);
 });
 
 test('the choice: furthest complete; a member without a version only if none has one; ties to the first', () => {

@@ -236,8 +236,11 @@ export class RecoveryWorker extends BackgroundPasses {
         if (incomplete) {
           const since = (disk: number): number =>
             state.staleSince[staleKey(pool, pg, disk)] ?? Number.MAX_SAFE_INTEGER;
-          // Best first by what the map knows (incompletePg's rule): the tie-break.
-          const ordered = [...incomplete.members].sort((a, b) => since(a) - since(b));
+          // Best first by what the map knows (IncompletePg.best, then stale longest):
+          // the tie-break among copies whose logs are complete equally far.
+          const rank = (disk: number): number =>
+            disk === incomplete.best ? Number.MIN_SAFE_INTEGER : since(disk);
+          const ordered = [...incomplete.members].sort((a, b) => rank(a) - rank(b));
           for (const disk of ordered) {
             const log = await this.guarded(disk, () =>
               this.context.primary.pgLogOf(disk, pool, pg, LAST_VERSION),

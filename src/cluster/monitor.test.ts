@@ -5,7 +5,8 @@
 // stays down; live hosts and repeated checks change nothing; a disk its peers could not
 // reach is held down while its host still shows the liveness key it had (a daemon killed
 // with kill -9 keeps its key until its lease lapses), and comes back at once when its
-// host re-registered or was absent meanwhile.
+// host re-registered or was absent meanwhile; a host is not taken out when a pool could
+// then no longer be placed.
 
 import { strict as assert } from 'node:assert';
 import { test } from 'node:test';
@@ -153,4 +154,25 @@ test('a disk peers could not reach comes back at once when its host re-registere
     const changes = applyLiveness(s, new Set(['h1', 'h2']), new Map(), 2, DOWN_OUT_MS, held);
     assert.deepEqual(changes, [{ host: 'h1', change: 'up', disks: [0] }], meanwhile);
   }
+});
+
+test('a host away past the interval is not taken out when a pool could no longer be placed', () => {
+  // Two hosts, a pool of size 2 by host: taking h1 out would leave one host. (Soak seed
+  // 1280: a pool went unplaceable, and the PGs re-placed on the way back took a disk
+  // in as if it held their data.)
+  const s = cluster();
+  state.createPool(s, { name: 'p', size: 2, minSize: 1, failureDomain: 'host', pgCount: 8 });
+  const since = new Map([['h1', 0]]);
+  applyLiveness(s, new Set(['h2']), since, 0, DOWN_OUT_MS);
+  assert.deepEqual(applyLiveness(s, new Set(['h2']), since, DOWN_OUT_MS, DOWN_OUT_MS), []);
+  assert.ok(
+    s.map.disks.filter((d) => d.host === 'h1').every((d) => !d.up && d.in),
+    'down, in',
+  );
+  // With a third host to place on, the same absence is taken out.
+  state.addHost(s, 'h3', 'rack-h3');
+  state.addDisk(s, 'h3', { path: '/dev/h3d1', uuid: 'h31', sizeBytes: 1 << 30 });
+  assert.deepEqual(applyLiveness(s, new Set(['h2', 'h3']), since, DOWN_OUT_MS, DOWN_OUT_MS), [
+    { host: 'h1', change: 'out', disks: [0, 1] },
+  ]);
 });

@@ -14,6 +14,7 @@ import { assert } from '../util/assert';
 import { isCisternError } from '../util/errors';
 import type { Log } from '../daemon/log';
 import { type ClusterState, UNREACHABLE_PREFIX, downBecauseHostAway } from './state';
+import { computeTable } from '../placement/straw2';
 import type { AliveRecord, EtcdClusterStore } from './etcd';
 
 /** Down → out after this long by default (Ceph's mon_osd_down_out_interval is 600 s too). */
@@ -111,10 +112,35 @@ export function applyLiveness(
     const out = disks.filter(
       (d) => d.in && !d.up && downBecauseHostAway(location(d.id).error, reason),
     );
+    if (out.length === 0) continue;
+    const placeable = placeablePools(state);
     for (const disk of out) disk.in = false;
-    if (out.length > 0) changes.push({ host: host.id, change: 'out', disks: ids(out) });
+    if (placeablePools(state) < placeable) {
+      // Too few hosts would be left to place a pool: its PGs would all go inactive, and
+      // the map cannot tell, on the way back, which members a re-placement added (the
+      // simulator's soak seed 1280: a disk brought back in joined PGs as if it held
+      // their data). The disks stay down and in until the host returns or an operator
+      // takes them out.
+      for (const disk of out) disk.in = true;
+      continue;
+    }
+    changes.push({ host: host.id, change: 'out', disks: ids(out) });
   }
   return changes;
+}
+
+/** How many of the map's pools can be placed (computeTable succeeds). */
+function placeablePools(state: ClusterState): number {
+  let placeable = 0;
+  for (const pool of state.map.pools) {
+    try {
+      computeTable(state.map, pool.id);
+      placeable += 1;
+    } catch {
+      // too few hosts or disks in for this pool
+    }
+  }
+  return placeable;
 }
 
 /**

@@ -407,3 +407,20 @@ test('the first disk of the record stays in it after a crash; the one that went 
   now = up(now, b);
   assert.deepEqual(good(now, pg), [b], 'b serves, a is recovered from it');
 });
+
+test('a disk back from a crash behind one still up leaves the record too', () => {
+  // Seed 1942: a restarted while b, ahead of it in the record, was up; then a came back
+  // as b went down, in one change. Judged only against disks down at the restart, a
+  // stayed in the record and was made the PG's source without the writes b flushed.
+  const { s, pg, row, key } = onePg();
+  const [a, b, c] = row as [number, number, number];
+  let now = down(up(down(s, c), c), a); // c stale, a down: record [b, a], b good
+  assert.deepEqual(state.markRestartedStale(now, a, [{ pool: 1, pg }]), []);
+  assert.deepEqual(now.authoritativeMembers[key], [b]);
+  now = change(now, (n) => {
+    n.map.disks.find((d) => d.id === a)!.up = true;
+    state.markDiskDown(n, b, 'cut off');
+  });
+  assert.deepEqual(good(now, pg), [], 'a waits (stale) for b');
+  assert.equal(state.incompletePgs(now).find((i) => i.pg === pg)?.best, a);
+});

@@ -651,10 +651,6 @@ export function serveAcceptedLoss(
   return true;
 }
 
-function isUp(table: PlacementTable, disk: number): boolean {
-  return table.topology.disksById.get(disk)?.up === true;
-}
-
 /**
  * A daemon that lost power and came back before its lease lapsed was never marked down,
  * so nothing says its disks may lack writes: those its volatile cache lost. Its disks'
@@ -670,12 +666,13 @@ function isUp(table: PlacementTable, disk: number): boolean {
  * incomplete with a nearly complete copy looking no better than members that missed far
  * more (the simulator found exactly that when the record named only the others).
  *
- * A disk in that record while another disk of it is down (the PG fell below min-size
- * with both good, then lost the other) is no longer vouched for: it leaves the record
- * — down itself (back after its lease lapsed) or up, brought back good as the record's
- * first up disk, which it then stops being (marked stale, the PG incomplete) — since
- * the other may hold, flushed, the writes its crash took, and a FLUSH may have said so.
- * The PG waits for that disk, or for the operator to accept the loss (acceptPgLoss).
+ * A disk in that record behind another (the PG fell below min-size with both good, the
+ * other listed first: it stayed good as long or longer) is no longer vouched for: it
+ * leaves the record (kept in crashedMembers) — down itself (back after its lease
+ * lapsed) or up, brought back good as the record's first up disk, which it then stops
+ * being (marked stale, the PG incomplete) — since the other may hold, flushed, the
+ * writes its crash took, and a FLUSH may have said so. The PG waits for that disk, or
+ * for the operator to accept the loss (acceptPgLoss).
  * Returns the PGs marked. Called by every store as an update (the epoch bumps).
  */
 export function markRestartedStale(
@@ -700,11 +697,13 @@ export function markRestartedStale(
     if (!table) continue;
     const key = pgKey(poolId, pg);
     const record = state.authoritativeMembers[key] ?? [];
-    // A disk before it in peering's record that is down may come back holding every
-    // write, among them those this disk's crash took: it must not vouch for them
-    // meanwhile. (One after it is no better: it lacks what this one's crash took, or
-    // went away first.)
-    const rivals = record.slice(0, record.indexOf(disk)).filter((d) => !isUp(table, d));
+    // A disk before it in peering's record stayed good at least as long, and holds
+    // every write, among them those this disk's crash took: this one must not be made
+    // the PG's source ahead of it — now, or later when that one is down and this one
+    // comes back (soak seed 1942: checked only against disks down at the restart, the
+    // crashed disk was revived the moment the other went down). One after it is no
+    // better: it went away first, or lacks its own crash's writes.
+    const rivals = record.slice(0, Math.max(0, record.indexOf(disk)));
     const vouches = record.includes(disk) && rivals.length > 0;
     if (vouches) {
       state.authoritativeMembers[key] = record.filter((d) => d !== disk);

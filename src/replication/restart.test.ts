@@ -6,8 +6,8 @@
 // states (a MemoryClusterStore) and a PgLogBook per disk; no I/O. Fails on the code
 // before: the logs were left alone, and a member caught up from such a disk was given
 // only the logged objects (soak seed 1463: one object missing on two members for good).
-// And peering's record: a disk the map has down leaves it where a disk before it is down
-// too (it may hold what this one's crash lost), and is kept as the best copy left
+// And peering's record: a disk the map has down leaves it where a disk comes before it
+// (it may hold what this one's crash lost), and is kept as the best copy left
 // (crashedMembers); an up disk is marked stale where listed.
 
 import { strict as assert } from 'node:assert';
@@ -96,7 +96,7 @@ test('an up disk back from a crash is marked stale in the listed PGs, nowhere el
   assert.equal(store.current().map.epoch, epoch, 'no map update');
 });
 
-test('a disk the map has down leaves the record where a disk before it is down too', async () => {
+test('a disk the map has down leaves the record where another disk comes before it', async () => {
   const store = new MemoryClusterStore(fourHosts());
   const table = computeTable(store.current().map, 1);
   const disk = 0;

@@ -8,7 +8,7 @@
 // members and recovery copies those PGs back. A restart after the lease lapsed finds
 // its disks down (they come back stale anyway), but a PG left below min-size may name
 // them in peering's record of who holds every write: they leave it where it names
-// another disk, which holds what the crash cost. After a clean stop the record is
+// another disk before them, which holds what the crash cost. After a clean stop the record is
 // short; nothing changes.
 //
 // The same crash may also have kept, by luck, unflushed changes whose PG-log entries it
@@ -35,8 +35,8 @@ export interface ActivityRecord {
 /**
  * Raises the PG-log `start` of each of `disks` (this host's, opened) in the PGs its
  * activity record lists, and marks each disk the map has up stale in those PGs where
- * another good member remains or peering's record names, before it, a disk that is down
- * and may hold what its crash lost (markRestartedStale); returns how many (disk, PG)
+ * another good member remains or peering's record names, before it, a disk that may
+ * hold what its crash lost (markRestartedStale); returns how many (disk, PG)
  * stale marks it made. A disk the map has down only leaves those records: the monitor
  * brings it back stale, and peering must not make it good again ahead of them.
  */

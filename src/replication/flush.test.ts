@@ -28,6 +28,8 @@
 //   - When a primary is lost, the flush of every other host's disks that replaces its
 //     flush is asked again at the new epoch if the map moved under it (was: it failed
 //     with "request from epoch N is older than ours").
+//   - A change is not acknowledged through members the map took down or marked stale
+//     while it was in flight (recovered meanwhile, they may no longer hold it: seed 1717).
 //   - While a flush waits for the map to take out a replica whose flush failed, later
 //     flushes do not flush that replica again (a success then says nothing of what the
 //     failed flush lost: was a success), and after one of them failed with EIO for those writes the
@@ -662,4 +664,30 @@ test('Gateway: a lost primary whose writes no disk that stayed up holds fails th
   );
   assert.equal(g.durable.get('h2'), 1, "h2's own write was flushed by its primary flush");
   await g.gateway.flush(); // the client was told: the next flush starts afresh
+});
+
+test('LocalReplication: a change is not acknowledged through members recovered while it was in flight', async () => {
+  // Simulator seed 1717: a primary on an old map wrote to two members; before its last
+  // answer came, the map took them down and back and the PG's new primary recovered
+  // them — its copy, without the change — and the old primary then counted them as
+  // holding it. They no longer count: the change fails, to be retried.
+  const h = harness();
+  const [primary, a, b] = h.row as [number, number, number];
+  const slow = gate();
+  h.disks[primary]!.slowWrite = slow.promise;
+  const write = h.replication.write(h.key, 0, block(5), false);
+  await settle(); // a and b took it; the primary's own disk has not answered
+  for (const disk of [a, b]) {
+    await h.cluster.update((s) => state.markDiskDown(s, disk, 'cut off'));
+    await h.cluster.update((s) => {
+      s.map.disks.find((d) => d.id === disk)!.up = true; // back stale
+    });
+    const since = h.cluster.current().staleSince[state.staleKey(h.key.pool, 0, disk)]!;
+    await h.cluster.update((s) => state.clearStale(s, h.key.pool, 0, disk, since)); // recovered
+  }
+  slow.open();
+  await assert.rejects(write, (error: unknown) => {
+    assert.ok(error instanceof CisternError && error.code === 'STALE_EPOCH', String(error));
+    return true;
+  });
 });

@@ -142,6 +142,13 @@ export class LocalReplication implements ObjectIo {
   /** PG versions (pg-log.ts): the last sequence number given, and per PG what is settling. */
   private seq: number;
   private readonly versions = new Map<string, PgVersions>();
+  /**
+   * Changes sent and not yet acknowledged: per change, the members the map took down or
+   * marked stale since it was sent (noteTakenDown). Such a member may have been
+   * recovered meanwhile — its copy replaced by the PG's primary of the moment, without
+   * this change — so it does not count towards the acknowledgement (heldByGoodMembers).
+   */
+  private readonly sending = new Set<{ key: ObjectKey; members: number[]; left: Set<number> }>();
 
   constructor(private readonly replicas: ReplicaSet) {
     this.seq = Math.floor((replicas.now ?? Date.now)()) * VERSION_SEQ_PER_MS;
@@ -165,6 +172,12 @@ export class LocalReplication implements ObjectIo {
     };
     note(this.holders, this.wentDown);
     for (const flush of this.flushesUnderWay) note(flush.holders, flush.wentDown);
+    for (const change of this.sending) {
+      const now = new Map(
+        this.members(change.key).up.map(([disk, , readable]) => [disk, readable]),
+      );
+      for (const disk of change.members) if (now.get(disk) !== true) change.left.add(disk);
+    }
   }
 
   /**
@@ -455,9 +468,20 @@ export class LocalReplication implements ObjectIo {
     fua: boolean,
     operation: (store: ObjectEndpoint, readable: boolean) => Promise<void>,
   ): Promise<void> {
-    const results = await Promise.allSettled(
-      up.map(([, store, readable]) => operation(store, readable)),
-    );
+    const sending = {
+      key,
+      members: up.filter(([, , r]) => r).map(([d]) => d),
+      left: new Set<number>(),
+    };
+    this.sending.add(sending);
+    let results: Array<PromiseSettledResult<void>>;
+    try {
+      results = await Promise.allSettled(
+        up.map(([, store, readable]) => operation(store, readable)),
+      );
+    } finally {
+      this.sending.delete(sending);
+    }
     let succeeded = 0;
     let requestError: unknown;
     const took = new Set<number>();
@@ -475,6 +499,7 @@ export class LocalReplication implements ObjectIo {
     }
     if (requestError !== undefined) throw requestError;
     if (succeeded < minSize) throw this.unavailable(key, succeeded, minSize);
+    for (const disk of sending.left) took.delete(disk);
     this.heldByGoodMembers(key, took, minSize);
     if (!fua) this.noteHolders(key, took);
   }

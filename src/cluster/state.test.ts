@@ -424,3 +424,19 @@ test('a disk back from a crash behind one still up leaves the record too', () =>
   assert.deepEqual(good(now, pg), [], 'a waits (stale) for b');
   assert.equal(state.incompletePgs(now).find((i) => i.pg === pg)?.best, a);
 });
+
+test('a disk made good as the record, leaving it at start-up, hands the PG to the one before it if up', () => {
+  // The real-cluster restart of every daemon: a came up first and served as the record's
+  // first up disk; b came back (stale: a served); then a's start-up peering found b
+  // ahead of it. No map change would run peering again: b is made good there and then.
+  const { s, pg, row, key } = onePg();
+  const [a, b, c] = row as [number, number, number];
+  let now = down(down(up(down(s, c), c), a), b); // record [b, a]
+  now = up(now, a);
+  assert.deepEqual(good(now, pg), [a]);
+  now = up(now, b);
+  assert.deepEqual(good(now, pg), [a], 'b back stale');
+  assert.deepEqual(state.markRestartedStale(now, a, [{ pool: 1, pg }]), [{ pool: 1, pg }]);
+  assert.deepEqual(good(now, pg), [b], 'b serves; a is recovered from it');
+  assert.deepEqual(now.authoritativeMembers[key], [b]);
+});

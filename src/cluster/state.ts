@@ -721,8 +721,18 @@ export function markRestartedStale(
     state.staleMembers[key] = [...(state.staleMembers[key] ?? []), disk].sort((a, b) => a - b);
     state.staleSince[staleKey(poolId, pg, disk)] = epoch;
     if (others.length === 0) {
-      // Brought back as the record's first up disk while the others are down: it waits
-      // for them stale (the PG incomplete), rather than serve without its lost writes.
+      // Brought back as the record's first up disk: it waits for the disks before it,
+      // stale (the PG incomplete), rather than serve without its lost writes — unless
+      // one of them is up already (back stale while this one served): that one is made
+      // good now, as peering would have made it (no map change comes to run peerPg
+      // again; the real-cluster restart of every daemon stalled on exactly that).
+      const back = (state.authoritativeMembers[key] ?? []).find(
+        (d) => d !== disk && members.some((m) => m.disk === d),
+      );
+      if (back !== undefined) {
+        state.staleMembers[key] = state.staleMembers[key]!.filter((d) => d !== back);
+        delete state.staleSince[staleKey(poolId, pg, back)];
+      }
       marked.push({ pool: poolId, pg });
       continue;
     }

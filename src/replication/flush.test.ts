@@ -175,6 +175,21 @@ function harness(
   };
 }
 
+/** A host's own engine with nothing to do (the gateway tests' primaries are remote). */
+function idleEngine(extra: Partial<ObjectIo> = {}): ObjectIo {
+  return {
+    read: async () => new Uint8Array(0),
+    readLeased: async () => ({ data: new Uint8Array(0), release: () => undefined }),
+    write: async () => undefined,
+    trim: async () => undefined,
+    zero: async () => undefined,
+    blockStatus: async () => [],
+    deleteObject: async () => undefined,
+    flush: async () => undefined,
+    ...extra,
+  };
+}
+
 function block(value: number): Uint8Array {
   return new Uint8Array(4096).fill(value);
 }
@@ -429,16 +444,7 @@ function gatewayHarness(): {
       return { metadata: { incarnation: incarnation.get(host) ?? `${host}#1` } };
     },
   };
-  const noLocal: ObjectIo = {
-    read: async () => new Uint8Array(0),
-    readLeased: async () => ({ data: new Uint8Array(0), release: () => undefined }),
-    write: async () => undefined,
-    trim: async () => undefined,
-    zero: async () => undefined,
-    blockStatus: async () => [],
-    deleteObject: async () => undefined,
-    flush: async () => undefined,
-  };
+  const noLocal = idleEngine();
   const gateway = new Gateway({
     hostId: 'h0',
     transport,
@@ -613,17 +619,7 @@ test('Gateway: a local flush that failed for another caller since a local write 
   // The local engine: its EIOs are counted (flush-errors.ts); one met by a remote
   // gateway's PrimaryFlush is told to that caller only, and not again (local.ts).
   let localErrors = 0;
-  const local: ObjectIo = {
-    read: async () => new Uint8Array(0),
-    readLeased: async () => ({ data: new Uint8Array(0), release: () => undefined }),
-    write: async () => undefined,
-    trim: async () => undefined,
-    zero: async () => undefined,
-    blockStatus: async () => [],
-    deleteObject: async () => undefined,
-    flush: async () => undefined,
-    flushErrorCount: () => localErrors,
-  };
+  const local = idleEngine({ flushErrorCount: () => localErrors });
   const gateway = new Gateway({
     hostId: 'h0',
     transport: { request: async () => ({ metadata: {} }) },

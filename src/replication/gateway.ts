@@ -26,11 +26,11 @@ interface Acknowledger {
   /**
    * Per PG written through this primary (`pool:pg`), the disks holding those writes: its
    * acting members as this gateway's map had them at each acknowledgement, each with its
-   * stale mark's epoch then. One the map takes down or marks stale again since leaves
+   * stale mark's epoch then (looked up once per PG and map epoch, not per write). One the map takes down or marks stale again since leaves
    * (pruneHolders): it may have lost them with its cache. Should the primary be lost,
    * every other host's flush vouches for them only through a holder that stayed.
    */
-  holders: Map<string, Map<number, number | undefined>>;
+  holders: Map<string, { epoch: number; disks: Map<number, number | undefined> }>;
 }
 
 function acknowledger(): Acknowledger {
@@ -124,7 +124,7 @@ export class Gateway implements ObjectIo {
     const state = this.options.state();
     const up = new Set(state.map.disks.filter((d) => d.up).map((d) => d.id));
     const prune = (seen: Acknowledger): void => {
-      for (const [name, disks] of seen.holders) {
+      for (const [name, { disks }] of seen.holders) {
         const [pool, pg] = name.split(':').map(Number) as [number, number];
         for (const [disk, since] of disks) {
           // A mark recovery cleared keeps the disk; a new one is a restart's.
@@ -291,15 +291,18 @@ export class Gateway implements ObjectIo {
     }
     const flushErrors = (metadata as { flushErrors?: unknown } | undefined)?.flushErrors;
     if (typeof flushErrors === 'number') seen.flushErrors ??= flushErrors;
+    this.written.set(host, seen);
     const state = this.options.state();
     const table = this.options.table(key.pool);
     const pg = objectToPg(table.pool, key.volume, key.object);
     const name = pgKey(key.pool, pg);
-    const holders = seen.holders.get(name) ?? new Map<number, number | undefined>();
+    const holders = seen.holders.get(name);
+    // The acting members change only with the map: once per PG and epoch is enough.
+    if (holders?.epoch === state.map.epoch) return;
+    const disks = holders?.disks ?? new Map<number, number | undefined>();
     for (const member of actingMembers(state, table, pg))
-      holders.set(member.disk, state.staleSince[staleKey(key.pool, pg, member.disk)]);
-    seen.holders.set(name, holders);
-    this.written.set(host, seen);
+      disks.set(member.disk, state.staleSince[staleKey(key.pool, pg, member.disk)]);
+    seen.holders.set(name, { epoch: state.map.epoch, disks });
   }
 
   /** A copy the caller owns (readLeased lends the store's buffer instead). */
@@ -587,7 +590,7 @@ export class Gateway implements ObjectIo {
     const unheld = new Set<string>();
     for (const host of lost) {
       for (const seen of covered.get(host) ?? []) {
-        for (const [name, disks] of seen.holders) {
+        for (const [name, { disks }] of seen.holders) {
           const flushed = [...disks.keys()].some((d) => !lost.includes(hostOf.get(d) ?? host));
           if (!flushed) unheld.add(name);
         }

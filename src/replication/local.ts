@@ -148,7 +148,11 @@ export class LocalReplication implements ObjectIo {
    * recovered meanwhile — its copy replaced by the PG's primary of the moment, without
    * this change — so it does not count towards the acknowledgement (heldByGoodMembers).
    */
-  private readonly sending = new Set<{ key: ObjectKey; members: number[]; left: Set<number> }>();
+  private readonly sending = new Set<{
+    key: ObjectKey;
+    up: ReadonlyArray<[number, ObjectEndpoint, boolean]>;
+    left?: Set<number>;
+  }>();
 
   constructor(private readonly replicas: ReplicaSet) {
     this.seq = Math.floor((replicas.now ?? Date.now)()) * VERSION_SEQ_PER_MS;
@@ -176,7 +180,8 @@ export class LocalReplication implements ObjectIo {
       const now = new Map(
         this.members(change.key).up.map(([disk, , readable]) => [disk, readable]),
       );
-      for (const disk of change.members) if (now.get(disk) !== true) change.left.add(disk);
+      for (const [disk, , readable] of change.up)
+        if (readable && now.get(disk) !== true) (change.left ??= new Set()).add(disk);
     }
   }
 
@@ -468,11 +473,8 @@ export class LocalReplication implements ObjectIo {
     fua: boolean,
     operation: (store: ObjectEndpoint, readable: boolean) => Promise<void>,
   ): Promise<void> {
-    const sending = {
-      key,
-      members: up.filter(([, , r]) => r).map(([d]) => d),
-      left: new Set<number>(),
-    };
+    // Read only by map changes while the change is out: nothing derived per change here.
+    const sending: { key: ObjectKey; up: typeof up; left?: Set<number> } = { key, up };
     this.sending.add(sending);
     let results: Array<PromiseSettledResult<void>>;
     try {
@@ -499,7 +501,7 @@ export class LocalReplication implements ObjectIo {
     }
     if (requestError !== undefined) throw requestError;
     if (succeeded < minSize) throw this.unavailable(key, succeeded, minSize);
-    for (const disk of sending.left) took.delete(disk);
+    for (const disk of sending.left ?? []) took.delete(disk);
     this.heldByGoodMembers(key, took, minSize);
     if (!fua) this.noteHolders(key, took);
   }

@@ -30,6 +30,8 @@
 //     with "request from epoch N is older than ours").
 //   - A change is not acknowledged through members the map took down or marked stale
 //     while it was in flight (recovered meanwhile, they may no longer hold it: seed 1717).
+//   - A member whose flush failed and whose take-out failed too (etcd out of reach) is
+//     flushed again by the next flush before that one vouches (seed 5223).
 //   - While a flush waits for the map to take out a replica whose flush failed, later
 //     flushes do not flush that replica again (a success then says nothing of what the
 //     failed flush lost: was a success), and after one of them failed with EIO for those writes the
@@ -686,4 +688,21 @@ test('LocalReplication: a change is not acknowledged through members recovered w
     assert.ok(error instanceof CisternError && error.code === 'STALE_EPOCH', String(error));
     return true;
   });
+});
+
+test('LocalReplication: a member whose take-out failed is flushed by the next flush before it vouches', async () => {
+  // Simulator seed 5223: a replica's flush failed, and taking it out failed too (etcd out
+  // of reach): still a good member, holding the write in its cache only. The next FLUSH
+  // vouched for the write at once — its other holders were flushed — without it.
+  let etcdReachable = false;
+  const h = harness(async () => {
+    if (!etcdReachable) throw new CisternError('UNAVAILABLE', 'etcd unreachable');
+  });
+  const replica = h.disks[h.row[1] as number]!;
+  await h.replication.write(h.key, 0, block(4), false);
+  replica.flushError = new CisternError('EIO', 'a transient device error');
+  await assert.rejects(h.replication.flush(), /etcd unreachable/);
+  etcdReachable = true;
+  await h.replication.flush();
+  assert.equal(replica.durable.get('3@0'), 4, 'flushed again, not vouched for unflushed');
 });

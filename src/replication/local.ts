@@ -886,12 +886,7 @@ export class LocalReplication implements ObjectIo {
       // back the PGs it did make durable would have the next one judge them by disks it
       // no longer flushes — an EIO for writes that are safe (seen under map churn, when
       // replicas refuse flushes for a stale epoch).
-      for (const [pg, set] of unsoundIn(own)) {
-        const known = this.holders.get(pg);
-        if (!known) this.holders.set(pg, set);
-        else for (const disk of set) known.add(disk);
-        for (const disk of set) if (own.wentDown.has(disk)) this.wentDown.add(disk);
-      }
+      for (const [pg, set] of unsoundIn(own)) this.handBack(own, pg, set);
       throw failed.reason;
     }
     const unsound = [own, ...earlier].flatMap((flush) => unsoundIn(flush).map(([pg]) => pg));
@@ -953,10 +948,28 @@ export class LocalReplication implements ObjectIo {
         restarted.push(disk);
         return;
       }
-      await this.replicas.onDiskFailure(disk, error as CisternError);
+      try {
+        await this.replicas.onDiskFailure(disk, error as CisternError);
+      } catch (mapError) {
+        // Not taken out (etcd out of reach): still a good member, holding its PGs' writes
+        // in its cache only. The next flush must flush it or take it out before it vouches
+        // for them (simulator seed 5223: it vouched at once, the PG sound by its other
+        // holder).
+        this.dirty.add(disk);
+        for (const [pg, set] of flush.holders) if (set.has(disk)) this.handBack(flush, pg, set);
+        throw mapError;
+      }
     } finally {
       flush.pending.delete(disk);
     }
+  }
+
+  /** A PG's holders `flush` did not make durable: the next flush answers for them. */
+  private handBack(flush: FlushUnderWay, pg: string, set: ReadonlySet<number>): void {
+    const known = this.holders.get(pg);
+    if (!known) this.holders.set(pg, new Set(set));
+    else for (const disk of set) known.add(disk);
+    for (const disk of set) if (flush.wentDown.has(disk)) this.wentDown.add(disk);
   }
 
   /** Objects being written now (for tests and status). */

@@ -16,6 +16,8 @@ const TTL_S = 2;
 let etcd: EtcdServer;
 let child: ChildProcess | undefined;
 const stores: EtcdClusterStore[] = [];
+/** Closed in `after`, also when an assertion failed first (else the run hangs on it). */
+const monitors: Array<{ close(): Promise<void> }> = [];
 
 before(async () => {
   etcd = await startEtcd();
@@ -24,6 +26,7 @@ before(async () => {
 
 after(async () => {
   child?.kill('SIGKILL');
+  for (const monitor of monitors) await monitor.close();
   for (const store of stores) await store.close();
   await etcd.stop();
 });
@@ -62,6 +65,7 @@ test('one monitor acts; when it is killed, the other takes over', async () => {
 
   await waitFor('A elected', () => childLines.some((l) => l.event === 'monitor.elected'), 10_000);
   const monitorB = storeB.runMonitor({ hostId: 'mon-b', electionTtlS: 2, checkIntervalMs: 100 });
+  monitors.push(monitorB);
   assert.equal(await storeB.monitorLeader(), 'mon-a');
 
   registration.release();
@@ -87,5 +91,4 @@ test('one monitor acts; when it is killed, the other takes over', async () => {
     bEvents.some((e) => e.event === 'monitor.host-up' && e.host === 'h1'),
     'B acted',
   );
-  await monitorB.close();
 });
